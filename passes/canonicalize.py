@@ -1,0 +1,165 @@
+"""canonicalize: fold what is known at compile time and drop what does nothing.
+
+Every later pass pattern-matches, and patterns are simpler when constants are
+folded, no-op reshapes/casts/transposes are gone and dead values are removed.
+
+Before:                                        After:
+  %s = qcc.reshape(%x) {shape=[1,8]}             %y = qcc.relu(%x)
+  %t = qcc.reshape(%s) {shape=[1,2,4]}  ->       (with %x: f32[1,2,4])
+  %y = qcc.relu(%t)
+  %w2 = qcc.transpose(%w) {perm=[1,0]}           %w2 = const ... (folded)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional
+
+import numpy as np
+
+from qcc.ir.graph import Graph, Node, Value
+from qcc.ir.opdef import opaque_runner
+from qcc.pass_manager import PassContext
+from qcc.passes_registry import Pass, register_pass
+
+# Folding a constant bigger than this would bloat the artifact (e.g. expand to a huge
+# shape); such nodes are left for the back end to compute at run time.
+MAX_FOLD_ELEMENTS = 1 << 24
+
+
+def _is_noop(node: Node) -> bool:
+    """True when the node returns its (first) input unchanged."""
+    x = node.inputs[0] if node.inputs else None
+    if x is None or len(node.outputs) != 1 or node.output.type != x.type:
+        return False
+    a = node.attrs
+    op = node.op
+    if op in ("reshape", "expand", "flatten", "squeeze", "unsqueeze", "cast", "tile", "concat"):
+        return len(node.inputs) == 1
+    if op == "transpose":
+        return list(a.get("perm", [])) == sorted(a.get("perm", []))
+    if op == "slice":
+        return all(s == 1 for s in a.get("steps", []))  # same type and unit steps: whole tensor
+    if op == "pad":
+        return not any(a.get("pads", []))
+    if op == "resize":
+        return True  # same output shape: every mode maps pixels onto themselves
+    return False
+
+
+def _compose_reshape(node: Node, g: Graph) -> Optional[Value]:
+    """reshape(reshape(x)) -> reshape(x): only the last shape matters."""
+    src = node.inputs[0]
+    if src is None or src.producer is None or src.producer.op not in ("reshape", "flatten", "squeeze", "unsqueeze"):
+        return None
+    inner = src.producer.inputs[0]
+    new = g.add_node("reshape", [inner], {"shape": list(node.output.shape)}, before=node,
+                     names=[node.output.name + ".r"], types=[node.output.type])
+    return new.output
+
+
+def _compose_transpose(node: Node, g: Graph) -> Optional[Value]:
+    src = node.inputs[0]
+    if src is None or src.producer is None or src.producer.op != "transpose":
+        return None
+    p1, p2 = src.producer.attrs["perm"], node.attrs["perm"]
+    perm = [p1[i] for i in p2]
+    new = g.add_node("transpose", [src.producer.inputs[0]], {"perm": perm}, before=node,
+                     names=[node.output.name + ".t"], types=[node.output.type])
+    return new.output
+
+
+# (op -> rewrite returning the value that replaces the node's output, or None)
+REWRITES: Dict[str, Callable[[Node, Graph], Optional[Value]]] = {
+    "reshape": _compose_reshape,
+    "transpose": _compose_transpose,
+}
+
+
+def _fold(node: Node, g: Graph) -> bool:
+    """Evaluate a node whose operands are all constants; True if it was replaced."""
+    if not node.inputs or any(v is None or not v.is_const for v in node.inputs if v is not None):
+        return False
+    if any(v is None for v in node.inputs) and node.opdef.opaque:
+        return False
+    if sum(o.type.size for o in node.outputs) > MAX_FOLD_ELEMENTS:
+        return False
+    d = node.opdef
+    args = [None if v is None else v.data for v in node.inputs]
+    if d.opaque:
+        runner = opaque_runner(node.op)
+        if runner is None:
+            return False
+        outs = runner(node, args)
+    else:
+        outs = d.kernel(*args, **d.with_defaults(node.attrs))
+    if not isinstance(outs, (tuple, list)):
+        outs = [outs]
+    for o, arr in zip(node.outputs, outs):
+        arr = np.asarray(arr).astype(o.type.np_dtype, copy=False).reshape(o.shape)
+        c = g.add_const(o.name + ".folded", arr, o.dtype, o.quant)
+        g.replace_value(o, c)
+    g.remove_node(node)
+    return True
+
+
+@register_pass
+@dataclass(frozen=True)
+class Canonicalize(Pass):
+    """Fold constants and shape arithmetic, drop no-op ops, remove dead code."""
+
+    name = "canonicalize"
+    max_iters: int = 8
+    fold: bool = True
+
+    def run(self, graph: Graph, ctx: PassContext) -> bool:
+        changed_any = False
+        for _ in range(self.max_iters):
+            changed = False
+            for node in graph.nodes:
+                if node.graph is None:  # removed earlier in this sweep
+                    continue
+                if self.fold and _fold(node, graph):
+                    changed = True
+                    continue
+                if _is_noop(node) and node.output.quant == node.inputs[0].quant:
+                    changed |= _bypass(node, graph)
+                    continue
+                rw = REWRITES.get(node.op)
+                new = rw(node, graph) if rw else None
+                if new is not None:
+                    new.quant = node.output.quant
+                    graph.replace_value(node.output, new)
+                    changed = True
+            if graph.eliminate_dead_code():
+                changed = True
+            if not changed:
+                break
+            changed_any = True
+        _keep_output_names(graph)
+        return changed_any
+
+
+def _bypass(node: Node, g: Graph) -> bool:
+    """Replace a no-op by its input, keeping a graph output's name on the graph output."""
+    out, src = node.output, node.inputs[0]
+    if out not in g.outputs:
+        g.replace_value(out, src)
+        return True
+    if src.producer is None or src in g.outputs:
+        return False  # the output would become an input's alias: keep the op
+    name = out.name
+    g.replace_value(out, src)
+    g.remove_node(node)
+    g.rename(src, name)
+    return True
+
+
+def _keep_output_names(g: Graph) -> None:
+    """A rewrite may leave a graph output under an internal name (`y.r`); a user's
+    output names are part of the model's interface, so restore them where free."""
+    for v in g.outputs:
+        for suffix in (".r", ".t", ".folded"):
+            if v.name.endswith(suffix):
+                base = v.name[: -len(suffix)]
+                if not g.has_value(base):
+                    g.rename(v, base)

@@ -1,0 +1,77 @@
+"""`qcc.load(OUT)`: an artifact folder as a callable module for the host.
+
+Inputs are checked against the manifest before they reach TVM, so a wrong
+name, shape or dtype is one clear error instead of a crash inside the runtime.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+
+class ArtifactError(Exception):
+    """A folder that is not a loadable artifact, or inputs that do not fit it."""
+
+
+class Module:
+    def __init__(self, path: Path, manifest: Dict, runner):
+        self.path = path
+        self.manifest = manifest
+        self._runner = runner
+
+    @property
+    def inputs(self) -> List[Dict]:
+        return self.manifest["inputs"]
+
+    @property
+    def outputs(self) -> List[Dict]:
+        return self.manifest["outputs"]
+
+    def check_inputs(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        from .ir.types import to_numpy_dtype
+
+        names = [i["name"] for i in self.inputs]
+        extra = sorted(set(feeds) - set(names))
+        if extra:
+            raise ArtifactError(f"unknown input '{extra[0]}' (the model's inputs: {', '.join(names)})")
+        out = {}
+        for spec in self.inputs:
+            name = spec["name"]
+            if name not in feeds:
+                raise ArtifactError(f"missing input '{name}' ({spec['dtype']}{spec['shape']})")
+            a = np.asarray(feeds[name])
+            if list(a.shape) != spec["shape"]:
+                raise ArtifactError(f"input '{name}' has shape {list(a.shape)}, the model expects {spec['shape']}")
+            want = to_numpy_dtype(spec["dtype"])
+            if a.dtype != want:
+                raise ArtifactError(f"input '{name}' has dtype {a.dtype}, the model expects {want} ({spec['dtype']})")
+            out[name] = np.ascontiguousarray(a)
+        return out
+
+    def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        return self._runner.run(self.check_inputs(feeds))
+
+    __call__ = run
+
+
+def load(path) -> Module:
+    from . import targets
+
+    path = Path(path)
+    mf = path / "manifest.json"
+    if not mf.is_file():
+        raise ArtifactError(f"{path}: not a qcc artifact (no manifest.json)")
+    try:
+        manifest = json.loads(mf.read_text())
+        lib = path / manifest["library"]
+    except (ValueError, KeyError) as e:
+        raise ArtifactError(f"{mf}: unreadable manifest ({e})") from None
+    if not lib.is_file():
+        raise ArtifactError(f"{path}: the library {lib.name} is missing")
+    preset = targets.get_target(manifest["target"]["preset"])
+    if not targets.runs_on_host(preset):
+        raise ArtifactError(f"{path} was compiled for {preset.name}, which this machine cannot run directly")
+    return Module(path, manifest, targets.load(lib))

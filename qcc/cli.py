@@ -1,0 +1,298 @@
+"""The `qcc` command.
+
+Exit codes (build systems rely on them):
+  0  success
+  1  compile or input error: one line on stderr saying what and where
+  2  usage error (bad flags), from argparse
+  3  internal error: a bug in qcc (set QCC_DEBUG=1 for the traceback)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from . import __version__
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+class UsageError(Exception):
+    pass
+
+
+def _parse_shape_arg(text: str) -> Tuple[str, Tuple[int, ...]]:
+    """`name=1x3x224x224` -> ("name", (1, 3, 224, 224))."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"'{text}': expected NAME=DIMS like data=1x3x224x224")
+    name, dims = text.rsplit("=", 1)
+    try:
+        shape = tuple(int(d) for d in dims.lower().split("x")) if dims else ()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}': dims must be integers separated by 'x'") from None
+    if any(d <= 0 for d in shape):
+        raise argparse.ArgumentTypeError(f"'{text}': dims must be positive")
+    return name, shape
+
+
+def _instruments(args) -> list:
+    from .pass_manager import DumpDir, PrintIRAfter, TimePasses
+
+    out = []
+    if getattr(args, "print_ir_after_all", False):
+        out.append(PrintIRAfter(None, sys.stderr))
+    elif getattr(args, "print_ir_after", None):
+        out.append(PrintIRAfter([n.strip() for n in args.print_ir_after.split(",")], sys.stderr))
+    if getattr(args, "dump_dir", None):
+        out.append(DumpDir(Path(args.dump_dir)))
+    if getattr(args, "time_passes", False):
+        out.append(TimePasses(sys.stderr))
+    return out
+
+
+def _add_pipeline_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pipeline")
+    lv = g.add_mutually_exclusive_group()
+    for lvl in ("0", "1", "2", "3"):
+        lv.add_argument(f"-O{lvl}", dest="opt_level", action="store_const", const=f"O{lvl}",
+                        help=argparse.SUPPRESS)
+    lv.add_argument("--passes", metavar="PIPELINE",
+                    help="run exactly these passes, e.g. 'canonicalize,fuse{max-iters=4}' ('' = none)")
+    g.add_argument("--print-pipeline", action="store_true", help="print the pipeline text this run uses")
+    g.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                   help="load user passes from a Python file (repeatable)")
+    g.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass (stderr)")
+    g.add_argument("--print-ir-after", metavar="PASS[,PASS]", help="print the IR after these passes (stderr)")
+    g.add_argument("--time-passes", action="store_true", help="print the time each pass took (stderr)")
+    g.add_argument("--dump-dir", metavar="DIR", help="write the IR after each pass to DIR/NNN-pass.qir")
+    g.add_argument("--verify-each", action=argparse.BooleanOptionalAction, default=None,
+                   help="verify the IR after every pass (default: on for opt, off for compile)")
+    g.add_argument("--stop-after", metavar="PASS", help="stop the pipeline after this pass")
+
+
+def _pipeline(args, default_level: str) -> str:
+    from .pipelines import pipeline_for
+
+    if args.passes is not None:
+        return args.passes
+    return pipeline_for(args.opt_level or default_level)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qcc", description="qcc: a quantizing compiler for neural networks "
+                                "(ONNX in; integer code for x86, ARM and CUDA out, via Apache TVM).",
+                                epilog="exit codes: 0 ok, 1 compile/input error, 2 usage error, 3 internal error")
+    p.add_argument("--version", action="version", version=f"qcc {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    c = sub.add_parser("compile", help="compile an ONNX model into an artifact folder")
+    c.add_argument("model", help="the float model (.onnx)")
+    c.add_argument("-o", "--output", required=True, metavar="OUT", help="artifact folder to write")
+    c.add_argument("--target", default="host", help="target preset (see `qcc targets`); default host")
+    c.add_argument("--input-shape", action="append", default=[], type=_parse_shape_arg, metavar="NAME=DIMS",
+                   help="fix an input's dynamic dims, e.g. x=1x3x224x224 (repeatable)")
+    c.add_argument("--calib", metavar="DATA", help="calibration data: .npz with one array per input, or a folder")
+    c.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    c.add_argument("--json", action="store_true", help="print the report summary as JSON on stdout")
+    _add_pipeline_flags(c)
+
+    i = sub.add_parser("import", help="import an ONNX model to .qir text")
+    i.add_argument("model")
+    i.add_argument("-o", "--output", metavar="OUT.qir", help="write here (+ OUT.npz for weights); default stdout")
+    i.add_argument("--input-shape", action="append", default=[], type=_parse_shape_arg, metavar="NAME=DIMS")
+
+    o = sub.add_parser("opt", help="run passes on .qir text, like mlir-opt")
+    o.add_argument("input", help=".qir file ('-' for stdin)")
+    o.add_argument("-o", "--output", metavar="OUT.qir", help="write here (+ OUT.npz); default stdout")
+    _add_pipeline_flags(o)
+
+    r = sub.add_parser("run", help="run a compiled artifact on inputs")
+    r.add_argument("artifact", help="artifact folder written by `qcc compile`")
+    r.add_argument("--input", required=True, metavar="IN.npz", help="one array per model input, by name")
+    r.add_argument("-o", "--output", metavar="OUT.npz", help="write the outputs here (default: print a summary)")
+
+    ps = sub.add_parser("passes", help="list every registered pass with its summary and origin")
+    ps.add_argument("--plugin", action="append", default=[], metavar="FILE.py")
+    ps.add_argument("--json", action="store_true")
+
+    t = sub.add_parser("targets", help="list target presets")
+    t.add_argument("--json", action="store_true")
+    return p
+
+
+# --- commands ---------------------------------------------------------------------------
+
+def cmd_passes(args) -> int:
+    from .passes_registry import load_plugin, registered_passes
+
+    for f in args.plugin:
+        load_plugin(f)
+    passes = registered_passes()
+    if args.json:
+        print(json.dumps([{"name": i.name, "summary": i.summary, "origin": i.origin,
+                           "requires": sorted(i.cls.requires), "produces": sorted(i.cls.produces)}
+                          for i in passes.values()], indent=2))
+        return EXIT_OK
+    width = max((len(n) for n in passes), default=10)
+    for info in passes.values():
+        print(f"{info.name:<{width}}  {info.summary}  [{info.origin}]")
+    return EXIT_OK
+
+
+def cmd_targets(args) -> int:
+    from . import targets
+
+    presets = targets.list_targets()
+    if args.json:
+        print(json.dumps([{"name": t.name, "family": t.family, "tvm_target": t.target_dict(),
+                           "capabilities": sorted(t.capabilities), "description": t.description}
+                          for t in presets], indent=2, sort_keys=True))
+        return EXIT_OK
+    width = max(len(t.name) for t in presets)
+    for t in presets:
+        caps = ",".join(sorted(t.capabilities)) or "-"
+        print(f"{t.name:<{width}}  {t.family:<4}  {caps:<24}  {t.description}")
+    return EXIT_OK
+
+
+def _input_shapes(args) -> Dict[str, Tuple[int, ...]]:
+    shapes = {}
+    for name, shape in args.input_shape:
+        if name in shapes:
+            raise UsageError(f"--input-shape {name} given twice")
+        shapes[name] = shape
+    return shapes
+
+
+def cmd_import(args) -> int:
+    from .frontend import import_onnx
+    from .ir.printer import print_graph, save
+
+    g = import_onnx(args.model, _input_shapes(args))
+    if args.output:
+        save(g, args.output)
+    else:
+        sys.stdout.write(print_graph(g, inline_all=True))
+    return EXIT_OK
+
+
+def cmd_opt(args) -> int:
+    from .ir.parser import load, parse
+    from .ir.printer import print_graph, save
+    from .pass_manager import PassManager
+    from .passes_registry import load_plugin
+
+    for f in args.plugin:
+        load_plugin(f)
+    pm = PassManager(_pipeline(args, "O0") if (args.passes is not None or args.opt_level) else "",
+                     verify_each=True if args.verify_each is None else args.verify_each,
+                     instruments=_instruments(args), stop_after=args.stop_after)
+    if args.print_pipeline:
+        print(pm.pipeline, file=sys.stderr)
+    g = parse(sys.stdin.read(), "<stdin>") if args.input == "-" else load(args.input)
+    pm.run(g)
+    if args.output:
+        save(g, args.output)
+    else:
+        sys.stdout.write(print_graph(g, inline_all=args.input == "-"))
+    return EXIT_OK
+
+
+def cmd_compile(args) -> int:
+    from .driver import CompileOptions, compile_model
+
+    opts = CompileOptions(target=args.target, opt_level=args.opt_level or "O0",
+                          passes=args.passes, input_shapes=_input_shapes(args), calib=args.calib,
+                          plugins=args.plugin, verify_each=bool(args.verify_each))
+    if args.print_pipeline:
+        print(opts.pipeline(), file=sys.stderr)
+    log = None if args.quiet or args.json else (lambda m: print(f"qcc: {m}", file=sys.stderr))
+    report = compile_model(args.model, args.output, opts, instruments=_instruments(args), log=log)
+    if args.json:
+        print(json.dumps({"output": args.output, **report["summary"], "warnings": report["warnings"]},
+                         sort_keys=True))
+    elif not args.quiet:
+        _print_summary(report, args.output)
+    return EXIT_OK
+
+
+def _print_summary(report: Dict, out: str) -> None:
+    s = report["summary"]
+    for w in report.get("warnings", []):
+        print(f"qcc: warning: {w}", file=sys.stderr)
+    print(f"wrote {out}/  ({s['nodes']} nodes, {s['macs'] / 1e6:.1f} M MACs, "
+          f"int8 MACs {100 * s['int8_mac_fraction']:.0f}%, weights {s['size_bytes_float'] / 1e6:.2f} MB -> "
+          f"{s['size_bytes_quantized'] / 1e6:.2f} MB)")
+    if report.get("opaque_ops"):
+        print(f"  ops kept as opaque float ops: {', '.join(report['opaque_ops'])}")
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+
+    from .artifact import load
+
+    mod = load(args.artifact)
+    try:
+        with np.load(args.input, allow_pickle=False) as z:
+            feeds = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{args.input}: cannot read inputs ({e})") from None
+    outs = mod.run(feeds)
+    if args.output:
+        from .ir.printer import write_npz
+
+        write_npz(args.output, outs)
+    else:
+        for k, v in outs.items():
+            print(f"{k}: {v.dtype}{list(v.shape)} min {v.min():.6g} max {v.max():.6g} mean {v.mean():.6g}")
+    return EXIT_OK
+
+
+COMMANDS = {"compile": cmd_compile, "import": cmd_import, "opt": cmd_opt, "run": cmd_run,
+            "passes": cmd_passes, "targets": cmd_targets}
+
+
+def _known_errors():
+    from .artifact import ArtifactError
+    from .driver import CompileError
+    from .frontend.errors import FrontendError
+    from .ir.parser import QirError
+    from .pass_manager import PassFailure
+    from .passes_registry import PassError
+
+    return (UsageError, ArtifactError, CompileError, FrontendError, QirError, PassFailure, PassError)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("qcc: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the one place errors become exit codes
+        if os.environ.get("QCC_DEBUG"):
+            raise
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if isinstance(e, _known_errors()):
+            # positioned errors (file:line:col: error: ...) already read like a compiler's
+            print(msg if ": error: " in msg else f"qcc: error: {msg}", file=sys.stderr)
+            return EXIT_ERROR
+        if isinstance(e, (OSError, ValueError)):
+            print(f"qcc: error: {msg}", file=sys.stderr)
+            return EXIT_ERROR
+        print(f"qcc: internal error: {type(e).__name__}: {msg} (set QCC_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

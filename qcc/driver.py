@@ -1,0 +1,172 @@
+"""`qcc.compile`: model in, artifact folder out — the job build systems call.
+
+The artifact is written to a temporary sibling folder and renamed into place
+only when everything succeeded, so a failed compile never leaves a half-written
+OUT behind. Every file is deterministic (no timestamps, sorted keys): the same
+model and options give byte-identical files.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from . import __version__
+from .analysis import macs, total_macs, weight_bytes
+from .ir.graph import Graph
+from .ir.printer import save as save_qir
+from .pass_manager import Instrument, PassContext, PassManager
+from .passes_registry import load_plugin
+from .pipelines import pipeline_for
+
+
+class CompileError(Exception):
+    """A compile that cannot go on; the message is one line."""
+
+
+@dataclass
+class CompileOptions:
+    target: str = "host"
+    opt_level: str = "O0"
+    passes: Optional[str] = None  # exact pipeline; overrides opt_level
+    input_shapes: Dict[str, Tuple[int, ...]] = field(default_factory=dict)
+    calib: Optional[str] = None
+    plugins: Sequence[str] = ()
+    verify_each: bool = False
+
+    def pipeline(self) -> str:
+        return self.passes if self.passes is not None else pipeline_for(self.opt_level)
+
+    def fingerprint(self) -> Dict:
+        """What determines the output, for the manifest's options hash."""
+        return {
+            "target": self.target,
+            "pipeline": self.pipeline(),
+            "input_shapes": {k: list(v) for k, v in sorted(self.input_shapes.items())},
+            "calib": _sha256(self.calib) if self.calib else None,
+            "plugins": [_sha256(p) for p in self.plugins],
+        }
+
+
+def _sha256(path) -> str:
+    p = Path(path)
+    h = hashlib.sha256()
+    files = sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _io(values) -> List[Dict]:
+    return [{"name": v.name, "shape": list(v.shape), "dtype": v.dtype} for v in values]
+
+
+def build_report(g: Graph, float_graph_bytes: int, opaque: List[str]) -> Dict:
+    layers = []
+    for n in g.nodes:
+        m = macs(n)
+        if not m and n.op not in ("quantize", "dequantize", "requantize") and not n.op.startswith("onnx."):
+            continue
+        w = n.inputs[1] if len(n.inputs) > 1 and n.inputs[1] is not None else None
+        x = n.inputs[0]
+        layers.append({
+            "name": n.name,
+            "op": n.op,
+            "macs": m,
+            "weight_dtype": w.dtype if w is not None else None,
+            "activation_dtype": x.dtype if x is not None else None,
+            "output_dtype": n.outputs[0].dtype,
+        })
+    all_macs = total_macs(g)
+    int8_macs = sum(l["macs"] for l in layers if l["weight_dtype"] in ("i8", "u8", "i4", "u4")
+                    and l["activation_dtype"] in ("i8", "u8", "i4", "u4"))
+    return {
+        "layers": layers,
+        "opaque_ops": opaque,
+        "summary": {
+            "nodes": len(g),
+            "macs": all_macs,
+            "int8_mac_fraction": round(int8_macs / all_macs, 6) if all_macs else 0.0,
+            "size_bytes_float": float_graph_bytes,
+            "size_bytes_quantized": weight_bytes(g),
+        },
+    }
+
+
+def _dump_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
+                  instruments: Sequence[Instrument] = (), log: Optional[Callable[[str], None]] = None) -> Dict:
+    """Import, optimise, lower and write the artifact folder. Returns the report."""
+    from .frontend import import_onnx
+    from .frontend.errors import FrontendError
+    from . import targets
+
+    opts = options or CompileOptions()
+    out_dir = Path(out_dir)
+    model = Path(model)
+    try:
+        preset = targets.get_target(opts.target)
+    except ValueError as e:
+        raise CompileError(str(e)) from None
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir())
+                                                      and not (out_dir / "manifest.json").exists())):
+        raise CompileError(f"{out_dir} exists and is not a qcc artifact folder; "
+                           "refusing to overwrite it")
+    if not model.is_file():
+        raise CompileError(f"{model}: no such file")
+    for p in opts.plugins:
+        load_plugin(p)
+    pm = PassManager(opts.pipeline(), verify_each=opts.verify_each, instruments=instruments)
+
+    say = log or (lambda m: None)
+    say(f"importing {model.name}")
+    try:
+        graph = import_onnx(model, opts.input_shapes)
+    except FrontendError as e:
+        raise CompileError(str(e)) from None
+    float_bytes = weight_bytes(graph)
+    ctx = PassContext(options={"calib": opts.calib, "target": preset}, log=log)
+    say(f"running {pm.pipeline or '(no passes)'}")
+    pm.run(graph, ctx)
+    opaque = sorted({n.op for n in graph.nodes if n.op.startswith("onnx.")})
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        say(f"compiling for {preset.name} with TVM")
+        lib = targets.build(graph, preset, tmp)
+        save_qir(graph, tmp / "model.qir")
+        report = build_report(graph, float_bytes, opaque)
+        report["pipeline"] = pm.pipeline
+        report["warnings"] = list(ctx.warnings)
+        _dump_json(tmp / "report.json", report)
+        files = sorted(p.name for p in tmp.iterdir())
+        manifest = {
+            "qcc_version": __version__,
+            "target": {"preset": preset.name, "tvm": preset.target_dict()},
+            "library": Path(lib).name,
+            "inputs": _io(graph.inputs),
+            "outputs": _io(graph.outputs),
+            "model_sha256": _sha256(model),
+            "options": opts.fingerprint(),
+            "options_sha256": hashlib.sha256(json.dumps(opts.fingerprint(), sort_keys=True).encode()).hexdigest(),
+            "files": {f: _sha256(tmp / f) for f in files},
+        }
+        _dump_json(tmp / "manifest.json", manifest)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report
