@@ -1,0 +1,96 @@
+"""The `qcc` command as a user and a build system see it: output, exit codes, no tracebacks."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+QIR = """graph @main(%x: f32[4]) {
+  %a = qcc.neg(%x) : f32[4]
+  %b = qcc.neg(%a) : f32[4]
+  %y = qcc.relu(%b) : f32[4]
+  return %y
+}
+"""
+
+
+def qcc(*args, stdin=None):
+    p = subprocess.run([sys.executable, "-m", "qcc.cli", *map(str, args)], input=stdin,
+                       capture_output=True, text=True, cwd=ROOT)
+    assert "Traceback" not in p.stderr, p.stderr
+    return p
+
+
+def test_version_and_help():
+    assert qcc("--version").stdout.startswith("qcc ")
+    h = qcc("--help")
+    assert h.returncode == 0
+    for sub in ("compile", "import", "opt", "run", "passes", "targets"):
+        assert sub in h.stdout
+
+
+def test_opt_with_no_passes_reprints_input(tmp_path):
+    f = tmp_path / "m.qir"
+    f.write_text(QIR)
+    p = qcc("opt", f, "--passes", "")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == QIR
+
+
+def test_opt_plugin_and_pipeline(tmp_path):
+    f = tmp_path / "m.qir"
+    f.write_text(QIR)
+    p = qcc("opt", f, "--plugin", ROOT / "examples/my_passes.py", "--passes", "fold-double-neg,clamp-relu{max=6}",
+            "--print-pipeline", "-o", tmp_path / "out.qir")
+    assert p.returncode == 0, p.stderr
+    assert "fold-double-neg,clamp-relu" in p.stderr
+    out = (tmp_path / "out.qir").read_text()
+    assert "qcc.neg" not in out and "qcc.clip(%x) {max=6.0, min=0.0}" in out
+
+
+def test_opt_reads_stdin():
+    p = qcc("opt", "-", "--passes", "canonicalize", stdin=QIR)
+    assert p.returncode == 0 and "qcc.relu" in p.stdout
+
+
+def test_parse_error_is_one_line_exit_1(tmp_path):
+    f = tmp_path / "bad.qir"
+    f.write_text(QIR.replace("%a = qcc.neg(%x)", "%a = qcc.neg(%x"))
+    p = qcc("opt", f)
+    assert p.returncode == 1
+    assert p.stderr.count("\n") == 1 and f"{f}:2:" in p.stderr and "error:" in p.stderr
+
+
+@pytest.mark.parametrize("args,code,msg", [
+    (["opt", "nosuch.qir"], 1, "cannot read"),
+    (["opt", "-", "--passes", "nope"], 1, "unknown pass 'nope'"),
+    (["opt", "-", "--plugin", "nosuch.py"], 1, "no such file"),
+    (["frobnicate"], 2, "invalid choice"),
+    (["compile", "m.onnx"], 2, "required"),
+    (["compile", "m.onnx", "-o", "x", "--input-shape", "x=1xfoo"], 2, "dims must be integers"),
+])
+def test_errors_and_exit_codes(args, code, msg):
+    p = qcc(*args, stdin=QIR)
+    assert p.returncode == code, p.stderr
+    assert msg in p.stderr
+
+
+def test_passes_lists_builtins():
+    p = qcc("passes")
+    assert p.returncode == 0
+    assert "canonicalize" in p.stdout and "built-in" in p.stdout
+    p = qcc("passes", "--plugin", ROOT / "examples/my_passes.py")
+    assert "clamp-relu" in p.stdout and "plugin" in p.stdout
+
+
+def test_time_and_dump(tmp_path):
+    f = tmp_path / "m.qir"
+    f.write_text(QIR)
+    p = qcc("opt", f, "--passes", "canonicalize", "--time-passes", "--dump-dir", tmp_path / "d",
+            "--print-ir-after-all")
+    assert p.returncode == 0
+    assert "pass timing" in p.stderr and "IR after canonicalize" in p.stderr
+    assert (tmp_path / "d" / "001-canonicalize.qir").exists()
