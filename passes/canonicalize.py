@@ -24,6 +24,8 @@ from qcc.passes_registry import Pass, register_pass
 # Folding a constant bigger than this would bloat the artifact (e.g. expand to a huge
 # shape); such nodes are left for the back end to compute at run time.
 MAX_FOLD_ELEMENTS = 1 << 24
+# dequantize of an int8 constant is how weights stay small; folding it would undo that
+NEVER_FOLD = frozenset({"dequantize", "observe"})
 
 
 def _is_noop(node: Node) -> bool:
@@ -82,6 +84,8 @@ def _fold(node: Node, g: Graph) -> bool:
     if any(v is None for v in node.inputs) and node.opdef.opaque:
         return False
     if sum(o.type.size for o in node.outputs) > MAX_FOLD_ELEMENTS:
+        return False
+    if node.op in NEVER_FOLD:
         return False
     d = node.opdef
     args = [None if v is None else v.data for v in node.inputs]

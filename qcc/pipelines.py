@@ -12,13 +12,13 @@ PIPELINES = {
     # import and lower in float: only semantics-preserving clean-up
     "O0": "canonicalize",
     # float activations, int8 weights: no calibration data needed
-    "O1": "canonicalize,fuse,quantize{weights-only=true},canonicalize",
+    "O1": "canonicalize,fuse,quantize-weights,canonicalize",
     # the static int8 pipeline
     "O2": "canonicalize,fuse,insert-observers,propagate-ranges,assign-bitwidths,quantize,"
           "fold-requantize,canonicalize",
-    # O2 with mixed precision search and the better calibration methods
+    # O2 with the better calibration method (mixed-precision search joins with issue 5)
     "O3": "canonicalize,fuse,insert-observers{method=mse},propagate-ranges,"
-          "assign-bitwidths{search=true},quantize,fold-requantize,canonicalize",
+          "assign-bitwidths,quantize,fold-requantize,canonicalize",
 }
 
 

@@ -1,0 +1,212 @@
+"""quantize: float conv / gemm / matmul become integer ops between quantize and dequantize.
+
+Weights become symmetric per-channel int8 constants, the bias int32 at
+scale_x·scale_w, the product an int32 accumulator, and a `requantize` brings it
+to the output's 8-bit params — taken from the observed range of the layer's
+output, or of the relu/clip right after it, which the requantize's clamp then
+implements. Float stays only at the boundaries, as quantize/dequantize pairs
+that `fold-requantize` cancels between consecutive integer layers.
+
+Before: %x.obs = qcc.observe(%x) {range=[-1.0, 1.0], ...}
+        %c = qcc.conv(%x.obs, %w, %b) {...} : f32[1,8,4,4]
+        %c.obs = qcc.observe(%c) {range=[0.0, 6.0], ...}
+After:  %x.q = qcc.quantize(%x) {scale=[0.00784], zero_point=[128], ...} : u8[...] !q<u8 ...>
+        %c.acc = qcc.qconv(%x.q, %w.q, %b.q) {x_zero_point=128, ...} : i32[...]
+        %c.q = qcc.requantize(%c.acc) {multiplier=[...], shift=[...], axis=1, ...} : u8[...] !q<u8 ...>
+        %c.dq = qcc.dequantize(%c.q) {...} : f32[1,8,4,4]
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+
+from qcc.ir.graph import Graph, Node, Value
+from qcc.ir.types import QuantParams
+from qcc.ops.quant import quantize_multiplier
+from qcc.pass_manager import PassContext, register_property
+from qcc.passes_registry import Pass, register_pass
+from qcc.quantization import params_for_range, quantize_bias, quantize_weights
+
+COMPUTE = ("conv", "gemm", "matmul")
+INT_OPS = ("qconv", "qmatmul", "requantize", "quantize")
+
+register_property("quantized", "observe ops are gone and integer ops are in place",
+                  lambda g: not any(n.op == "observe" for n in g.nodes)
+                  and any(n.op in INT_OPS for n in g.nodes))
+
+
+def _observed(v: Optional[Value]) -> Optional[Tuple[Node, Tuple[float, float]]]:
+    """The observe op that produced `v` and its range, if it has one."""
+    if v is None or v.producer is None or v.producer.op != "observe":
+        return None
+    r = v.producer.attrs.get("range")
+    return (v.producer, (float(r[0]), float(r[1]))) if r else None
+
+
+def _only_user(v: Value) -> Optional[Node]:
+    users = v.users()
+    return users[0] if len(users) == 1 else None
+
+
+def _output_end(n: Node, g: Graph):
+    """Where the layer's integer output ends: after a relu/clip that only it feeds, if any.
+    Returns (float value to replace, its range, clamp bounds in real units)."""
+    obs = _only_user(n.output)
+    if obs is None or obs.op != "observe" or not obs.attrs.get("range"):
+        return None
+    end, rng, clamp = obs.output, obs.attrs["range"], (-np.inf, np.inf)
+    act = _only_user(end)
+    if act is not None and act.op in ("relu", "clip") and end not in g.outputs:
+        act_obs = _only_user(act.output)
+        if act_obs is not None and act_obs.op == "observe" and act_obs.attrs.get("range") \
+                and act.output not in g.outputs:
+            lo = 0.0 if act.op == "relu" else float(act.attrs.get("min", -np.inf))
+            hi = np.inf if act.op == "relu" else float(act.attrs.get("max", np.inf))
+            return act_obs.output, act_obs.attrs["range"], (lo, hi)
+    return end, rng, clamp
+
+
+@register_pass
+@dataclass(frozen=True)
+class Quantize(Pass):
+    """Rewrite float conv/gemm/matmul into int8 ops with requantize epilogues."""
+
+    name = "quantize"
+    requires = frozenset({"ranged"})
+    produces = frozenset({"quantized"})
+    activation_dtype: str = "u8"
+    symmetric: bool = False
+    exclude: str = ""  # 'glob;glob' of layer names kept in float
+
+    def run(self, graph: Graph, ctx: PassContext) -> bool:
+        if self.activation_dtype not in ("u8", "i8"):
+            raise ValueError(f"activation-dtype must be u8 or i8, got {self.activation_dtype}")
+        keep_float = [p for p in self.exclude.split(";") if p]
+        decisions = ctx.options.get("bitwidths", {})
+        changed = False
+        layers = ctx.report.setdefault("layers_quantized", {})
+        for n in graph.nodes:
+            if n.graph is None or n.op not in COMPUTE:
+                continue
+            if any(fnmatch.fnmatchcase(n.name, p) for p in keep_float) or decisions.get(n.name) == "float":
+                layers[n.name] = {"precision": "float", "why": "excluded"}
+                continue
+            done = self._rewrite(n, graph, ctx)
+            if done is not None:
+                layers[n.name] = done
+                changed = True
+        for n in graph.nodes:  # observers have served their purpose
+            if n.op == "observe":
+                graph.replace_value(n.output, n.inputs[0])
+                graph.remove_node(n)
+                changed = True
+        graph.eliminate_dead_code()
+        return changed
+
+    # --- the rewrite -------------------------------------------------------------------
+    def _act_params(self, rng) -> QuantParams:
+        return params_for_range(rng[0], rng[1], self.activation_dtype if not self.symmetric else "i8",
+                                self.symmetric)
+
+    def _quantize_input(self, v: Value, q: QuantParams, g: Graph, before: Node) -> Value:
+        """Reuse an existing quantize of `v` with the same params (a value feeding two layers)."""
+        for u in v.users():
+            if u.op == "quantize" and u.output.quant == q:
+                return u.output
+        src = v.producer
+        node = g.add_node("quantize", [v], {"scale": list(q.scale), "zero_point": list(q.zero_point),
+                                            "axis": -1, "dtype": q.dtype},
+                          names=[v.name.removesuffix(".obs") + ".q"],
+                          **({"after": src} if src is not None else {"before": before}))
+        node.output.quant = q
+        return node.output
+
+    def _weights(self, n: Node):
+        """(integer weight const array, scales, channel axis of the result, bias array or None)."""
+        w = n.inputs[1]
+        if w is None or not w.is_const:
+            return None
+        wd = w.data.astype(np.float32)
+        bias = n.inputs[2].data if len(n.inputs) > 2 and n.inputs[2] is not None else None
+        if n.op == "conv":
+            wq, ws = quantize_weights(wd, 0)
+            return wq, ws, 1, 0, bias
+        if n.op == "gemm":
+            if n.attrs.get("trans_a", 0):
+                return None
+            if n.attrs.get("trans_b", 0):
+                wd = wd.T
+            alpha, beta = float(n.attrs.get("alpha", 1.0)), float(n.attrs.get("beta", 1.0))
+            if bias is not None:
+                if len(n.inputs) > 2 and not n.inputs[2].is_const:
+                    return None
+                c = np.asarray(bias, np.float64) * beta / alpha
+                N = wd.shape[1]
+                if c.size == 1:
+                    c = np.full(N, float(c.ravel()[0]))
+                elif c.size == N:
+                    c = c.reshape(N)
+                else:
+                    return None  # a full [M, N] bias: leave in float
+                bias = c
+            wq, ws = quantize_weights(wd, 1)
+            return wq, ws * alpha, 1, 1, bias
+        if n.op == "matmul":
+            if wd.ndim != 2:
+                return None
+            wq, ws = quantize_weights(wd, 1)
+            return wq, ws, n.output.type.rank - 1, 1, None
+        return None
+
+    def _rewrite(self, n: Node, g: Graph, ctx: PassContext):
+        x = _observed(n.inputs[0])
+        end = _output_end(n, g)
+        wts = self._weights(n)
+        if x is None or end is None or wts is None:
+            return None
+        (_, xr), (end_v, yr, clamp) = x, end
+        wq, ws, out_axis, w_axis, bias = wts
+        qx, qy = self._act_params(xr), self._act_params(yr)
+        sx, sy = qx.scale[0], qy.scale[0]
+        name = n.name
+        xq = self._quantize_input(n.inputs[0].producer.inputs[0], qx, g, n)
+        wc = g.add_const(name + ".wq", wq, "i8", QuantParams(8, True, ws, 0, axis=w_axis if ws.size > 1 else None)
+                         if ws.size > 1 else QuantParams(8, True, ws, 0))
+        acc_scale = sx * ws
+        bc = None
+        if bias is not None:
+            bc = g.add_const(name + ".bq", quantize_bias(np.asarray(bias).reshape(-1), acc_scale), "i32",
+                             QuantParams(32, True, acc_scale, 0, axis=0 if acc_scale.size > 1 else None))
+        if n.op == "conv":
+            attrs = {k: n.attrs[k] for k in ("strides", "pads", "dilations", "group") if k in n.attrs}
+            attrs["x_zero_point"] = qx.zero_point[0]
+            acc = g.add_node("qconv", [xq, wc, bc], attrs, names=[name + ".acc"], before=n)
+        else:
+            acc = g.add_node("qmatmul", [xq, wc, bc], {"a_zero_point": qx.zero_point[0]},
+                             names=[name + ".acc"], before=n)
+        per_ch = acc_scale.size > 1
+        acc.output.quant = QuantParams(32, True, acc_scale, 0, axis=out_axis if per_ch else None)
+        mults = [quantize_multiplier(float(s) / sy) for s in np.atleast_1d(acc_scale)]
+        lo = qy.qmin if not np.isfinite(clamp[0]) else int(np.clip(round(clamp[0] / sy) + qy.zero_point[0], qy.qmin, qy.qmax))
+        hi = qy.qmax if not np.isfinite(clamp[1]) else int(np.clip(round(clamp[1] / sy) + qy.zero_point[0], qy.qmin, qy.qmax))
+        rq_attrs = {"multiplier": [m for m, _ in mults], "shift": [s for _, s in mults],
+                    "axis": out_axis if per_ch else -1, "zero_point": qy.zero_point[0], "dtype": qy.dtype}
+        if (lo, hi) != (qy.qmin, qy.qmax):
+            rq_attrs["clamp"] = [lo, hi]
+        rq = g.add_node("requantize", [acc.output], rq_attrs, names=[name + ".rq"], after=acc)
+        rq.output.quant = qy
+        dq = g.add_node("dequantize", [rq.output], {"scale": list(qy.scale), "zero_point": list(qy.zero_point),
+                                                   "axis": -1}, names=[name + ".dq"], after=rq)
+        g.replace_value(end_v, dq.output)
+        g.eliminate_dead_code()
+        if dq.output in g.outputs:  # a graph output keeps the model's name for it
+            base = end_v.name.removesuffix(".obs")
+            if not g.has_value(base):
+                g.rename(dq.output, base)
+        return {"precision": "int8", "x_scale": sx, "x_zero_point": qx.zero_point[0], "y_scale": sy,
+                "y_zero_point": qy.zero_point[0], "weight_scales": [float(s) for s in np.atleast_1d(ws)],
+                "multiplier": rq_attrs["multiplier"], "shift": rq_attrs["shift"],
+                "fused_activation": end_v.name != n.output.name + ".obs"}

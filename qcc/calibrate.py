@@ -1,0 +1,221 @@
+"""Calibration: stream data through the float graph and choose each activation's range.
+
+Memory stays bounded whatever the number of samples: each observed tensor keeps
+an exact min/max and a fixed-size histogram on a symmetric power-of-two grid
+[-R, R] that doubles (merging bin pairs) when data falls outside, so the bins of
+every batch line up without re-reading earlier data.
+
+Range methods, per tensor:
+  minmax      the exact observed extremes
+  percentile  the p-th / (100-p)-th percentiles (default p = 99.99)
+  entropy     the clipping threshold minimising the KL divergence between the
+              clipped and the quantized distributions (TensorRT's method)
+  mse         the clipping range minimising expected squared quantization error
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+from .ir.graph import Graph
+
+METHODS = ("minmax", "percentile", "entropy", "mse")
+BINS = 4096  # over [-R, R]; even, so bin edges include 0
+
+
+class CalibError(Exception):
+    """Calibration data that cannot be used; one line saying why."""
+
+
+class Observer:
+    """Streaming statistics of one tensor."""
+
+    def __init__(self, bins: int = BINS):
+        self.bins = bins
+        self.hist = np.zeros(bins, np.float64)
+        self.R = 0.0
+        self.min = np.inf
+        self.max = -np.inf
+        self.count = 0
+
+    def update(self, x: np.ndarray) -> None:
+        x = np.asarray(x, np.float32).ravel()
+        if x.size == 0:
+            return
+        finite = np.isfinite(x)
+        if not finite.all():
+            x = x[finite]
+            if x.size == 0:
+                return
+        lo, hi = float(x.min()), float(x.max())
+        self.min, self.max = min(self.min, lo), max(self.max, hi)
+        self.count += x.size
+        need = max(abs(lo), abs(hi))
+        if self.R == 0.0:
+            self.R = 2.0 ** np.ceil(np.log2(need)) if need > 0 else 0.0
+            if self.R == 0.0:
+                self.hist[self.bins // 2] += x.size
+                return
+        while need > self.R:
+            self._double()
+        idx = np.clip(((x + self.R) * (self.bins / (2 * self.R))).astype(np.int64), 0, self.bins - 1)
+        self.hist += np.bincount(idx, minlength=self.bins)
+
+    def _double(self) -> None:
+        """Same bins over twice the range: pairs merge into the middle half."""
+        h = self.hist.reshape(-1, 2).sum(axis=1)
+        q = self.bins // 4
+        new = np.zeros_like(self.hist)
+        new[q:q + h.size] = h
+        self.hist = new
+        self.R *= 2
+
+    # --- range choice ----------------------------------------------------------------
+    def edges(self) -> np.ndarray:
+        return np.linspace(-self.R, self.R, self.bins + 1)
+
+    def range(self, method: str = "minmax", percentile: float = 99.99, bits: int = 8) -> Tuple[float, float]:
+        if self.count == 0:
+            raise CalibError("no finite values observed")
+        lo, hi = float(self.min), float(self.max)
+        if method == "minmax" or hi <= lo or self.R == 0:
+            return lo, hi
+        if method == "percentile":
+            cdf = np.cumsum(self.hist) / self.hist.sum()
+            e = self.edges()
+            plo = float(e[np.searchsorted(cdf, (100 - percentile) / 100)])
+            phi = float(e[min(np.searchsorted(cdf, percentile / 100) + 1, self.bins)])
+            return max(lo, plo) if lo < 0 else lo, min(hi, phi)
+        if method == "entropy":
+            t = self._kl_threshold(bits)
+            return (max(lo, -t) if lo < 0 else lo), min(hi, t)
+        if method == "mse":
+            return self._mse_range(bits)
+        raise CalibError(f"unknown calibration method '{method}' (known: {', '.join(METHODS)})")
+
+    def _abs_hist(self) -> np.ndarray:
+        h = self.hist
+        half = self.bins // 2
+        return h[half:] + h[:half][::-1]  # |x| histogram over [0, R]
+
+    def _kl_threshold(self, bits: int) -> float:
+        h = self._abs_hist()
+        n = h.size
+        levels = 2 ** (bits - 1)
+        nz = np.nonzero(h)[0]
+        last = int(nz[-1]) + 1 if nz.size else n
+        best_t, best_kl = last, np.inf
+        step = max(1, (last - levels) // 256)  # at most ~256 candidates
+        for i in range(min(levels, last), last + 1, step):
+            p = h[:i].copy()
+            p[-1] += h[i:].sum()
+            # quantize the i bins into `levels` groups, spreading each group over its nonzero bins
+            idx = (np.arange(i) * levels // i)
+            sums = np.bincount(idx, weights=h[:i], minlength=levels)
+            nonzero = np.bincount(idx, weights=(h[:i] > 0).astype(np.float64), minlength=levels)
+            q = np.where(h[:i] > 0, sums[idx] / np.maximum(nonzero[idx], 1), 0.0)
+            ps, qs = p.sum(), q.sum()
+            if ps == 0 or qs == 0:
+                continue
+            p, q = p / ps, q / qs
+            m = p > 0
+            kl = float(np.sum(p[m] * np.log(p[m] / np.maximum(q[m], 1e-12))))
+            if kl < best_kl:
+                best_kl, best_t = kl, i
+        return best_t * self.R / n
+
+    def _mse_range(self, bits: int) -> Tuple[float, float]:
+        e = self.edges()
+        centers = (e[:-1] + e[1:]) / 2
+        h = self.hist
+        lo0, hi0 = float(self.min), float(self.max)
+        best, best_err = (lo0, hi0), np.inf
+        levels = 2 ** bits - 1
+        for f in np.linspace(0.3, 1.0, 71):
+            lo, hi = (lo0 * f if lo0 < 0 else lo0), hi0 * f
+            step = (hi - lo) / levels
+            if step <= 0:
+                continue
+            clipped = np.clip(centers, lo, hi)
+            err = np.sum(h * ((centers - clipped) ** 2 + np.where(centers == clipped, step * step / 12, 0.0)))
+            if err < best_err:
+                best_err, best = err, (lo, hi)
+        return best
+
+
+# --- calibration data -------------------------------------------------------------------
+
+def load_samples(path, graph: Graph) -> List[Dict[str, np.ndarray]]:
+    """Read `--calib` data (.npz, or a folder of .npz/.npy) and split it into batches
+    shaped like the graph's inputs. Bad data is a CalibError, never a crash."""
+    path = Path(path)
+    arrays: Dict[str, List[np.ndarray]] = {}
+    files = sorted(path.glob("*.np[yz]")) if path.is_dir() else [path]
+    if not files or not all(f.exists() for f in files):
+        raise CalibError(f"{path}: no calibration data (expected an .npz or a folder of .npz/.npy files)")
+    for f in files:
+        try:
+            if f.suffix == ".npy":
+                arrays.setdefault(f.stem, []).append(np.load(f, allow_pickle=False))
+            else:
+                with np.load(f, allow_pickle=False) as z:
+                    for k in z.files:
+                        arrays.setdefault(k, []).append(z[k])
+        except (OSError, ValueError) as e:
+            raise CalibError(f"{f}: cannot read calibration data ({str(e).splitlines()[0]})") from None
+    names = [v.name for v in graph.inputs]
+    unknown = sorted(set(arrays) - set(names))
+    if unknown:
+        raise CalibError(f"calibration data has '{unknown[0]}', which is not a model input "
+                         f"(inputs: {', '.join(names)})")
+    batches = {}
+    for v in graph.inputs:
+        if v.name not in arrays:
+            raise CalibError(f"calibration data has no array for input '{v.name}'")
+        b = v.shape[0] if v.shape else 1
+        parts = []
+        for a in arrays[v.name]:
+            if a.ndim == len(v.shape) + 1 and tuple(a.shape[1:]) == v.shape:
+                a = a.reshape((-1,) + v.shape[1:]) if v.shape else a
+                parts.append(a)
+            elif a.ndim == len(v.shape) and tuple(a.shape[1:]) == v.shape[1:]:
+                parts.append(a)
+            else:
+                raise CalibError(f"calibration array '{v.name}' has shape {list(a.shape)}; the input is "
+                                 f"{list(v.shape)} (give samples along axis 0)")
+        a = np.concatenate(parts, axis=0) if v.shape else np.stack(parts)
+        if a.shape[0] == 0:
+            raise CalibError(f"calibration array '{v.name}' is empty")
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise CalibError(f"calibration array '{v.name}' contains NaN or Inf")
+        a = a.astype(v.type.np_dtype, copy=False)
+        n = a.shape[0] // b if v.shape else a.shape[0]
+        if n == 0:
+            raise CalibError(f"calibration array '{v.name}' has {a.shape[0]} samples, fewer than the batch size {b}")
+        batches[v.name] = [a[i * b:(i + 1) * b] for i in range(n)]
+    count = min(len(x) for x in batches.values())
+    return [{k: batches[k][i] for k in batches} for i in range(count)]
+
+
+def observe(graph: Graph, samples: List[Mapping[str, np.ndarray]], names: List[str],
+            progress: Optional[Callable[[str], None]] = None) -> Dict[str, Observer]:
+    """Run the float graph on every sample, feeding the named values' observers."""
+    from .interp import Interpreter
+
+    observers = {n: Observer() for n in names}
+
+    class _Calib(Interpreter):
+        def on_value(self, value, array):
+            ob = observers.get(value.name)
+            if ob is not None:
+                ob.update(array)
+
+    interp = _Calib(graph)
+    step = max(1, len(samples) // 10)
+    for i, feeds in enumerate(samples):
+        interp.run(feeds)
+        if progress and ((i + 1) % step == 0 or i + 1 == len(samples)):
+            progress(f"calibrating: {i + 1}/{len(samples)} batches")
+    return observers

@@ -1,0 +1,172 @@
+"""The integer ops: quantize, dequantize, requantize and the int8 compute ops.
+
+Each op carries its arithmetic in its attributes (scales, zero points, the fixed-
+point multiplier and shift), so a kernel is a pure function of its operands, the
+text form shows every number the compiler chose, and the back end lowers exactly
+what the interpreter runs. The output value's `!q<...>` says what the integers
+mean; the attributes say how they were computed; the verifier checks they agree.
+
+Rounding: quantize rounds half to even in float32 (as ONNX QuantizeLinear and
+TVM's quantize do). requantize is TFLite's single-rounding fixed-point multiply:
+    y = (x * M + 2^(t-1)) >> t,  t = 31 - shift,  real multiplier = M * 2^(shift-31)
+which int64 arithmetic computes exactly on every back end.
+"""
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import numpy as np
+
+from qcc.ir.opdef import INTEGER, QUANT, Attr, register_op
+from qcc.ir.types import TensorType, int_range, to_numpy_dtype
+
+from .nn import conv as _conv_kernel, _conv_infer
+
+_QDTYPES = ("i8", "u8", "i16", "u4", "i4", "i32")
+
+
+def quantize_multiplier(real: float) -> Tuple[int, int]:
+    """real ≈ M * 2^(shift-31) with M in [2^30, 2^31): the gemmlowp/TFLite encoding."""
+    if real <= 0 or not math.isfinite(real):
+        if real == 0:
+            return 0, 0
+        raise ValueError(f"requantize multiplier must be positive and finite, got {real}")
+    m, e = math.frexp(real)
+    M = int(round(m * (1 << 31)))
+    if M == 1 << 31:
+        M //= 2
+        e += 1
+    return M, e
+
+
+def _per_axis(vals, rank: int, axis: int, dtype) -> np.ndarray:
+    a = np.asarray(vals, dtype=dtype)
+    if axis < 0 or a.size == 1:
+        return a.reshape(()) if a.size == 1 else a
+    shape = [1] * rank
+    shape[axis] = a.size
+    return a.reshape(shape)
+
+
+def _clamp_bounds(dtype: str, clamp) -> Tuple[int, int]:
+    lo, hi = int_range(dtype)
+    if clamp:
+        lo, hi = max(lo, int(clamp[0])), min(hi, int(clamp[1]))
+    return lo, hi
+
+
+def _out_of(dtype_attr):
+    def infer(types, attrs):
+        return [TensorType(types[0].shape, attrs[dtype_attr])]
+    return infer
+
+
+@register_op("quantize", attrs={"scale": Attr("floats"), "zero_point": Attr("ints"), "axis": Attr("int", -1),
+                                "dtype": Attr("str", choices=_QDTYPES)},
+             infer=_out_of("dtype"), traits=(QUANT,))
+def quantize(x, *, scale, zero_point, axis, dtype):
+    """Float to integer: clamp(round_half_even(x / scale) + zero_point)."""
+    s = _per_axis(scale, x.ndim, axis, np.float32)
+    z = _per_axis(zero_point, x.ndim, axis, np.int32)
+    lo, hi = int_range(dtype)
+    q = np.rint(x.astype(np.float32) / s).astype(np.float32)
+    q = np.clip(np.nan_to_num(q, nan=0.0, posinf=hi, neginf=lo), -2.0 ** 31, 2.0 ** 31 - 1).astype(np.int64) + z
+    return np.clip(q, lo, hi).astype(to_numpy_dtype(dtype))
+
+
+@register_op("dequantize", attrs={"scale": Attr("floats"), "zero_point": Attr("ints"), "axis": Attr("int", -1)},
+             infer=lambda types, attrs: [TensorType(types[0].shape, "f32")], traits=(QUANT,))
+def dequantize(q, *, scale, zero_point, axis):
+    """Integer to float: (q - zero_point) * scale, in float32."""
+    s = _per_axis(scale, q.ndim, axis, np.float32)
+    z = _per_axis(zero_point, q.ndim, axis, np.int32)
+    return ((q.astype(np.int32) - z).astype(np.float32) * s).astype(np.float32)
+
+
+@register_op("requantize",
+             attrs={"multiplier": Attr("ints"), "shift": Attr("ints"), "axis": Attr("int", -1),
+                    "input_zero_point": Attr("int", 0), "zero_point": Attr("int", 0),
+                    "dtype": Attr("str", choices=_QDTYPES), "clamp": Attr("ints", [])},
+             infer=_out_of("dtype"), traits=(QUANT, INTEGER))
+def requantize(x, *, multiplier, shift, axis, input_zero_point, zero_point, dtype, clamp):
+    """Integer to integer with a new scale: fixed-point multiply, round, add zero point, clamp.
+
+    `clamp` ([lo, hi] in output integers) is how a fused relu/relu6 survives quantization.
+    """
+    M = _per_axis(multiplier, x.ndim, axis, np.int64)
+    t = 31 - _per_axis(shift, x.ndim, axis, np.int64)
+    t = np.clip(t, 1, 62)
+    acc = x.astype(np.int64) - np.int64(input_zero_point)
+    y = (acc * M + (np.int64(1) << (t - 1))) >> t
+    lo, hi = _clamp_bounds(dtype, clamp)
+    return np.clip(y + np.int64(zero_point), lo, hi).astype(to_numpy_dtype(dtype))
+
+
+def _qconv_infer(types, attrs):
+    x, w = types[0], types[1]
+    if x.dtype not in ("u8", "i8", "i16", "u4", "i4") or w.dtype not in ("i8", "i4", "u8", "i16"):
+        raise ValueError(f"qconv takes integer operands, got {x.dtype} and {w.dtype}")
+    if len(types) > 2 and types[2] is not None and types[2].dtype != "i32":
+        raise ValueError(f"qconv bias must be i32, got {types[2].dtype}")
+    fx = [TensorType(x.shape, "f32"), TensorType(w.shape, "f32")]
+    return [TensorType(_conv_infer(fx, attrs)[0].shape, "i32")]
+
+
+@register_op("qconv", inputs=("x", "w", "b?"),
+             attrs={"strides": Attr("ints"), "pads": Attr("ints"), "dilations": Attr("ints"),
+                    "group": Attr("int", 1), "x_zero_point": Attr("int", 0)},
+             infer=_qconv_infer, traits=(INTEGER,))
+def qconv(x, w, b=None, *, strides, pads, dilations, group, x_zero_point):
+    """Integer convolution into an int32 accumulator: sum((x - zx) * w) + b.
+
+    Padding contributes zero *real* value, i.e. pads with zx; subtracting zx first
+    and padding with 0 is the same thing. Weights are symmetric (no zero point).
+    """
+    xs = x.astype(np.int64) - np.int64(x_zero_point)
+    acc = _conv_kernel(xs, w.astype(np.int64), None, strides=strides, pads=pads, dilations=dilations, group=group)
+    if b is not None:
+        acc = acc + b.astype(np.int64).reshape((1, -1) + (1,) * (x.ndim - 2))
+    return _wrap_i32(acc)
+
+
+def _mm_shape(a, b):
+    a2 = a if len(a) > 1 else (1,) + tuple(a)
+    b2 = b if len(b) > 1 else tuple(b) + (1,)
+    if a2[-1] != b2[-2]:
+        raise ValueError(f"qmatmul: inner dimensions differ ({a} x {b})")
+    batch = np.broadcast_shapes(a2[:-2], b2[:-2])
+    out = tuple(batch) + (a2[-2], b2[-1])
+    if len(a) == 1:
+        out = out[:-2] + out[-1:]
+    if len(b) == 1:
+        out = out[:-1]
+    return out
+
+
+@register_op("qmatmul", inputs=("a", "b", "bias?"),
+             attrs={"a_zero_point": Attr("int", 0), "b_zero_point": Attr("int", 0)},
+             infer=lambda types, attrs: [TensorType(_mm_shape(types[0].shape, types[1].shape), "i32")],
+             traits=(INTEGER,))
+def qmatmul(a, b, bias=None, *, a_zero_point, b_zero_point):
+    """Integer matmul into int32: (a - za) @ (b - zb) + bias (bias along the last axis)."""
+    acc = np.matmul(a.astype(np.int64) - a_zero_point, b.astype(np.int64) - b_zero_point)
+    if bias is not None:
+        acc = acc + bias.astype(np.int64)
+    return _wrap_i32(acc)
+
+
+def _wrap_i32(acc: np.ndarray) -> np.ndarray:
+    """int32 accumulators wrap like the hardware's; say so loudly if it ever happens."""
+    if acc.size and (acc.max() > 2 ** 31 - 1 or acc.min() < -2 ** 31):
+        raise OverflowError("int32 accumulator overflow (too many terms for the bit widths)")
+    return acc.astype(np.int32)
+
+
+@register_op("observe", attrs={"method": Attr("str", "minmax"), "range": Attr("floats", []),
+                               "source": Attr("str", "")},
+             traits=())
+def observe(x, *, method, range, source):
+    """Identity that marks an activation to quantize; after calibration `range` holds
+    the real-valued range chosen for it and `source` how (observer, relu, shared, bn)."""
+    return x

@@ -1,0 +1,53 @@
+"""The arithmetic of choosing quantization parameters, shared by passes and the frontend."""
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+
+from .ir.types import QuantParams, int_range
+
+WEIGHT_QMAX = 127  # symmetric int8 weights use [-127, 127]: no lone -128 to skew a channel
+
+
+def params_for_range(lo: float, hi: float, dtype: str = "u8", symmetric: bool = False) -> QuantParams:
+    """Scale and zero point that map [lo, hi] (which must contain 0) onto `dtype`."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    qmin, qmax = int_range(dtype)
+    bits = {"u8": 8, "i8": 8, "i16": 16, "u4": 4, "i4": 4}[dtype]
+    signed = dtype.startswith("i")
+    if symmetric:
+        if not signed:
+            raise ValueError("symmetric quantization needs a signed dtype")
+        m = max(abs(lo), abs(hi)) or 1e-8
+        return QuantParams(bits, True, m / qmax, 0, range=(lo, hi))
+    span = (hi - lo) or 1e-8
+    scale = span / (qmax - qmin)
+    zp = int(np.clip(round(qmin - lo / scale), qmin, qmax))
+    return QuantParams(bits, signed, scale, zp, range=(lo, hi))
+
+
+def quantize_weights(w: np.ndarray, axis: int, bits: int = 8) -> Tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-channel weights: (integer weights, per-channel scales)."""
+    qmax = WEIGHT_QMAX if bits == 8 else (1 << (bits - 1)) - 1
+    red = tuple(i for i in range(w.ndim) if i != axis)
+    amax = np.max(np.abs(w.astype(np.float64)), axis=red) if w.size else np.zeros(w.shape[axis])
+    scale = np.where(amax > 0, amax / qmax, 1.0)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(np.rint(w / scale.reshape(shape)), -qmax, qmax).astype(np.int8)
+    return q, scale
+
+
+def quantize_bias(b: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """int32 bias at the accumulator's scale (clamped: a huge bias on a tiny scale saturates)."""
+    q = np.rint(b.astype(np.float64) / scale)
+    return np.clip(q, -(2 ** 31), 2 ** 31 - 1).astype(np.int32)
+
+
+def quantize_array(x: np.ndarray, q: QuantParams) -> np.ndarray:
+    from .ir.types import to_numpy_dtype
+
+    s = q.scale_array(x.ndim).astype(np.float32)
+    z = q.zero_point_array(x.ndim)
+    return np.clip(np.rint(x.astype(np.float32) / s) + z, q.qmin, q.qmax).astype(to_numpy_dtype(q.dtype))
