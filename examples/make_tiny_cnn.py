@@ -44,7 +44,8 @@ def build() -> onnx.ModelProto:
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 10])],
         inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="qcc-examples")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="qcc-examples",
+                              ir_version=8)  # onnxruntime reads IR versions up to 13
     onnx.checker.check_model(model)
     return model
 

@@ -161,18 +161,33 @@ class Quantize(Pass):
             return wq, ws, n.output.type.rank - 1, 1, None
         return None
 
+    def _input(self, n: Node, g: Graph):
+        """The layer's integer input and its params: an already-integer value behind a
+        dequantize (the previous layer's output), or a new quantize of an observed value."""
+        v = n.inputs[0]
+        p = v.producer if v is not None else None
+        if p is not None and p.op == "dequantize" and p.attrs.get("axis", -1) == -1 \
+                and p.inputs[0].quant is not None and p.inputs[0].dtype in ("u8", "i8"):
+            return p.inputs[0], p.inputs[0].quant
+        x = _observed(v)
+        if x is None:
+            return None
+        qx = self._act_params(x[1])
+        return self._quantize_input(p.inputs[0], qx, g, n), qx
+
     def _rewrite(self, n: Node, g: Graph, ctx: PassContext):
-        x = _observed(n.inputs[0])
         end = _output_end(n, g)
         wts = self._weights(n)
-        if x is None or end is None or wts is None:
+        if end is None or wts is None:
             return None
-        (_, xr), (end_v, yr, clamp) = x, end
+        x = self._input(n, g)
+        if x is None:
+            return None
+        (xq, qx), (end_v, yr, clamp) = x, end
         wq, ws, out_axis, w_axis, bias = wts
-        qx, qy = self._act_params(xr), self._act_params(yr)
+        qy = self._act_params(yr)
         sx, sy = qx.scale[0], qy.scale[0]
         name = n.name
-        xq = self._quantize_input(n.inputs[0].producer.inputs[0], qx, g, n)
         wc = g.add_const(name + ".wq", wq, "i8", QuantParams(8, True, ws, 0, axis=w_axis if ws.size > 1 else None)
                          if ws.size > 1 else QuantParams(8, True, ws, 0))
         acc_scale = sx * ws

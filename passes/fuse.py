@@ -1,0 +1,269 @@
+"""fuse: fold batch norms and bias adds into the layers before them, and turn
+decomposed activations back into single ops.
+
+Quantization works per layer: a batch norm left standing would be quantized on
+its own (losing accuracy) and a GELU spelled as six elementwise ops would get six
+sets of ranges. So before observing:
+  * batch_norm(conv/conv_transpose/gemm) -> the layer with scaled weights and bias
+    (the BN statistics are kept in the value's scratch meta for data-free ranges);
+  * add(conv(x, w), c) with c per output channel -> conv(x, w, c); same for gemm;
+    a 2-D matmul with a constant right side plus a bias becomes gemm;
+  * x * hard_sigmoid(x) -> hard_swish(x); 0.5·x·(1 + erf(x/√2)) -> gelu(x);
+    the ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div(/Mul/Add) chain -> layer_norm.
+Activations after a layer (relu, clip) are fused at quantization time, into the
+requantize clamp, and by TVM's operator fusion in float.
+
+Before: %c = qcc.conv(%x, %w, %b) {...}   %n = qcc.batch_norm(%c, %g, %be, %m, %v) {epsilon=1e-05}
+After:  %n = qcc.conv(%x, %w.bn, %b.bn) {...}
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from qcc.ir.graph import Graph, Node, Value
+from qcc.pass_manager import PassContext
+from qcc.passes_registry import Pass, register_pass
+
+
+def _const(v: Optional[Value]) -> Optional[np.ndarray]:
+    return None if v is None or not v.is_const else v.data
+
+
+def _single_user(v: Value, g: Graph) -> Optional[Node]:
+    users = v.users()
+    return users[0] if len(users) == 1 and v not in g.outputs else None
+
+
+def _replace_layer(g: Graph, old_out: Value, op: str, inputs, attrs, before: Node) -> Value:
+    """A new layer node whose result takes over `old_out`'s uses. It is named after the
+    layer it replaces (`before`), so reports name layers as the model did, unless the
+    replaced value is a graph output, whose name is part of the model's interface."""
+    name = old_out.name if old_out in g.outputs else before.output.name
+    new = g.add_node(op, inputs, attrs, names=[name + ".fused"], before=before, types=[old_out.type])
+    g.replace_value(old_out, new.output)
+    return new.output
+
+
+def _fold_bn(bn: Node, g: Graph) -> bool:
+    x = bn.inputs[0]
+    layer = x.producer
+    if layer is None or layer.op not in ("conv", "conv_transpose", "gemm") or _single_user(x, g) is not bn:
+        return False
+    gamma, beta, mean, var = (_const(v) for v in bn.inputs[1:5])
+    w = _const(layer.inputs[1])
+    if any(a is None for a in (gamma, beta, mean, var, w)):
+        return False
+    eps = float(bn.attrs.get("epsilon", 1e-5))
+    k = (gamma / np.sqrt(var.astype(np.float64) + eps))
+    C = k.size
+    b_in = layer.inputs[2] if len(layer.inputs) > 2 else None
+    if b_in is not None and not b_in.is_const:
+        return False
+    b = np.zeros(C) if b_in is None else b_in.data.astype(np.float64).reshape(-1)
+    if b.size == 1 and C > 1:
+        b = np.full(C, b[0])
+    if b.size != C:
+        return False
+    if layer.op == "conv":
+        w2 = w * k.reshape((-1,) + (1,) * (w.ndim - 1))
+    elif layer.op == "conv_transpose":
+        if layer.attrs.get("group", 1) != 1:
+            return False
+        w2 = w * k.reshape((1, -1) + (1,) * (w.ndim - 2))
+    else:  # gemm: output [M, N], channel axis 1
+        if layer.attrs.get("trans_a", 0) or float(layer.attrs.get("alpha", 1.0)) != 1.0 \
+                or float(layer.attrs.get("beta", 1.0)) != 1.0:
+            return False
+        w2 = w * (k.reshape(-1, 1) if layer.attrs.get("trans_b", 0) else k.reshape(1, -1))
+    b2 = (b - mean) * k + beta
+    wc = g.add_const(layer.inputs[1].name + ".bn", w2.astype(w.dtype))
+    bc = g.add_const((b_in.name if b_in is not None else layer.name + ".b") + ".bn",
+                     b2.astype(w.dtype).reshape((C,) if layer.op != "gemm" or b_in is None else b_in.shape))
+    out = _replace_layer(g, bn.output, layer.op, [layer.inputs[0], wc, bc], dict(layer.attrs), before=layer)
+    out.meta["bn_stats"] = (beta.astype(np.float64), np.abs(gamma).astype(np.float64))
+    return True
+
+
+def _fold_bias(add: Node, g: Graph) -> bool:
+    a, c = add.inputs
+    if _const(a) is not None:
+        a, c = c, a
+    cd = _const(c)
+    layer = a.producer if a is not None else None
+    if cd is None or layer is None or _single_user(a, g) is not add:
+        return False
+    if layer.op == "conv" and (len(layer.inputs) < 3 or layer.inputs[2] is None):
+        C = layer.output.shape[1]
+        rank = layer.output.type.rank
+        if cd.ndim > rank or cd.size != C or (cd.ndim >= rank - 1 and cd.shape[-(rank - 1)] != C):
+            return False
+        bc = g.add_const(c.name + ".bias", cd.reshape(C).astype(np.float32))
+        _replace_layer(g, add.output, "conv", [layer.inputs[0], layer.inputs[1], bc], dict(layer.attrs), layer)
+        return True
+    if layer.op == "matmul" and layer.inputs[0].type.rank == 2 and _const(layer.inputs[1]) is not None:
+        N = layer.output.shape[1]
+        if cd.size != N or add.output.type != layer.output.type:
+            return False
+        bc = g.add_const(c.name + ".bias", cd.reshape(N).astype(np.float32))
+        _replace_layer(g, add.output, "gemm", [layer.inputs[0], layer.inputs[1], bc],
+                       {"alpha": 1.0, "beta": 1.0, "trans_a": 0, "trans_b": 0}, layer)
+        return True
+    return False
+
+
+def _is_scalar(v: Optional[Value], target: float, tol: float = 1e-3) -> bool:
+    d = _const(v)
+    return d is not None and d.size == 1 and abs(float(d.ravel()[0]) - target) <= tol * max(1.0, abs(target))
+
+
+def _operands(n: Node):
+    return n.inputs[0], n.inputs[1]
+
+
+def _other(n: Node, v: Value) -> Optional[Value]:
+    a, b = _operands(n)
+    return b if a is v else a if b is v else None
+
+
+def _hard_swish(mul: Node, g: Graph) -> bool:
+    for x, h in (_operands(mul), _operands(mul)[::-1]):
+        p = h.producer if h is not None else None
+        if p is not None and p.op == "hard_sigmoid" and p.inputs[0] is x \
+                and abs(p.attrs.get("alpha", 0.2) - 1 / 6) < 1e-4 and abs(p.attrs.get("beta", 0.5) - 0.5) < 1e-4:
+            new = g.add_node("hard_swish", [x], {}, names=[mul.output.name + ".hs"], before=mul)
+            g.replace_value(mul.output, new.output)
+            return True
+    return False
+
+
+def _gelu(erf: Node, g: Graph) -> bool:
+    """0.5 * x * (1 + erf(x / sqrt(2))), in any association of the multiplications."""
+    d = erf.inputs[0].producer
+    if d is None or not ((d.op == "div" and _is_scalar(d.inputs[1], np.sqrt(2)))
+                         or (d.op == "mul" and _is_scalar(d.inputs[1], 1 / np.sqrt(2)))):
+        return False
+    x = d.inputs[0]
+    add = _single_user(erf.output, g)
+    if add is None or add.op != "add" or not _is_scalar(_other(add, erf.output), 1.0):
+        return False
+    m1 = _single_user(add.output, g)
+    if m1 is None or m1.op != "mul":
+        return False
+    o = _other(m1, add.output)
+    # forms: (x*0.5)*(1+erf) | x*(1+erf) then *0.5 | (1+erf)*0.5 then *x
+    if o is not None and o.producer is not None and o.producer.op == "mul" \
+            and x in o.producer.inputs and _is_scalar(_other(o.producer, x), 0.5):
+        end = m1
+    elif o is x:
+        end = _single_user(m1.output, g)
+        if end is None or end.op != "mul" or not _is_scalar(_other(end, m1.output), 0.5):
+            return False
+    elif _is_scalar(o, 0.5):
+        end = _single_user(m1.output, g)
+        if end is None or end.op != "mul" or _other(end, m1.output) is not x:
+            return False
+    else:
+        return False
+    new = g.add_node("gelu", [x], {"approximate": "none"}, names=[end.output.name + ".gelu"], before=end)
+    g.replace_value(end.output, new.output)
+    return True
+
+
+def _layer_norm(div: Node, g: Graph) -> bool:
+    """(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps) [* gamma] [+ beta] over trailing axes."""
+    sub, sq = div.inputs
+    if sub.producer is None or sub.producer.op != "sub" or sq.producer is None or sq.producer.op != "sqrt":
+        return False
+    x, mean = sub.producer.inputs
+    if mean.producer is None or mean.producer.op != "reduce_mean" or mean.producer.inputs[0] is not x:
+        return False
+    axes = list(mean.producer.attrs.get("axes", []))
+    rank = x.type.rank
+    if not axes or axes != list(range(rank - len(axes), rank)) or not mean.producer.attrs.get("keepdims", 1):
+        return False
+    addeps = sq.producer.inputs[0].producer
+    if addeps is None or addeps.op != "add":
+        return False
+    var = next((v for v in addeps.inputs if v.producer is not None and v.producer.op == "reduce_mean"), None)
+    eps = _const(_other(addeps, var)) if var is not None else None
+    if var is None or eps is None or eps.size != 1 or list(var.producer.attrs.get("axes", [])) != axes:
+        return False
+    pw = var.producer.inputs[0].producer
+    if pw is None or not ((pw.op == "pow" and pw.inputs[0] is sub and _is_scalar(pw.inputs[1], 2.0))
+                          or (pw.op == "mul" and pw.inputs[0] is sub and pw.inputs[1] is sub)):
+        return False
+    norm_shape = x.shape[axes[0]:]
+    end, scale, bias = div, None, None
+    m = _single_user(div.output, g)
+    if m is not None and m.op == "mul" and _const(_other(m, div.output)) is not None:
+        s = _const(_other(m, div.output))
+        if s.size == int(np.prod(norm_shape)):
+            scale, end = s, m
+    if scale is not None:
+        a = _single_user(end.output, g)
+        if a is not None and a.op == "add" and _const(_other(a, end.output)) is not None:
+            bb = _const(_other(a, end.output))
+            if bb.size == int(np.prod(norm_shape)):
+                bias, end = bb, a
+    sc = g.add_const(end.output.name + ".ln.scale",
+                     (scale if scale is not None else np.ones(norm_shape)).reshape(norm_shape).astype(np.float32))
+    ins = [x, sc]
+    if bias is not None:
+        ins.append(g.add_const(end.output.name + ".ln.bias", bias.reshape(norm_shape).astype(np.float32)))
+    new = g.add_node("layer_norm", ins, {"axis": axes[0], "epsilon": float(eps.ravel()[0])},
+                     names=[end.output.name + ".ln"], before=end, types=[end.output.type])
+    g.replace_value(end.output, new.output)
+    return True
+
+
+# (op of the node where a pattern is anchored) -> rewrites tried in order
+PATTERNS: Dict[str, List[Callable[[Node, Graph], bool]]] = {
+    "batch_norm": [_fold_bn],
+    "add": [_fold_bias],
+    "mul": [_hard_swish],
+    "erf": [_gelu],
+    "div": [_layer_norm],
+}
+
+
+@register_pass
+@dataclass(frozen=True)
+class Fuse(Pass):
+    """Fold batch norm and bias adds into layers; recognise hard-swish, GELU and layer norm."""
+
+    name = "fuse"
+    max_iters: int = 8
+
+    def run(self, graph: Graph, ctx: PassContext) -> bool:
+        changed_any = False
+        counts: Dict[str, int] = {}
+        for _ in range(self.max_iters):
+            changed = False
+            for n in graph.nodes:
+                if n.graph is None:
+                    continue
+                for rw in PATTERNS.get(n.op, ()):
+                    if n.graph is not None and rw(n, graph):
+                        counts[rw.__name__.strip("_")] = counts.get(rw.__name__.strip("_"), 0) + 1
+                        changed = True
+                        break
+            graph.eliminate_dead_code()
+            if not changed:
+                break
+            changed_any = True
+        _restore_names(graph)
+        ctx.report["fused"] = dict(sorted(counts.items()))
+        return changed_any
+
+
+def _restore_names(g: Graph) -> None:
+    """`conv.fused` goes back to the name of the value it replaced, once that one is gone."""
+    for v in g.values():
+        for suffix in (".fused", ".hs", ".gelu", ".ln"):
+            if v.name.endswith(suffix) and v.producer is not None:
+                base = v.name[: -len(suffix)]
+                if not g.has_value(base):
+                    g.rename(v, base)
