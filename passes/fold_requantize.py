@@ -124,6 +124,33 @@ def _activation(n: Node, g: Graph) -> bool:
     return True
 
 
+def _merge_clamp(n: Node, g: Graph) -> bool:
+    """requantize(identity-with-clamp(q)) -> requantize with the clamp moved after it.
+
+    A requantize is monotonic, so B(clamp(x, lo, hi)) == clamp(B(x), B(lo), B(hi))."""
+    a = n.inputs[0].producer
+    if a is None or a.op != "requantize" or len(n.inputs[0].users()) != 1 or n.inputs[0] in g.outputs:
+        return False
+    if a.attrs["multiplier"] != [IDENTITY_M] or a.attrs["shift"] != [IDENTITY_SHIFT] \
+            or a.attrs.get("input_zero_point", 0) != a.attrs.get("zero_point", 0) or n.attrs.get("axis", -1) != -1:
+        return False
+    if a.attrs.get("input_zero_point", 0) != n.attrs.get("input_zero_point", 0) and a.attrs.get("zero_point", 0) \
+            != n.attrs.get("input_zero_point", 0):
+        return False
+    from qcc.ops.quant import requantize as rq_kernel
+
+    attrs = n.opdef.with_defaults(n.attrs)
+    lo_hi = a.attrs.get("clamp") or list(int_range(a.attrs["dtype"]))
+    b_lo, b_hi = rq_kernel(np.array(lo_hi, np.int64), **attrs).tolist()
+    old = attrs.get("clamp") or list(int_range(attrs["dtype"]))
+    new_attrs = dict(n.attrs)
+    new_attrs["clamp"] = [max(b_lo, old[0]), min(b_hi, old[1])]
+    rq = g.add_node("requantize", [a.inputs[0]], new_attrs, names=[n.output.name + ".m"], before=n)
+    rq.output.quant = n.output.quant
+    g.replace_value(n.output, rq.output)
+    return True
+
+
 @register_pass
 @dataclass(frozen=True)
 class FoldRequantize(Pass):
@@ -141,6 +168,8 @@ class FoldRequantize(Pass):
                     continue
                 if n.op == "quantize":
                     changed |= _fold_pair(n, graph)
+                elif n.op == "requantize":
+                    changed |= _merge_clamp(n, graph)
                 elif _commute(n, graph) or _activation(n, graph):
                     changed = True
             graph.eliminate_dead_code()

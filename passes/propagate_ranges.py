@@ -161,9 +161,10 @@ class PropagateRanges(Pass):
         for root, members in groups.items():
             if len(members) < 2:
                 continue
+            members.sort(key=lambda m: order[m])  # deterministic: label by the first in the graph
             lo = min(ranges[m][0] for m in members)
             hi = max(ranges[m][1] for m in members)
-            label = _source_value(by_id[root]).name
+            label = _source_value(by_id[members[0]]).name
             for m in members:
                 ranges[m] = (lo, hi)
                 sources[m] = f"shared:{label}"

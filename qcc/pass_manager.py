@@ -235,6 +235,7 @@ class PassManager:
     def run(self, graph: Graph, ctx: Optional[PassContext] = None) -> bool:
         ctx = ctx or PassContext()
         any_changed = False
+        output_names = [v.name for v in graph.outputs]
         for i, p in enumerate(self.passes):
             self._check_requires(p, graph, ctx)
             for ins in self.instruments:
@@ -262,9 +263,21 @@ class PassManager:
                 ins.after_pass(p, graph, ctx, i, changed, seconds)
             if self.stop_after == p.name:
                 break
+        _restore_output_names(graph, output_names)
         for ins in self.instruments:
             ins.finish(ctx)
         return any_changed
+
+
+def _restore_output_names(graph: Graph, names) -> None:
+    """Output names are the model's interface: rewrites may put another value in an
+    output's place (`y` -> `y.dq`); give it the old name back once that name is free."""
+    if len(names) != len(graph.outputs):
+        return
+    for v, name in zip(graph.outputs, names):
+        if v.name != name and not graph.has_value(name) and graph.outputs.count(v) == 1 \
+                and v not in graph.inputs:
+            graph.rename(v, name)
 
 
 def _producers(prop: str):
