@@ -125,6 +125,7 @@ def register_pass(arg: Union[str, type, Callable, None] = None, *, summary: Opti
     `@register_pass("my-pass")` on a class or a function `(graph, ctx) -> bool`."""
 
     def deco(obj, name: Optional[str] = None):
+        load_builtins()  # so a clash with a built-in is caught whichever registers first
         if inspect.isclass(obj):
             if not issubclass(obj, Pass):
                 raise PassError(f"{obj.__name__} is not a qcc Pass subclass")

@@ -161,7 +161,7 @@ class Graph:
         t = TensorType.of(array, dtype)
         if array.dtype != t.np_dtype:
             array = array.astype(t.np_dtype)
-        array = np.ascontiguousarray(array)
+        array = np.ascontiguousarray(array).reshape(t.shape)  # (ascontiguousarray makes 0-d 1-d)
         array.flags.writeable = False
         v = Value(self.unique_name(name) if unique else name, t, quant, data=array)
         self._register(v)

@@ -144,6 +144,16 @@ class _Builder:
     def quant(self, q, t: TensorType, line, col) -> Optional[QuantParams]:
         if q is None:
             return None
+        params = self._quant(q, t)
+        from .graph import Value
+        from .verify import _check_quant
+
+        err = _check_quant(Value("?", t, params))
+        if err:
+            raise self.err(err.split(": ", 1)[-1], *q[3])
+        return params
+
+    def _quant(self, q, t: TensorType) -> Optional[QuantParams]:
         _, dtype, fields, (ql, qc) = q
         if dtype not in INT_INFO:
             raise self.err(f"quantized dtype must be an integer type, got {dtype}", ql, qc)

@@ -26,7 +26,7 @@ def _check_quant(v: Value) -> Optional[str]:
     if q is None:
         return None
     if v.dtype not in INT_INFO:
-        return f"%{v.name} has quant params but dtype {v.dtype} is not an integer type"
+        return f"%{v.name}: has quant params but dtype {v.dtype} is not an integer type"
     if (q.bits, q.signed) != INT_INFO[v.dtype]:
         return f"%{v.name}: quant params say {q.dtype}, the value is {v.dtype}"
     if q.axis is not None:
