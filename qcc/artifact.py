@@ -57,6 +57,17 @@ class Module:
     __call__ = run
 
 
+def _runs_on_host(preset) -> bool:
+    import platform
+
+    machine = platform.machine().lower()
+    if preset.family == "x86":
+        return machine in ("x86_64", "amd64")
+    if preset.family == "arm":
+        return machine in ("aarch64", "arm64")
+    return False
+
+
 def load(path) -> Module:
     from . import targets
 
@@ -72,6 +83,6 @@ def load(path) -> Module:
     if not lib.is_file():
         raise ArtifactError(f"{path}: the library {lib.name} is missing")
     preset = targets.get_target(manifest["target"]["preset"])
-    if not targets.runs_on_host(preset):
+    if not _runs_on_host(preset):
         raise ArtifactError(f"{path} was compiled for {preset.name}, which this machine cannot run directly")
     return Module(path, manifest, targets.load(lib))

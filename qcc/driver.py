@@ -163,6 +163,7 @@ def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
             "files": {f: _sha256(tmp / f) for f in files},
         }
         _dump_json(tmp / "manifest.json", manifest)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; an artifact is meant to be shared
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
