@@ -46,6 +46,16 @@ def _observed(v: Optional[Value]) -> Optional[Tuple[Node, Tuple[float, float]]]:
     return (v.producer, (float(r[0]), float(r[1]))) if r else None
 
 
+def _source(v: Optional[Value]) -> str:
+    """How the range of a layer's input was derived (for the report)."""
+    p = v.producer if v is not None else None
+    if p is not None and p.op == "observe":
+        return p.attrs.get("source", "")
+    if p is not None and p.op == "dequantize":
+        return "previous layer's output"
+    return ""
+
+
 def _only_user(v: Value) -> Optional[Node]:
     users = v.users()
     return users[0] if len(users) == 1 else None
@@ -221,7 +231,11 @@ class Quantize(Pass):
             base = end_v.name.removesuffix(".obs")
             if not g.has_value(base):
                 g.rename(dq.output, base)
-        return {"precision": "int8", "x_scale": sx, "x_zero_point": qx.zero_point[0], "y_scale": sy,
+        return {"precision": "int8", "op": n.op, "output_value": end_v.name.removesuffix(".obs"),
+                "requantize": rq.output.name, "input_range": list(qx.range or ()),
+                "input_range_source": _source(n.inputs[0]), "output_range": list(qy.range or ()),
+                "output_range_source": end_v.producer.attrs.get("source", "") if end_v.producer is not None
+                and end_v.producer.op == "observe" else "", "x_scale": sx, "x_zero_point": qx.zero_point[0], "y_scale": sy,
                 "y_zero_point": qy.zero_point[0], "weight_scales": [float(s) for s in np.atleast_1d(ws)],
                 "multiplier": rq_attrs["multiplier"], "shift": rq_attrs["shift"],
                 "fused_activation": end_v.name != n.output.name + ".obs"}

@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--input-shape", action="append", default=[], type=_parse_shape_arg, metavar="NAME=DIMS",
                    help="fix an input's dynamic dims, e.g. x=1x3x224x224 (repeatable)")
     c.add_argument("--calib", metavar="DATA", help="calibration data: .npz with one array per input, or a folder")
+    c.add_argument("--calib-method", choices=["minmax", "percentile", "entropy", "mse"],
+                   help="how activation ranges are chosen from calibration data (default percentile)")
+    c.add_argument("--precision", default="", metavar="RULES",
+                   help="per-layer precision overrides, e.g. 'conv1=float;head.*=float'")
     c.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     c.add_argument("--json", action="store_true", help="print the report summary as JSON on stdout")
     _add_pipeline_flags(c)
@@ -206,10 +210,11 @@ def cmd_compile(args) -> int:
 
     opts = CompileOptions(target=args.target, opt_level=args.opt_level or "O0",
                           passes=args.passes, input_shapes=_input_shapes(args), calib=args.calib,
+                          calib_method=args.calib_method, precision=args.precision,
                           plugins=args.plugin, verify_each=bool(args.verify_each))
     if args.print_pipeline:
         print(opts.pipeline(), file=sys.stderr)
-    log = None if args.quiet or args.json else (lambda m: print(f"qcc: {m}", file=sys.stderr))
+    log = None if args.quiet or args.json else _Log(sys.stderr)
     report = compile_model(args.model, args.output, opts, instruments=_instruments(args), log=log)
     if args.json:
         print(json.dumps({"output": args.output, **report["summary"], "warnings": report["warnings"]},
@@ -219,6 +224,34 @@ def cmd_compile(args) -> int:
     return EXIT_OK
 
 
+class _Log:
+    """Progress on stderr: `step k/N` lines overwrite each other on a terminal and are
+    thinned to quarters in a log file; everything else is one line each."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.open_line = False
+
+    def __call__(self, msg: str) -> None:
+        import re
+
+        m = re.search(r"(\d+)/(\d+)", msg)
+        if m and ":" in msg:
+            k, n = int(m.group(1)), int(m.group(2))
+            if self.tty:
+                self.stream.write(f"\rqcc: {msg}\033[K" + ("\n" if k == n else ""))
+                self.stream.flush()
+                self.open_line = k != n
+                return
+            if k != n and k % max(1, n // 4):
+                return
+        if self.open_line:
+            self.stream.write("\n")
+            self.open_line = False
+        print(f"qcc: {msg}", file=self.stream)
+
+
 def _print_summary(report: Dict, out: str) -> None:
     s = report["summary"]
     for w in report.get("warnings", []):
@@ -226,6 +259,12 @@ def _print_summary(report: Dict, out: str) -> None:
     print(f"wrote {out}/  ({s['nodes']} nodes, {s['macs'] / 1e6:.1f} M MACs, "
           f"int8 MACs {100 * s['int8_mac_fraction']:.0f}%, weights {s['size_bytes_float'] / 1e6:.2f} MB -> "
           f"{s['size_bytes_quantized'] / 1e6:.2f} MB)")
+    from .report import summary_table
+
+    if report["layers"]:
+        print(summary_table(report))
+    if s.get("output_sqnr_db"):
+        print("  output SQNR vs float: " + ", ".join(f"{k} {v:.1f} dB" for k, v in s["output_sqnr_db"].items()))
     if report.get("opaque_ops"):
         print(f"  ops kept as opaque float ops: {', '.join(report['opaque_ops'])}")
 
@@ -258,13 +297,14 @@ COMMANDS = {"compile": cmd_compile, "import": cmd_import, "opt": cmd_opt, "run":
 
 def _known_errors():
     from .artifact import ArtifactError
+    from .calibrate import CalibError
     from .driver import CompileError
     from .frontend.errors import FrontendError
     from .ir.parser import QirError
     from .pass_manager import PassFailure
     from .passes_registry import PassError
 
-    return (UsageError, ArtifactError, CompileError, FrontendError, QirError, PassFailure, PassError)
+    return (UsageError, ArtifactError, CompileError, FrontendError, QirError, PassFailure, PassError, CalibError)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

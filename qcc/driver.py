@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
-from .analysis import macs, total_macs, weight_bytes
+from .analysis import weight_bytes
 from .ir.graph import Graph
 from .ir.printer import save as save_qir
 from .pass_manager import Instrument, PassContext, PassManager
+from .report import build_report, layer_errors
 from .passes_registry import load_plugin
 from .pipelines import pipeline_for
 
@@ -36,6 +37,8 @@ class CompileOptions:
     passes: Optional[str] = None  # exact pipeline; overrides opt_level
     input_shapes: Dict[str, Tuple[int, ...]] = field(default_factory=dict)
     calib: Optional[str] = None
+    calib_method: Optional[str] = None
+    precision: str = ""
     plugins: Sequence[str] = ()
     verify_each: bool = False
 
@@ -49,6 +52,8 @@ class CompileOptions:
             "pipeline": self.pipeline(),
             "input_shapes": {k: list(v) for k, v in sorted(self.input_shapes.items())},
             "calib": _sha256(self.calib) if self.calib else None,
+            "calib_method": self.calib_method,
+            "precision": self.precision,
             "plugins": [_sha256(p) for p in self.plugins],
         }
 
@@ -68,36 +73,19 @@ def _io(values) -> List[Dict]:
     return [{"name": v.name, "shape": list(v.shape), "dtype": v.dtype} for v in values]
 
 
-def build_report(g: Graph, float_graph_bytes: int, opaque: List[str]) -> Dict:
-    layers = []
-    for n in g.nodes:
-        m = macs(n)
-        if not m and n.op not in ("quantize", "dequantize", "requantize") and not n.op.startswith("onnx."):
-            continue
-        w = n.inputs[1] if len(n.inputs) > 1 and n.inputs[1] is not None else None
-        x = n.inputs[0]
-        layers.append({
-            "name": n.name,
-            "op": n.op,
-            "macs": m,
-            "weight_dtype": w.dtype if w is not None else None,
-            "activation_dtype": x.dtype if x is not None else None,
-            "output_dtype": n.outputs[0].dtype,
-        })
-    all_macs = total_macs(g)
-    int8_macs = sum(l["macs"] for l in layers if l["weight_dtype"] in ("i8", "u8", "i4", "u4")
-                    and l["activation_dtype"] in ("i8", "u8", "i4", "u4"))
-    return {
-        "layers": layers,
-        "opaque_ops": opaque,
-        "summary": {
-            "nodes": len(g),
-            "macs": all_macs,
-            "int8_mac_fraction": round(int8_macs / all_macs, 6) if all_macs else 0.0,
-            "size_bytes_float": float_graph_bytes,
-            "size_bytes_quantized": weight_bytes(g),
-        },
-    }
+class _FloatSnapshot(Instrument):
+    """Keeps a copy of the float graph as it is just before observers go in: the
+    reference the report measures each quantized layer against."""
+
+    def __init__(self):
+        self.graph: Optional[Graph] = None
+
+    def before_pass(self, p, graph, ctx, index):
+        if p.name == "insert-observers" and self.graph is None:
+            self.graph = graph.copy()
+
+
+ERROR_SAMPLES = 8  # calibration batches used to measure per-layer error for the report
 
 
 def _dump_json(path: Path, obj) -> None:
@@ -126,7 +114,8 @@ def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
         raise CompileError(f"{model}: no such file")
     for p in opts.plugins:
         load_plugin(p)
-    pm = PassManager(opts.pipeline(), verify_each=opts.verify_each, instruments=instruments)
+    snapshot = _FloatSnapshot()
+    pm = PassManager(opts.pipeline(), verify_each=opts.verify_each, instruments=[snapshot, *instruments])
 
     say = log or (lambda m: None)
     say(f"importing {model.name}")
@@ -135,18 +124,29 @@ def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
     except FrontendError as e:
         raise CompileError(str(e)) from None
     float_bytes = weight_bytes(graph)
-    ctx = PassContext(options={"calib": opts.calib, "target": preset}, log=log)
+    from .calibrate import load_samples
+
+    samples = load_samples(opts.calib, graph) if opts.calib else None
+    ctx = PassContext(options={"calib": samples, "calib_method": opts.calib_method,
+                               "precision": opts.precision, "target": preset}, log=log)
     say(f"running {pm.pipeline or '(no passes)'}")
     pm.run(graph, ctx)
     opaque = sorted({n.op for n in graph.nodes if n.op.startswith("onnx.")})
+    errors = {}
+    if samples and snapshot.graph is not None:
+        say("measuring per-layer error against float")
+        errors = layer_errors(snapshot.graph, graph, samples[:ERROR_SAMPLES], ctx.report.get("layers_quantized", {}))
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         say(f"compiling for {preset.name} with TVM")
-        lib = targets.build(graph, preset, tmp)
+        try:
+            lib = targets.build(graph, preset, tmp)
+        except targets.LoweringError as e:
+            raise CompileError(f"cannot lower to {preset.name}: {str(e).splitlines()[0]}") from None
         save_qir(graph, tmp / "model.qir")
-        report = build_report(graph, float_bytes, opaque)
+        report = build_report(graph, float_bytes, opaque, ctx.report, errors)
         report["pipeline"] = pm.pipeline
         report["warnings"] = list(ctx.warnings)
         _dump_json(tmp / "report.json", report)

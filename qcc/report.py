@@ -1,0 +1,126 @@
+"""The compile report: every number the compiler chose, per layer, and what it cost.
+
+Per layer: op, MACs, weight/activation bits, scales, the calibrated range and how
+it was derived, the requantize multiplier/shift, and — when calibration data was
+given — the SQNR of that layer's output against the float model on that data.
+`summary` holds the totals build systems and benchmarks read.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .analysis import macs, total_macs, weight_bytes
+from .ir.graph import Graph
+from .ir.types import FLOAT_DTYPES, INT_INFO
+
+LOW_BITS = ("i8", "u8", "i4", "u4")
+
+
+def _bits(dtype: Optional[str]):
+    if dtype is None:
+        return None
+    return INT_INFO[dtype][0] if dtype in INT_INFO else "float"
+
+
+def layer_name(node) -> str:
+    return node.name[: -len(".acc")] if node.op in ("qconv", "qmatmul") and node.name.endswith(".acc") else node.name
+
+
+def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
+    ref = ref.astype(np.float64)
+    noise = float(np.mean((got.astype(np.float64) - ref) ** 2))
+    signal = float(np.mean(ref ** 2))
+    if noise == 0:
+        return float("inf")
+    return round(10 * np.log10(max(signal, 1e-30) / noise), 2)
+
+
+def layer_errors(float_graph: Graph, quant_graph: Graph, samples: Sequence[Dict[str, np.ndarray]],
+                 layers: Dict[str, Dict]) -> Dict[str, float]:
+    """SQNR (dB) of each quantized layer's output, and of each model output, against float."""
+    from .interp import Interpreter
+    from .ops.quant import dequantize
+
+    fi, qi = Interpreter(float_graph, keep=True), Interpreter(quant_graph, keep=True)
+    pairs: Dict[str, List] = {}
+    for feeds in samples:
+        fo = fi.run(feeds)
+        qo = qi.run(feeds)
+        fenv = {v.name: a for v, a in fi.env.items()}
+        qenv = {v.name: a for v, a in qi.env.items()}
+        for name, info in layers.items():
+            ref, rq = fenv.get(info.get("output_value")), info.get("requantize")
+            if ref is None or rq not in qenv:
+                continue
+            q = quant_graph.value(rq).quant
+            got = dequantize(qenv[rq], scale=list(q.scale), zero_point=list(q.zero_point), axis=-1)
+            pairs.setdefault(name, []).append((ref, got))
+        for (k, ref), got in zip(fo.items(), qo.values()):
+            pairs.setdefault("output:" + k, []).append((ref, got))
+    out = {}
+    for name, ps in pairs.items():
+        ref = np.concatenate([p[0].ravel() for p in ps])
+        got = np.concatenate([p[1].ravel() for p in ps])
+        if ref.dtype.kind == "f":
+            out[name] = sqnr_db(ref, got)
+    return out
+
+
+def build_report(g: Graph, float_graph_bytes: int, opaque: List[str], pass_report: Optional[Dict] = None,
+                 errors: Optional[Dict[str, float]] = None) -> Dict:
+    pass_report = pass_report or {}
+    errors = errors or {}
+    quantized = pass_report.get("layers_quantized", {})
+    layers = []
+    for n in g.nodes:
+        m = macs(n)
+        if not m:
+            continue
+        w = n.inputs[1] if len(n.inputs) > 1 else None
+        x = n.inputs[0]
+        name = layer_name(n)
+        entry = {"name": name, "op": n.op, "macs": m,
+                 "weight_bits": _bits(w.dtype if w is not None else None),
+                 "activation_bits": _bits(x.dtype if x is not None else None)}
+        info = quantized.get(name)
+        if info:
+            entry.update({k: v for k, v in info.items() if k not in ("requantize",)})
+        if name in errors:
+            entry["sqnr_db"] = errors[name]
+        layers.append(entry)
+    all_macs = total_macs(g)
+    int8 = sum(l["macs"] for l in layers
+               if isinstance(l["weight_bits"], int) and l["weight_bits"] <= 8
+               and isinstance(l["activation_bits"], int) and l["activation_bits"] <= 8)
+    summary = {
+        "nodes": len(g),
+        "macs": all_macs,
+        "int8_mac_fraction": round(int8 / all_macs, 6) if all_macs else 0.0,
+        "size_bytes_float": float_graph_bytes,
+        "size_bytes_quantized": weight_bytes(g),
+        "float_ops_left": sorted({n.op for n in g.nodes if n.outputs and n.outputs[0].dtype in FLOAT_DTYPES
+                                  and n.op not in ("dequantize",)}),
+    }
+    outs = {k[len("output:"):]: v for k, v in errors.items() if k.startswith("output:")}
+    if outs:
+        summary["output_sqnr_db"] = outs
+    report = {"layers": layers, "opaque_ops": opaque, "summary": summary}
+    for key in ("bitwidths", "shared_scale_groups", "calibration", "fused"):
+        if key in pass_report:
+            report[key] = pass_report[key]
+    return report
+
+
+def summary_table(report: Dict, limit: int = 12) -> str:
+    """A short terminal table: the layers with the most MACs, then totals."""
+    rows = sorted(report["layers"], key=lambda l: -l["macs"])[:limit]
+    lines = [f"  {'layer':<28} {'op':<8} {'MMACs':>7} {'w':>5} {'a':>5} {'SQNR dB':>8}"]
+    for l in rows:
+        sq = l.get("sqnr_db")
+        lines.append(f"  {l['name'][:28]:<28} {l['op']:<8} {l['macs'] / 1e6:7.2f} {str(l['weight_bits']):>5} "
+                     f"{str(l['activation_bits']):>5} {'' if sq is None else f'{sq:8.1f}'}")
+    if len(report["layers"]) > limit:
+        lines.append(f"  ... {len(report['layers']) - limit} more layers in report.json")
+    return "\n".join(lines)
