@@ -57,6 +57,8 @@ def _parse_overrides(text: str) -> Dict[str, str]:
 def _wants_observer(v: Value, outputs) -> bool:
     if v.dtype not in FLOAT_DTYPES or not (v.uses or v in outputs):
         return False
+    if any(u.op == "observe" for u in v.users()):
+        return False  # already observed (e.g. a QDQ model's fixed params)
     return v.producer is None or v.producer.op not in SKIP_PRODUCERS
 
 
@@ -93,14 +95,14 @@ class InsertObservers(Pass):
         calib = ctx.options.get("calib")
         if calib is not None:
             self._calibrate(graph, ctx, calib)
-        else:
+        elif any(not n.attrs.get("scale") for n in observe_nodes(graph)):
             ctx.warn("no calibration data (--calib): activation ranges will be derived from "
                      "batch-norm statistics and weights, which is less accurate")
         return True
 
     def _calibrate(self, graph: Graph, ctx: PassContext, calib) -> None:
         samples = load_samples(calib, graph) if not isinstance(calib, list) else calib
-        nodes = observe_nodes(graph)
+        nodes = [n for n in observe_nodes(graph) if not n.attrs.get("scale")]  # fixed params stay
         names = sorted({n.inputs[0].name for n in nodes})
         ctx.progress(f"calibrating {len(names)} tensors on {len(samples)} batches")
         observers = observe(graph, samples, names, ctx.progress)

@@ -46,6 +46,34 @@ def _observed(v: Optional[Value]) -> Optional[Tuple[Node, Tuple[float, float]]]:
     return (v.producer, (float(r[0]), float(r[1]))) if r else None
 
 
+def _const_value(v: Optional[Value]) -> Optional[np.ndarray]:
+    """A constant's float value, also through a dequantize of a constant (QDQ biases)."""
+    if v is None:
+        return None
+    if v.is_const:
+        return v.data
+    p = v.producer
+    if p is not None and p.op == "dequantize" and p.inputs[0].is_const:
+        return p.opdef.kernel(p.inputs[0].data, **p.opdef.with_defaults(p.attrs))
+    return None
+
+
+def _fixed_weights(w: Optional[Value]):
+    """A QDQ model's weights: (int8 array, scales, axis) behind a dequantize of an int8
+    constant with symmetric params — used exactly, not re-quantized."""
+    p = w.producer if w is not None else None
+    if p is None or p.op != "dequantize" or not p.inputs[0].is_const or p.inputs[0].dtype != "i8":
+        return None
+    if any(z != 0 for z in p.attrs["zero_point"]):
+        return None
+    axis = p.attrs.get("axis", -1)
+    return p.inputs[0].data, np.asarray(p.attrs["scale"], np.float64), (None if axis == -1 else axis)
+
+
+def _per_channel(scales: np.ndarray, n: int) -> np.ndarray:
+    return np.full(n, float(scales[0])) if scales.size == 1 else scales
+
+
 def _source(v: Optional[Value]) -> str:
     """How the range of a layer's input was derived (for the report)."""
     p = v.producer if v is not None else None
@@ -61,22 +89,27 @@ def _only_user(v: Value) -> Optional[Node]:
     return users[0] if len(users) == 1 else None
 
 
+def _ranged_observer(v: Value) -> Optional[Node]:
+    obs = _only_user(v)
+    return obs if obs is not None and obs.op == "observe" and obs.attrs.get("range") else None
+
+
 def _output_end(n: Node, g: Graph):
-    """Where the layer's integer output ends: after a relu/clip that only it feeds, if any.
-    Returns (float value to replace, its range, clamp bounds in real units)."""
+    """Where the layer's integer output ends: after a relu/clip that only it feeds, if any
+    (through the layer's own observer or directly, as in QDQ models).
+    Returns (the observe op whose result gets replaced, clamp bounds in real units)."""
     obs = _only_user(n.output)
-    if obs is None or obs.op != "observe" or not obs.attrs.get("range"):
-        return None
-    end, rng, clamp = obs.output, obs.attrs["range"], (-np.inf, np.inf)
-    act = _only_user(end)
-    if act is not None and act.op in ("relu", "clip") and end not in g.outputs:
-        act_obs = _only_user(act.output)
-        if act_obs is not None and act_obs.op == "observe" and act_obs.attrs.get("range") \
-                and act.output not in g.outputs:
+    after = obs.output if obs is not None and obs.op == "observe" else n.output
+    act = _only_user(after)
+    if act is not None and act.op in ("relu", "clip") and after not in g.outputs and n.output not in g.outputs:
+        act_obs = _ranged_observer(act.output)
+        if act_obs is not None and act.output not in g.outputs:
             lo = 0.0 if act.op == "relu" else float(act.attrs.get("min", -np.inf))
             hi = np.inf if act.op == "relu" else float(act.attrs.get("max", np.inf))
-            return act_obs.output, act_obs.attrs["range"], (lo, hi)
-    return end, rng, clamp
+            return act_obs, (lo, hi)
+    if obs is not None and obs.op == "observe" and obs.attrs.get("range"):
+        return obs, (-np.inf, np.inf)
+    return None
 
 
 @register_pass
@@ -117,7 +150,15 @@ class Quantize(Pass):
         return changed
 
     # --- the rewrite -------------------------------------------------------------------
-    def _act_params(self, rng) -> QuantParams:
+    def _act_params(self, obs: Node) -> QuantParams:
+        """An observe op's params: fixed ones (a QDQ model's) exactly, else from its range."""
+        a = obs.attrs
+        rng = a["range"]
+        if a.get("scale"):
+            from qcc.ir.types import INT_INFO
+
+            bits, signed = INT_INFO[a["dtype"]]
+            return QuantParams(bits, signed, a["scale"], a.get("zero_point") or [0], range=tuple(rng))
         return params_for_range(rng[0], rng[1], self.activation_dtype if not self.symmetric else "i8",
                                 self.symmetric)
 
@@ -137,13 +178,36 @@ class Quantize(Pass):
     def _weights(self, n: Node):
         """(integer weight const array, scales, channel axis of the result, bias array or None)."""
         w = n.inputs[1]
-        if w is None or not w.is_const:
+        fixed = _fixed_weights(w)
+        if fixed is None and (w is None or not w.is_const):
             return None
-        wd = w.data.astype(np.float32)
-        bias = n.inputs[2].data if len(n.inputs) > 2 and n.inputs[2] is not None else None
+        wd = w.data.astype(np.float32) if fixed is None else None
+        b = n.inputs[2] if len(n.inputs) > 2 else None
+        bias = _const_value(b)
+        if b is not None and bias is None:
+            return None
         if n.op == "conv":
+            if fixed is not None:
+                wq, ws, axis = fixed
+                if axis not in (None, 0):
+                    return None
+                return wq, _per_channel(ws, wq.shape[0]), 1, 0, bias
             wq, ws = quantize_weights(wd, 0)
             return wq, ws, 1, 0, bias
+        if fixed is not None:  # gemm / matmul with a QDQ model's integer weights
+            wq, ws, axis = fixed
+            if wq.ndim != 2 or n.attrs.get("trans_a", 0) or float(n.attrs.get("alpha", 1.0)) != 1.0 \
+                    or float(n.attrs.get("beta", 1.0)) != 1.0:
+                return None
+            col = 0 if n.attrs.get("trans_b", 0) else 1  # the weight axis that is the output column
+            if axis not in (None, col):
+                return None
+            if col == 0:
+                wq = wq.T
+            if bias is not None and bias.size != wq.shape[1]:
+                return None
+            return wq, _per_channel(ws, wq.shape[1]), n.output.type.rank - 1, 1, \
+                (None if bias is None else bias.reshape(-1))
         if n.op == "gemm":
             if n.attrs.get("trans_a", 0):
                 return None
@@ -151,8 +215,6 @@ class Quantize(Pass):
                 wd = wd.T
             alpha, beta = float(n.attrs.get("alpha", 1.0)), float(n.attrs.get("beta", 1.0))
             if bias is not None:
-                if len(n.inputs) > 2 and not n.inputs[2].is_const:
-                    return None
                 c = np.asarray(bias, np.float64) * beta / alpha
                 N = wd.shape[1]
                 if c.size == 1:
@@ -182,7 +244,7 @@ class Quantize(Pass):
         x = _observed(v)
         if x is None:
             return None
-        qx = self._act_params(x[1])
+        qx = self._act_params(x[0])
         return self._quantize_input(p.inputs[0], qx, g, n), qx
 
     def _rewrite(self, n: Node, g: Graph, ctx: PassContext):
@@ -193,9 +255,10 @@ class Quantize(Pass):
         x = self._input(n, g)
         if x is None:
             return None
-        (xq, qx), (end_v, yr, clamp) = x, end
+        (xq, qx), (end_obs, clamp) = x, end
+        end_v = end_obs.output
         wq, ws, out_axis, w_axis, bias = wts
-        qy = self._act_params(yr)
+        qy = self._act_params(end_obs)
         sx, sy = qx.scale[0], qy.scale[0]
         name = n.name
         wc = g.add_const(name + ".wq", wq, "i8", QuantParams(8, True, ws, 0, axis=w_axis if ws.size > 1 else None)
@@ -234,8 +297,7 @@ class Quantize(Pass):
         return {"precision": "int8", "op": n.op, "output_value": end_v.name.removesuffix(".obs"),
                 "requantize": rq.output.name, "input_range": list(qx.range or ()),
                 "input_range_source": _source(n.inputs[0]), "output_range": list(qy.range or ()),
-                "output_range_source": end_v.producer.attrs.get("source", "") if end_v.producer is not None
-                and end_v.producer.op == "observe" else "", "x_scale": sx, "x_zero_point": qx.zero_point[0], "y_scale": sy,
+                "output_range_source": end_obs.attrs.get("source", ""), "x_scale": sx, "x_zero_point": qx.zero_point[0], "y_scale": sy,
                 "y_zero_point": qy.zero_point[0], "weight_scales": [float(s) for s in np.atleast_1d(ws)],
                 "multiplier": rq_attrs["multiplier"], "shift": rq_attrs["shift"],
                 "fused_activation": end_v.name != n.output.name + ".obs"}

@@ -164,9 +164,13 @@ def _wrap_i32(acc: np.ndarray) -> np.ndarray:
 
 
 @register_op("observe", attrs={"method": Attr("str", "minmax"), "range": Attr("floats", []),
-                               "source": Attr("str", "")},
+                               "source": Attr("str", ""), "scale": Attr("floats", []),
+                               "zero_point": Attr("ints", []), "dtype": Attr("str", "")},
              traits=())
-def observe(x, *, method, range, source):
+def observe(x, *, method, range, source, scale, zero_point, dtype):
     """Identity that marks an activation to quantize; after calibration `range` holds
-    the real-valued range chosen for it and `source` how (observer, relu, shared, bn)."""
+    the real-valued range chosen for it and `source` how (observer, relu, shared, bn).
+
+    A model that arrives quantized (QDQ) fixes the params instead: `scale`,
+    `zero_point` and `dtype` are then used exactly, and calibration leaves it alone."""
     return x
