@@ -1,0 +1,255 @@
+"""Reading and checking an ONNX model before import: loading, opset, node order, input types.
+
+Everything here raises FrontendError with a one-line message naming what is wrong
+(the file, the opset, the node reading an undefined value, the input whose dims
+are dynamic) and what to do about it.
+"""
+from __future__ import annotations
+
+import heapq
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from qcc.ir import TensorType
+from qcc.ir.types import from_numpy_dtype
+
+from .errors import FrontendError
+
+MIN_OPSET, MAX_OPSET = 7, 21
+IR_OPSET = 21  # core op semantics, and the opset opaque onnx.* nodes are run at
+
+# ONNX element type -> IR dtype
+_DTYPES = {
+    TensorProto.FLOAT: "f32", TensorProto.FLOAT16: "f16", TensorProto.BFLOAT16: "bf16",
+    TensorProto.DOUBLE: "f64", TensorProto.INT64: "i64", TensorProto.INT32: "i32",
+    TensorProto.INT16: "i16", TensorProto.INT8: "i8", TensorProto.UINT8: "u8",
+    TensorProto.BOOL: "bool", TensorProto.INT4: "i4", TensorProto.UINT4: "u4",
+}
+_ONNX_DTYPES = {v: k for k, v in _DTYPES.items()}
+
+
+def ir_dtype(elem_type: int, what: str) -> str:
+    try:
+        return _DTYPES[elem_type]
+    except KeyError:
+        tname = TensorProto.DataType.Name(elem_type) if elem_type in TensorProto.DataType.values() \
+            else str(elem_type)
+        raise FrontendError(f"{what} has element type {tname}, which qcc does not support "
+                            f"(supported: {', '.join(sorted(set(_DTYPES.values())))})") from None
+
+
+def onnx_dtype(dtype: str) -> int:
+    return _ONNX_DTYPES[dtype]
+
+
+def array_dtype(array: np.ndarray, what: str) -> Tuple[np.ndarray, str]:
+    """An array and its IR dtype (ONNX int4/uint4 arrays become int8/uint8 storage)."""
+    name = array.dtype.name
+    if name in ("int4", "uint4"):
+        return array.astype(np.int8 if name == "int4" else np.uint8), name[0] + "4"
+    try:
+        return array, from_numpy_dtype(array.dtype)
+    except ValueError:
+        raise FrontendError(f"{what} has element type {array.dtype}, which qcc does not support") \
+            from None
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+# --- loading and checking --------------------------------------------------------------
+
+def load_model(src) -> onnx.ModelProto:
+    if isinstance(src, onnx.ModelProto):
+        model, where = src, "model"
+    elif isinstance(src, (bytes, bytearray)):
+        where = "model bytes"
+        try:
+            model = onnx.load_model_from_string(bytes(src))
+        except Exception as e:
+            raise FrontendError(f"{where}: not an ONNX model ({_one_line(e)})") from None
+    else:
+        where = os.fspath(src)
+        if not os.path.exists(where):
+            raise FrontendError(f"{where}: no such file")
+        if os.path.isdir(where):
+            raise FrontendError(f"{where}: is a directory, not an ONNX model file")
+        try:
+            model = onnx.load(where)
+        except Exception as e:
+            raise FrontendError(f"{where}: not a readable ONNX model, or a truncated one "
+                                f"({_one_line(e)})") from None
+    if model.ir_version <= 0 or not model.HasField("graph") or not model.graph.output:
+        raise FrontendError(f"{where}: not an ONNX model (no ir_version, graph or graph outputs)")
+    return model
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    if not versions:
+        raise FrontendError("the model imports no opset of the default ONNX domain")
+    v = versions[0]
+    if not MIN_OPSET <= v <= MAX_OPSET:
+        raise FrontendError(f"the model uses opset {v} of the default ONNX domain; qcc imports "
+                            f"opsets {MIN_OPSET}-{MAX_OPSET} (convert it with "
+                            f"onnx.version_converter.convert_version)")
+    return v
+
+
+def node_label(node: onnx.NodeProto) -> str:
+    name = node.name or next((o for o in node.output if o), "?")
+    return f"{node.op_type} node '{name}'"
+
+
+def sort_nodes(gp: onnx.GraphProto, known: set) -> List[onnx.NodeProto]:
+    """The nodes in a topological order (file order where it already is one)."""
+    nodes = list(gp.node)
+    producer: Dict[str, int] = {}
+    for i, n in enumerate(nodes):
+        for o in n.output:
+            if not o:
+                continue
+            if o in producer or o in known:
+                raise FrontendError(f"{node_label(n)} defines '{o}', which is already defined "
+                                    "(ONNX values are assigned once)")
+            producer[o] = i
+    deps: List[set] = []
+    for n in nodes:
+        d = set()
+        for x in n.input:
+            if not x:
+                continue
+            if x in producer:
+                d.add(producer[x])
+            elif x not in known:
+                raise FrontendError(f"{node_label(n)} reads '{x}', which nothing in the graph "
+                                    "defines (not an input, initializer or node output)")
+        deps.append(d)
+    for o in gp.output:
+        if o.name not in producer and o.name not in known:
+            raise FrontendError(f"graph output '{o.name}' is not defined by any node, input or "
+                                "initializer")
+    users: Dict[int, List[int]] = {i: [] for i in range(len(nodes))}
+    indeg = [len(d) for d in deps]
+    for i, d in enumerate(deps):
+        for j in d:
+            users[j].append(i)
+    ready = [i for i, k in enumerate(indeg) if k == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(nodes[i])
+        for u in users[i]:
+            indeg[u] -= 1
+            if indeg[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) != len(nodes):
+        stuck = [node_label(nodes[i]) for i, k in enumerate(indeg) if k > 0]
+        more = f" and {len(stuck) - 3} more" if len(stuck) > 3 else ""
+        raise FrontendError(f"the graph has a cycle (nodes cannot be sorted topologically): "
+                            f"{', '.join(stuck[:3])}{more}")
+    return order
+
+
+def _dims(vi: onnx.ValueInfoProto) -> Optional[List]:
+    """A value's dims as ints (static) and strs (symbolic or unknown); None if no shape."""
+    tt = vi.type.tensor_type
+    if not tt.HasField("shape"):
+        return None
+    out = []
+    for d in tt.shape.dim:
+        if d.HasField("dim_value") and d.dim_value >= 0:
+            out.append(int(d.dim_value))
+        elif d.HasField("dim_param") and d.dim_param:
+            out.append(d.dim_param)
+        else:
+            out.append("?")
+    return out
+
+
+def _example_shape(dims: Sequence) -> str:
+    ex = [str(d) if isinstance(d, int) else ("1" if i == 0 else "224") for i, d in enumerate(dims)]
+    return "x".join(ex) if ex else "1"
+
+
+def input_types(gp: onnx.GraphProto, inits: set,
+                input_shapes: Optional[Dict[str, Sequence[int]]]) -> Dict[str, TensorType]:
+    shapes = dict(input_shapes or {})
+    inputs = [vi for vi in gp.input if vi.name not in inits]
+    names = [vi.name for vi in inputs]
+    for k in shapes:
+        if k not in names:
+            if k in inits:
+                raise FrontendError(f"input shape given for '{k}', which is an initializer "
+                                    "(a constant), not an input of the model")
+            raise FrontendError(f"input shape given for '{k}', which is not an input of the "
+                                f"model (inputs: {', '.join(names) or 'none'})")
+    types = {}
+    for vi in inputs:
+        if not vi.type.HasField("tensor_type"):
+            raise FrontendError(f"input '{vi.name}' is not a tensor")
+        dtype = ir_dtype(vi.type.tensor_type.elem_type, f"input '{vi.name}'")
+        dims = _dims(vi)
+        if vi.name in shapes:
+            given = shapes[vi.name]
+            try:
+                given = [int(d) for d in given]
+            except (TypeError, ValueError):
+                raise FrontendError(f"input shape for '{vi.name}' must be a sequence of ints, "
+                                    f"got {given!r}") from None
+            if any(d < 0 for d in given):
+                raise FrontendError(f"input shape for '{vi.name}' has a negative dim: {given}")
+            if dims is not None:
+                if len(given) != len(dims):
+                    raise FrontendError(
+                        f"input shape for '{vi.name}' has rank {len(given)}, but the model's input "
+                        f"has rank {len(dims)} ({'x'.join(map(str, dims)) or 'scalar'})")
+                for i, (g, d) in enumerate(zip(given, dims)):
+                    if isinstance(d, int) and d != g:
+                        raise FrontendError(
+                            f"input shape for '{vi.name}' sets dim {i} to {g}, but the model "
+                            f"fixes it to {d} (shape {'x'.join(map(str, dims))})")
+            types[vi.name] = TensorType(tuple(given), dtype)
+            continue
+        if dims is None:
+            raise FrontendError(f"input '{vi.name}' has no shape in the model; give one, e.g. "
+                                f"--input-shape {vi.name}=1x3x224x224")
+        dynamic = [d for d in dims if not isinstance(d, int)]
+        if dynamic:
+            raise FrontendError(
+                f"input '{vi.name}' has dynamic dims ({', '.join(map(str, dynamic))}) in shape "
+                f"[{', '.join(map(str, dims))}]; fix them with e.g. "
+                f"--input-shape {vi.name}={_example_shape(dims)}")
+        types[vi.name] = TensorType(tuple(dims), dtype)
+    return types
+
+
+def attr_value(a: onnx.AttributeProto):
+    """An ONNX attribute as a Python value (str for strings, np.ndarray for tensors)."""
+    A = onnx.AttributeProto
+    if a.ref_attr_name:
+        raise FrontendError(f"attribute '{a.name}' refers to a function attribute")
+    if a.type == A.STRING:
+        return a.s.decode("utf-8", "replace")
+    if a.type == A.STRINGS:
+        return [s.decode("utf-8", "replace") for s in a.strings]
+    if a.type == A.TENSOR:
+        return numpy_helper.to_array(a.t)
+    if a.type == A.TENSORS:
+        return [numpy_helper.to_array(t) for t in a.tensors]
+    if a.type == A.INTS:
+        return [int(v) for v in a.ints]
+    if a.type == A.FLOATS:
+        return [float(v) for v in a.floats]
+    if a.type == A.INT:
+        return int(a.i)
+    if a.type == A.FLOAT:
+        return float(a.f)
+    return helper.get_attribute_value(a)
