@@ -1,0 +1,241 @@
+"""Compile a qcc graph for a preset, export it, load it back and run it.
+
+    path = build(graph, "host", "out/")        # out/model.so + out/model.json
+    runner = load(path)
+    outputs = runner.run({"x": x})             # {output name: np.ndarray}
+
+ARM presets link with the preset's cross toolchain when it is on PATH, and
+otherwise write `model.tar` (the object files; link it on the device or once
+the toolchain is installed). CUDA presets build (the library embeds the CUDA
+source) but only load on a machine with a GPU.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import numpy as np
+
+import tvm
+from tvm import relax
+
+from qcc.ir import Graph
+
+from .lower import graph_signature, lower_graph
+from .presets import TargetPreset, get_target
+from .strategy import LoweringStrategy, strategy_for
+
+PresetLike = Union[str, TargetPreset]
+
+
+# --- threads ---------------------------------------------------------------------------
+
+_threads_lock = threading.Lock()
+_threads_configured: Optional[int] = None
+
+
+def configure_threads(num_threads: Optional[int] = None) -> int:
+    """Size TVM's CPU thread pool: `num_threads`, else $TVM_NUM_THREADS, else every core.
+
+    TVM sizes its pool once, when it is first used, from $TVM_NUM_THREADS (else
+    $OMP_NUM_THREADS, else *half* the hardware threads: 1 on a 2-vCPU machine), and
+    `runtime.config_threadpool` can only shrink it afterwards. So this exports
+    TVM_NUM_THREADS when it is unset, then configures the pool. Call it before any
+    parallel work (load() does); later calls can only lower the count.
+    """
+    global _threads_configured
+    with _threads_lock:
+        env = os.environ.get("TVM_NUM_THREADS", "").strip()
+        if num_threads is None:
+            num_threads = int(env) if env.isdigit() and int(env) > 0 else (os.cpu_count() or 1)
+        num_threads = max(1, int(num_threads))
+        if _threads_configured == num_threads:
+            return num_threads
+        if not env:
+            os.environ["TVM_NUM_THREADS"] = str(num_threads)  # read when the pool is created
+        f = tvm.get_global_func("runtime.config_threadpool", allow_missing=True)
+        if f is not None:
+            f(0, num_threads)
+        _threads_configured = num_threads
+        return num_threads
+
+
+# --- compile ---------------------------------------------------------------------------
+
+def lower_for(graph: Graph, preset: PresetLike = "host",
+              strategy: Optional[LoweringStrategy] = None) -> tvm.IRModule:
+    """The Relax module for `graph` as `preset` lowers it (strategy.prepare applied)."""
+    preset = get_target(preset)
+    strategy = strategy or strategy_for(preset)
+    mod = lower_graph(graph, strategy)
+    return strategy.prepare(mod, preset.target())
+
+
+def compile_graph(graph: Graph, preset: PresetLike = "host", *,
+                  strategy: Optional[LoweringStrategy] = None,
+                  relax_pipeline: Any = None):
+    """tvm.compile the graph for a preset; returns the in-memory executable.
+
+    `relax_pipeline` overrides the strategy's choice (e.g. "default").
+    """
+    preset = get_target(preset)
+    strategy = strategy or strategy_for(preset)
+    target = preset.target()
+    mod = strategy.prepare(lower_graph(graph, strategy), target)
+    pipeline = relax_pipeline if relax_pipeline is not None else strategy.relax_pipeline(target)
+    return tvm.compile(mod, target=target, relax_pipeline=pipeline,
+                       tir_pipeline=strategy.tir_pipeline(target))
+
+
+def _deterministic_tar(output: str, files: List[str], **_kwargs) -> None:
+    """TVM's tar export, minus what makes it differ run to run (temp names, mtimes, gzip
+    header): an uncompressed tar of the object files by base name, mtime 0."""
+    import tarfile
+
+    with tarfile.open(output, "w", format=tarfile.USTAR_FORMAT) as tf:
+        for f in sorted(files, key=os.path.basename):
+            info = tf.gettarinfo(f, arcname=os.path.basename(f))
+            info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
+            with open(f, "rb") as fh:
+                tf.addfile(info, fh)
+
+
+_deterministic_tar.output_format = "tar"  # type: ignore[attr-defined]
+
+
+def _exporter(preset: TargetPreset):
+    """(file name, fcompile) for export_library; fcompile None = TVM's default host cc."""
+    if preset.family == "arm" and not _host_is_arm():
+        cxx = preset.toolchain
+        if cxx and shutil.which(cxx):
+            from tvm.support import cc
+
+            # cross_compiler appends to the list it is given: a fresh one every call
+            return "model.so", cc.cross_compiler(cxx, options=["-O2"])
+        return "model.tar", _deterministic_tar
+    return "model.so", None
+
+
+def _host_is_arm() -> bool:
+    import platform
+
+    return platform.machine().lower() in ("aarch64", "arm64")
+
+
+def build(graph: Graph, preset: PresetLike, out_dir: Union[str, os.PathLike], *,
+          strategy: Optional[LoweringStrategy] = None, relax_pipeline: Any = None) -> Path:
+    """Compile `graph` for `preset` into `out_dir`; returns the path of model.so (model.tar
+    for a cross target without its toolchain). Writes model.json (signature, target) beside it."""
+    preset = get_target(preset)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ex = compile_graph(graph, preset, strategy=strategy, relax_pipeline=relax_pipeline)
+    name, fcompile = _exporter(preset)
+    path = out / name
+    if fcompile is None:
+        ex.export_library(str(path))
+    else:
+        ex.export_library(str(path), fcompile=fcompile)
+    meta = {
+        "format": "qcc-tvm-1",
+        "library": name,
+        "preset": preset.name,
+        "family": preset.family,
+        "target": preset.target_dict(),
+        "tvm_version": tvm.__version__,
+        **graph_signature(graph),
+    }
+    (out / "model.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+# --- run -------------------------------------------------------------------------------
+
+class Runner:
+    """A loaded model: `run({input name: array}) -> {output name: array}`."""
+
+    def __init__(self, module, signature: Optional[Dict[str, Any]] = None, device=None):
+        self.device = device if device is not None else tvm.cpu()
+        self.vm = relax.VirtualMachine(module, self.device)
+        self._main = self.vm["main"]
+        self.signature = signature
+        self.inputs: Optional[List[Dict[str, Any]]] = signature["inputs"] if signature else None
+        self.outputs: Optional[List[Dict[str, Any]]] = signature["outputs"] if signature else None
+
+    @property
+    def input_names(self) -> Optional[List[str]]:
+        return [i["name"] for i in self.inputs] if self.inputs is not None else None
+
+    @property
+    def output_names(self) -> Optional[List[str]]:
+        return [o["name"] for o in self.outputs] if self.outputs is not None else None
+
+    def _args(self, feeds: Dict[str, np.ndarray]):
+        from qcc.ir.types import to_numpy_dtype
+
+        if self.inputs is None:
+            return [tvm.runtime.tensor(np.require(a, requirements="C"), self.device) for a in feeds.values()]
+        missing = [i["name"] for i in self.inputs if i["name"] not in feeds]
+        extra = sorted(set(feeds) - {i["name"] for i in self.inputs})
+        if missing or extra:
+            raise ValueError(f"feeds: missing {missing}, unexpected {extra}; "
+                             f"the model takes {self.input_names}")
+        args = []
+        for spec in self.inputs:
+            a = np.asarray(feeds[spec["name"]])
+            want = to_numpy_dtype(spec["dtype"])
+            if tuple(a.shape) != tuple(spec["shape"]):
+                raise ValueError(f"input {spec['name']}: shape {list(a.shape)}, "
+                                 f"the model wants {spec['shape']}")
+            if a.dtype != want:
+                if not np.can_cast(a.dtype, want, "same_kind"):
+                    raise ValueError(f"input {spec['name']}: dtype {a.dtype}, the model wants {want}")
+                a = a.astype(want)
+            args.append(tvm.runtime.tensor(np.require(a, requirements="C"), self.device))
+        return args
+
+    def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        res = self._main(*self._args(feeds))
+        arrays = [r.numpy() for r in res] if not hasattr(res, "numpy") else [res.numpy()]
+        names = self.output_names or [f"output{i}" for i in range(len(arrays))]
+        return dict(zip(names, arrays))
+
+    __call__ = run
+
+    def time(self, feeds: Dict[str, np.ndarray], number: int = 10, repeat: int = 3) -> float:
+        """Best mean seconds per run (inputs staged once)."""
+        args = self._args(feeds)
+        f = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)
+        return float(min(f(*args).results))
+
+
+def load(path: Union[str, os.PathLike], *, num_threads: Optional[int] = None) -> Runner:
+    """Load a model.so written by build() (its model.json supplies the names)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.so"
+    if path.suffix == ".tar":
+        raise ValueError(f"{path} holds unlinked objects (no cross toolchain at build time); "
+                         "link it with the target's toolchain first")
+    meta_path = path.parent / "model.json"
+    signature = json.loads(meta_path.read_text()) if meta_path.exists() else None
+    if signature is not None and signature.get("family") == "cuda":
+        device = tvm.cuda()
+        if not device.exist:
+            raise RuntimeError(f"{path} was built for {signature.get('preset')}; this machine has no GPU")
+    else:
+        device = tvm.cpu()
+        configure_threads(num_threads)
+    module = tvm.runtime.load_module(str(path))
+    return Runner(module, signature, device)
+
+
+def runner_from_executable(ex, graph: Optional[Graph] = None, *,
+                           num_threads: Optional[int] = None) -> Runner:
+    """A Runner over an in-memory executable (no export), for tests and tools."""
+    configure_threads(num_threads)
+    return Runner(ex, graph_signature(graph) if graph is not None else None)

@@ -1,0 +1,266 @@
+"""qcc Graph -> Relax IRModule.
+
+`lower_graph(graph)` builds one Relax function `main`: its parameters are the
+graph inputs (static shapes and dtypes), constants are embedded with
+`relax.const`, and every node becomes one or a few Relax bindings, emitted by
+the lowering registered for its op (`@lowering("conv")` in `lower_nn.py`,
+`lower_math.py`, `lower_tensor.py`; `onnx.*` ops in `lower_opaque.py`).
+`main` always returns a tuple, one field per graph output, in order.
+
+A lowering is `fn(cx, node, inputs, attrs) -> relax.Expr | list[relax.Expr]`
+where `inputs` are the Relax values of the node's inputs (None when absent)
+and `attrs` are the node's attributes with the op's defaults filled in. After
+each node the Relax-inferred shape and dtype are checked against the node's
+output types, so a lowering that drifts from the op contract fails loudly.
+
+Target-specific choices go through the `LoweringStrategy` (targets/strategy.py).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+import tvm
+from tvm import relax
+
+from qcc.ir import Graph, Node
+
+from .strategy import LoweringStrategy
+
+# IR dtype -> TVM dtype. Sub-byte integers live one per byte, as in the IR.
+TVM_DTYPES = {
+    "f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64",
+    "i64": "int64", "i32": "int32", "i16": "int16", "i8": "int8", "u8": "uint8",
+    "i4": "int8", "u4": "uint8", "bool": "bool",
+}
+
+LowerFn = Callable[..., Any]
+_LOWERINGS: Dict[str, LowerFn] = {}
+
+
+class LoweringError(Exception):
+    """A node could not be lowered (unsupported op, attribute or type)."""
+
+
+def tvm_dtype(ir_dtype: str) -> str:
+    try:
+        return TVM_DTYPES[ir_dtype]
+    except KeyError:
+        raise LoweringError(f"dtype '{ir_dtype}' has no TVM equivalent") from None
+
+
+def lowering(*ops: str):
+    """Register a lowering for one or more op names."""
+
+    def deco(fn: LowerFn) -> LowerFn:
+        for op in ops:
+            if op in _LOWERINGS:
+                raise ValueError(f"op '{op}' has two lowerings")
+            _LOWERINGS[op] = fn
+        return fn
+
+    return deco
+
+
+def registered_lowerings() -> Dict[str, LowerFn]:
+    _load_lowerings()
+    return dict(_LOWERINGS)
+
+
+def supported_ops() -> List[str]:
+    """Core op names with a lowering (opaque `onnx.*` ops go through the ONNX frontend)."""
+    return sorted(registered_lowerings())
+
+
+def _load_lowerings() -> None:
+    from . import lower_math, lower_nn, lower_opaque, lower_tensor  # noqa: F401
+
+
+def _ident(name: str) -> str:
+    s = re.sub(r"\W", "_", name)
+    return s if s and (s[0].isalpha() or s[0] == "_") else f"v_{s}"
+
+
+class LowerContext:
+    """What a lowering sees: the block builder, the graph, the strategy, helpers."""
+
+    def __init__(self, bb: relax.BlockBuilder, graph: Graph, strategy: LoweringStrategy):
+        self.bb = bb
+        self.graph = graph
+        self.strategy = strategy
+        self.node: Optional[Node] = None  # the node being lowered
+
+    # --- emitting --------------------------------------------------------------
+    def emit(self, expr, name: str = "") -> relax.Var:
+        if isinstance(expr, tvm.ir.GenericConst):
+            return expr
+        return self.bb.emit(expr, name_hint=_ident(name) if name else "")
+
+    def emit_te(self, fn, *args, **kwargs) -> relax.Var:
+        return self.bb.emit_te(fn, *args, **kwargs)
+
+    # --- constants ---------------------------------------------------------------
+    def const(self, value, dtype: Optional[str] = None) -> tvm.ir.GenericConst:
+        """A constant; `dtype` is a TVM dtype ("float32"); scalars become 0-d tensors."""
+        arr = np.asarray(value)
+        if dtype is not None:
+            arr = arr.astype(_np_dtype(dtype))
+        return relax.const(np.array(arr, order="C", copy=True), str(arr.dtype) if dtype is None else dtype)
+
+    def scalar(self, value, like) -> tvm.ir.GenericConst:
+        """A 0-d constant with the dtype of the Relax value `like`."""
+        return self.const(np.array(value), self.dtype_of(like))
+
+    # --- type queries ------------------------------------------------------------
+    def type_of(self, expr):
+        if isinstance(expr, (relax.Var, tvm.ir.GenericConst)):
+            return expr.ty
+        return self.bb.normalize(expr).ty
+
+    def shape_of(self, expr) -> tuple:
+        ty = self.type_of(expr)
+        if not isinstance(ty, relax.TensorType) or ty.shape is None:
+            raise LoweringError(f"expected a tensor of known shape, got {ty}")
+        return tuple(int(d) for d in ty.shape.values)
+
+    def dtype_of(self, expr) -> str:
+        return str(self.type_of(expr).dtype)
+
+    def cast(self, expr, dtype: str):
+        return expr if self.dtype_of(expr) == dtype else relax.op.astype(expr, dtype)
+
+    # --- constant-folding helpers (weights are rearranged in numpy, not at run time) ---
+    @staticmethod
+    def const_value(expr) -> Optional[np.ndarray]:
+        """The array of a Relax constant, else None."""
+        if isinstance(expr, tvm.ir.GenericConst):
+            return expr.value.numpy()
+        return None
+
+    def permute(self, expr, axes):
+        axes = [int(a) for a in axes]
+        if axes == list(range(len(axes))):
+            return expr
+        c = self.const_value(expr)
+        if c is not None:
+            return self.const(np.transpose(c, axes), self.dtype_of(expr))
+        return relax.op.permute_dims(expr, axes)
+
+    def reshape(self, expr, shape):
+        shape = [int(d) for d in shape]
+        if list(self.shape_of(expr)) == shape:
+            return expr
+        c = self.const_value(expr)
+        if c is not None:
+            return self.const(c.reshape(shape), self.dtype_of(expr))
+        return relax.op.reshape(expr, shape)
+
+
+def _np_dtype(tvm_dt: str):
+    if tvm_dt == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(tvm_dt)
+
+
+def _const_for(value) -> tvm.ir.GenericConst:
+    arr = np.array(value.data, order="C", copy=True)
+    dt = tvm_dtype(value.dtype)
+    if str(arr.dtype) != dt and dt != "bfloat16":
+        arr = arr.astype(dt)
+    return relax.const(arr, dt)
+
+
+def _check_types(node: Node, results: Sequence) -> None:
+    if len(results) != len(node.outputs):
+        raise LoweringError(f"{node.op} %{node.name}: lowering gave {len(results)} results, "
+                            f"the node has {len(node.outputs)} outputs")
+    for out, r in zip(node.outputs, results):
+        ty = r.ty
+        want_shape = tuple(out.shape)
+        want_dtype = tvm_dtype(out.dtype)
+        if not isinstance(ty, relax.TensorType):
+            raise LoweringError(f"{node.op} %{out.name}: lowered to {ty}, expected a tensor")
+        got_shape = tuple(int(d) for d in ty.shape.values) if ty.shape is not None else None
+        if got_shape != want_shape or str(ty.dtype) != want_dtype:
+            raise LoweringError(
+                f"{node.op} %{out.name}: lowering produced {ty.dtype}{list(got_shape or [])}, "
+                f"the graph says {out.type}")
+
+
+def lower_node(cx: LowerContext, node: Node, inputs: List[Optional[relax.Expr]]) -> List[relax.Expr]:
+    """Lower one node; returns one Relax value per node output."""
+    _load_lowerings()
+    fn = cx.strategy.lowering_for(node.op)
+    if fn is None:
+        if "." in node.op and not node.op.startswith("qcc."):
+            from .lower_opaque import lower_opaque
+
+            fn = lower_opaque
+        else:
+            fn = _LOWERINGS.get(node.op)
+    if fn is None:
+        raise LoweringError(f"no lowering for op '{node.op}' (%{node.name}); "
+                            f"supported: {', '.join(supported_ops())}")
+    d = node.opdef
+    attrs = d.with_defaults(node.attrs) if d is not None and not d.opaque else dict(node.attrs)
+    cx.node = node
+    try:
+        out = fn(cx, node, inputs, attrs)
+    except LoweringError:
+        raise
+    except Exception as e:  # add the node to whatever TVM said
+        raise LoweringError(f"lowering {node.op} %{node.name} failed: {type(e).__name__}: {e}") from e
+    results = list(out) if isinstance(out, (list, tuple)) else [out]
+    names = [o.name for o in node.outputs]
+    results = [r if isinstance(r, (relax.Var, tvm.ir.GenericConst)) else cx.emit(r, nm)
+               for r, nm in zip(results, names)] + results[len(names):]  # extras: _check_types
+    _check_types(node, results)
+    return results
+
+
+def lower_graph(graph: Graph, strategy: Optional[LoweringStrategy] = None, *,
+                func_name: str = "main") -> tvm.IRModule:
+    """Build the Relax module for `graph`; `main(*graph.inputs) -> tuple(graph.outputs)`."""
+    strategy = strategy or LoweringStrategy()
+    bb = relax.BlockBuilder()
+    params = [relax.Var(_ident(v.name), relax.TensorType(list(v.shape), tvm_dtype(v.dtype)))
+              for v in graph.inputs]
+    env: Dict[int, relax.Expr] = {id(v): p for v, p in zip(graph.inputs, params)}
+    cx = LowerContext(bb, graph, strategy)
+
+    def value_of(v):
+        if v is None:
+            return None
+        e = env.get(id(v))
+        if e is None:
+            if v.is_const:
+                e = env[id(v)] = _const_for(v)
+            else:
+                raise LoweringError(f"value %{v.name} is used before it is defined")
+        return e
+
+    with bb.function(func_name, params):
+        with bb.dataflow():
+            for node in graph.nodes:
+                results = lower_node(cx, node, [value_of(v) for v in node.inputs])
+                for o, r in zip(node.outputs, results):
+                    env[id(o)] = r
+            outs = [value_of(v) for v in graph.outputs]
+            gv = bb.emit_output(relax.Tuple(outs))
+        bb.emit_func_output(gv)
+    mod = bb.get()
+    mod = relax.transform.DeadCodeElimination([func_name])(mod)
+    return mod
+
+
+def graph_signature(graph: Graph) -> Dict[str, Any]:
+    """Names, shapes and dtypes of the graph's inputs and outputs (saved next to model.so)."""
+
+    def sig(vs):
+        return [{"name": v.name, "shape": list(v.shape), "dtype": v.dtype} for v in vs]
+
+    return {"inputs": sig(graph.inputs), "outputs": sig(graph.outputs)}

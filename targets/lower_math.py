@@ -1,0 +1,273 @@
+"""Lowerings of elementwise, activation, normalisation-free math and reduction ops."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tvm.relax import op as R
+
+from .lower import LoweringError, lowering
+
+# --- binary --------------------------------------------------------------------------
+
+_BINARY = {
+    "add": R.add, "sub": R.subtract, "mul": R.multiply, "min": R.minimum, "max": R.maximum,
+    "equal": R.equal, "less": R.less, "greater": R.greater,
+}
+
+
+def _is_int(dtype: str) -> bool:
+    return dtype.startswith(("int", "uint"))
+
+
+@lowering(*_BINARY)
+def lower_binary(cx, node, ins, attrs):
+    a, b = ins
+    if node.op in ("equal", "less", "greater") and cx.dtype_of(a) == "bool":
+        if node.op == "equal":  # bool == bool: not xor
+            return R.logical_not(R.logical_xor(a, b))
+        a, b = R.astype(a, "int8"), R.astype(b, "int8")
+    return _BINARY[node.op](a, b)
+
+
+@lowering("div")
+def lower_div(cx, node, ins, attrs):
+    a, b = ins
+    # relax divide on integers legalizes to TIR Div, which truncates like C and ONNX.
+    if not _is_int(cx.dtype_of(a)):
+        return R.divide(a, b)
+    bv = cx.const_value(b)
+    if bv is not None and not (bv == 0).any() and not (bv == -1).any():
+        return R.divide(a, b)
+    # A zero divisor (or INT_MIN / -1) would trap the process (SIGFPE). Both sides of a
+    # select are evaluated, so the divisor itself is made safe: 0 and -1 become 1; -1
+    # is handled as a (wrapping) negation and 0 yields 0 (ONNX leaves it undefined).
+    signed = cx.dtype_of(b).startswith("int")
+    bad = R.equal(b, cx.scalar(0, b))
+    minus1 = R.equal(b, cx.scalar(-1, b)) if signed else None
+    unsafe = R.logical_or(bad, minus1) if signed else bad
+    q = R.divide(a, R.where(unsafe, cx.scalar(1, b), b))
+    if signed:
+        q = R.where(minus1, R.negative(a), q)
+    return R.where(bad, cx.scalar(0, a), q)
+
+
+@lowering("pow")
+def lower_pow(cx, node, ins, attrs):
+    a, b = ins
+    dt = cx.dtype_of(a)
+    if _is_int(dt):  # like ONNX Runtime: std::pow in double, truncated back
+        return R.astype(R.power(R.astype(a, "float64"), cx.cast(b, "float64")), dt)
+    work = _work_dtype(dt)
+    return R.astype(R.power(cx.cast(a, work), cx.cast(b, work)), dt) if work != dt \
+        else R.power(a, cx.cast(b, dt))
+
+
+# --- unary ---------------------------------------------------------------------------
+
+_UNARY = {
+    "sqrt": R.sqrt, "erf": R.erf, "exp": R.exp, "log": R.log, "neg": R.negative, "abs": R.abs,
+    "floor": R.floor, "ceil": R.ceil, "sin": R.sin, "cos": R.cos, "tanh": R.tanh,
+    "sigmoid": R.sigmoid, "relu": R.nn.relu, "not": R.logical_not,
+}
+
+
+_TRANSCENDENTAL = {"sqrt", "erf", "exp", "log", "sin", "cos", "tanh", "sigmoid", "reciprocal"}
+
+
+def _work_dtype(dt: str) -> str:
+    """f16/bf16 math runs in f32 (as the reference kernels do); others natively."""
+    return "float32" if dt in ("float16", "bfloat16") else dt
+
+
+def _in_work_dtype(cx, x, fn):
+    dt = cx.dtype_of(x)
+    work = _work_dtype(dt)
+    if work == dt:
+        return fn(x)
+    return R.astype(fn(R.astype(x, work)), dt)
+
+
+@lowering(*_UNARY)
+def lower_unary(cx, node, ins, attrs):
+    if node.op in _TRANSCENDENTAL:
+        return _in_work_dtype(cx, ins[0], _UNARY[node.op])
+    return _UNARY[node.op](ins[0])
+
+
+@lowering("reciprocal")
+def lower_reciprocal(cx, node, ins, attrs):
+    return _in_work_dtype(cx, ins[0], lambda x: R.divide(cx.scalar(1, x), x))
+
+
+@lowering("leaky_relu")
+def lower_leaky_relu(cx, node, ins, attrs):
+    x = ins[0]
+    alpha = float(attrs["alpha"])
+    # ONNX: x if x >= 0 else alpha * x (exact for every alpha, unlike max(x, alpha*x))
+    return R.where(R.less(x, cx.scalar(0, x)), R.multiply(x, cx.scalar(alpha, x)), x)
+
+
+@lowering("prelu")
+def lower_prelu(cx, node, ins, attrs):
+    x, slope = ins
+    slope = cx.cast(slope, cx.dtype_of(x))
+    return R.where(R.less(x, cx.scalar(0, x)), R.multiply(x, slope), x)
+
+
+def _clamp(cx, x, lo: float, hi: float):
+    """The reference's clip: integers max(lo) then min(hi) with the bounds rounded inward;
+    floats min(hi) then max(lo) (ONNX: when lo > hi everything becomes lo)."""
+    dt = cx.dtype_of(x)
+    if _is_int(dt):
+        info = np.iinfo(dt)
+        lo = info.min if lo == -math.inf else max(info.min, math.ceil(lo))
+        hi = info.max if hi == math.inf else min(info.max, math.floor(hi))
+        if lo > info.min:
+            x = R.maximum(x, cx.scalar(lo, x))
+        if hi < info.max:
+            x = R.minimum(x, cx.scalar(hi, x))
+        return x
+    if hi != math.inf:
+        x = R.minimum(x, cx.scalar(hi, x))
+    if lo != -math.inf:
+        x = R.maximum(x, cx.scalar(lo, x))
+    return x
+
+
+@lowering("clip")
+def lower_clip(cx, node, ins, attrs):
+    lo = float(attrs.get("min", -math.inf))
+    hi = float(attrs.get("max", math.inf))
+    return _clamp(cx, ins[0], lo, hi)
+
+
+@lowering("hard_sigmoid")
+def lower_hard_sigmoid(cx, node, ins, attrs):
+    x = ins[0]
+    y = R.add(R.multiply(x, cx.scalar(float(attrs["alpha"]), x)), cx.scalar(float(attrs["beta"]), x))
+    return _clamp(cx, y, 0.0, 1.0)
+
+
+@lowering("hard_swish")
+def lower_hard_swish(cx, node, ins, attrs):
+    # ONNX: x * max(0, min(1, alpha * x + beta)), alpha = 1/6, beta = 0.5
+    x = ins[0]
+    y = R.add(R.multiply(x, cx.scalar(1.0 / 6.0, x)), cx.scalar(0.5, x))
+    return R.multiply(x, _clamp(cx, y, 0.0, 1.0))
+
+
+@lowering("gelu")
+def lower_gelu(cx, node, ins, attrs):
+    return _in_work_dtype(cx, ins[0], lambda x: _gelu(cx, x, attrs))
+
+
+def _gelu(cx, x, attrs):
+    approx = attrs.get("approximate", "none")
+    if approx == "none":
+        # 0.5 * x * (1 + erf(x / sqrt(2)))
+        e = R.erf(R.multiply(x, cx.scalar(1.0 / math.sqrt(2.0), x)))
+        return R.multiply(R.multiply(x, cx.scalar(0.5, x)), R.add(e, cx.scalar(1.0, x)))
+    if approx == "tanh":
+        # 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))
+        x3 = R.multiply(R.multiply(x, x), x)
+        inner = R.multiply(R.add(x, R.multiply(x3, cx.scalar(0.044715, x))),
+                           cx.scalar(math.sqrt(2.0 / math.pi), x))
+        return R.multiply(R.multiply(x, cx.scalar(0.5, x)), R.add(R.tanh(inner), cx.scalar(1.0, x)))
+    raise LoweringError(f"gelu: unknown approximate={approx!r}")
+
+
+@lowering("softmax")
+def lower_softmax(cx, node, ins, attrs):
+    return _in_work_dtype(cx, ins[0], lambda x: R.nn.softmax(x, axis=int(attrs["axis"])))
+
+
+@lowering("log_softmax")
+def lower_log_softmax(cx, node, ins, attrs):
+    return _in_work_dtype(cx, ins[0], lambda x: R.nn.log_softmax(x, axis=int(attrs["axis"])))
+
+
+@lowering("where")
+def lower_where(cx, node, ins, attrs):
+    c, a, b = ins
+    return R.where(c, a, b)
+
+
+@lowering("cast")
+def lower_cast(cx, node, ins, attrs):
+    from .lower import tvm_dtype
+
+    x = ins[0]
+    to = tvm_dtype(attrs["to"])
+    src = cx.dtype_of(x)
+    if to == "bool" and src != "bool":
+        return R.not_equal(x, cx.scalar(0, x))
+    if attrs["to"] in ("i4", "u4"):
+        # keep the low four bits, sign-extended for i4 (any narrowing integer cast)
+        v = R.bitwise_and(R.astype(x, "int64"), cx.const(15, "int64"))
+        if attrs["to"] == "i4":
+            v = R.where(R.greater_equal(v, cx.const(8, "int64")), R.subtract(v, cx.const(16, "int64")), v)
+        return R.astype(v, to)
+    return R.astype(x, to)
+
+
+# --- reductions ----------------------------------------------------------------------
+
+_REDUCE = {"reduce_mean": R.mean, "reduce_sum": R.sum, "reduce_max": R.max, "reduce_min": R.min,
+           "reduce_prod": R.prod}
+
+
+@lowering(*_REDUCE)
+def lower_reduce(cx, node, ins, attrs):
+    x = ins[0]
+    axes = [int(a) for a in attrs.get("axes", [])]
+    keep = bool(attrs.get("keepdims", 1))
+    rank = len(cx.shape_of(x))
+    if not axes:
+        axes = list(range(rank))
+    if rank == 0:
+        return x
+    dt = cx.dtype_of(x)
+    if node.op == "reduce_mean" and _is_int(dt):
+        # int64 sum, then truncating division (ONNX Runtime's integer mean)
+        n = int(np.prod([cx.shape_of(x)[a] for a in axes]))
+        s = R.sum(R.astype(x, "int64"), axis=axes, keepdims=keep)
+        return R.astype(R.divide(s, cx.const(n, "int64")), dt)
+    return _REDUCE[node.op](x, axis=axes, keepdims=keep)
+
+
+def round_cast(cx, y, dt: str):
+    """Cast a float result to `dt`; integers round half to even and saturate."""
+    if _is_int(dt):
+        info = np.iinfo(dt)
+        y = R.clip(R.round(y), float(info.min), float(info.max))
+    return R.astype(y, dt) if dt != cx.dtype_of(y) else y
+
+
+@lowering("global_avg_pool", "global_max_pool")
+def lower_global_pool(cx, node, ins, attrs):
+    x = ins[0]
+    axes = list(range(2, len(cx.shape_of(x))))
+    if node.op == "global_max_pool":
+        return R.max(x, axis=axes, keepdims=True)
+    dt = cx.dtype_of(x)
+    if _is_int(dt):
+        return round_cast(cx, R.mean(R.astype(x, "float64"), axis=axes, keepdims=True), dt)
+    return _in_work_dtype(cx, x, lambda v: R.mean(v, axis=axes, keepdims=True))
+
+
+@lowering("arg_max", "arg_min")
+def lower_argreduce(cx, node, ins, attrs):
+    x = ins[0]
+    axis = int(attrs["axis"])
+    keep = bool(attrs.get("keepdims", 1))
+    f = R.argmax if node.op == "arg_max" else R.argmin
+    if int(attrs.get("select_last_index", 0)):
+        n = cx.shape_of(x)[axis]
+        idx = cx.emit(f(R.flip(x, axis=axis), axis, keep))
+        idx = R.subtract(cx.const(n - 1, cx.dtype_of(idx)), idx)
+    else:
+        idx = f(x, axis, keep)
+    idx = cx.emit(idx)
+    return cx.cast(idx, "int64")

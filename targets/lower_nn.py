@@ -1,0 +1,368 @@
+"""Lowerings of the layer ops: conv, conv_transpose, gemm/matmul, norms, pooling, resize."""
+from __future__ import annotations
+
+import numpy as np
+
+from tvm import relax
+from tvm.relax import op as R
+
+from .lower import LoweringError, lowering, tvm_dtype
+
+
+def _layout_perm(src: str, dst: str):
+    return [src.index(c) for c in dst]
+
+
+def _bias_add(cx, y, b, rank: int):
+    if b is None:
+        return y
+    b = cx.cast(b, cx.dtype_of(y))
+    return R.add(y, cx.reshape(b, [1, cx.shape_of(b)[0]] + [1] * (rank - 2)))
+
+
+def _out_dtype(cx, node, x):
+    """The accumulation dtype of a conv/matmul: f16/bf16 accumulate in f32 (as the
+    reference does), anything else in the node's output dtype (None = the input's)."""
+    want = tvm_dtype(node.outputs[0].dtype)
+    if want in ("float16", "bfloat16"):
+        return "float32"
+    return None if want == cx.dtype_of(x) else want
+
+
+def _finish(cx, node, y):
+    """Cast an f32-accumulated result back to the node's dtype."""
+    return cx.cast(y, tvm_dtype(node.outputs[0].dtype))
+
+
+# --- convolution ---------------------------------------------------------------------
+
+_CONV = {3: R.nn.conv1d, 4: R.nn.conv2d, 5: R.nn.conv3d}
+_CONV_T = {3: R.nn.conv1d_transpose, 4: R.nn.conv2d_transpose, 5: R.nn.conv3d_transpose}
+
+
+@lowering("conv")
+def lower_conv(cx, node, ins, attrs):
+    x, w, b = (list(ins) + [None])[:3]
+    rank = len(cx.shape_of(x))
+    if rank not in _CONV:
+        raise LoweringError(f"conv over {rank - 2} spatial dims is not supported")
+    n = rank - 2
+    base_d, base_k = "NC" + "DHW"[3 - n:], "OI" + "DHW"[3 - n:]
+    data_layout, kernel_layout = cx.strategy.conv_layout(node)
+    xd = cx.permute(x, _layout_perm(base_d, data_layout))
+    wk = cx.permute(cx.cast(w, cx.dtype_of(x)) if cx.const_value(w) is None else w,
+                    _layout_perm(base_k, kernel_layout))
+    y = _CONV[rank](
+        xd, wk,
+        strides=[int(s) for s in attrs.get("strides") or [1] * n],
+        padding=[int(p) for p in attrs.get("pads") or [0] * 2 * n],
+        dilation=[int(d) for d in attrs.get("dilations") or [1] * n],
+        groups=int(attrs.get("group", 1)),
+        data_layout=data_layout, kernel_layout=kernel_layout, out_layout=data_layout,
+        out_dtype=_out_dtype(cx, node, x),
+    )
+    # back to NC... (a later layout pass cancels the transposes between convs)
+    y = cx.permute(y, _layout_perm(data_layout, base_d))
+    return _finish(cx, node, _bias_add(cx, y, b, rank))
+
+
+@lowering("conv_transpose")
+def lower_conv_transpose(cx, node, ins, attrs):
+    x, w, b = (list(ins) + [None])[:3]
+    rank = len(cx.shape_of(x))
+    if rank not in _CONV_T:
+        raise LoweringError(f"conv_transpose over {rank - 2} spatial dims is not supported")
+    n = rank - 2
+    sp = "DHW"[3 - n:]
+    pads = [int(p) for p in attrs.get("pads") or [0] * 2 * n]
+    y = _CONV_T[rank](
+        x, w,
+        strides=[int(s) for s in attrs.get("strides") or [1] * n],
+        padding=pads,
+        output_padding=[int(p) for p in attrs.get("output_padding") or [0] * n],
+        dilation=[int(d) for d in attrs.get("dilations") or [1] * n],
+        groups=int(attrs.get("group", 1)),
+        data_layout="NC" + sp, kernel_layout="IO" + sp,
+        out_dtype=_out_dtype(cx, node, x),
+    )
+    return _finish(cx, node, _bias_add(cx, y, b, rank))
+
+
+@lowering("batch_norm")
+def lower_batch_norm(cx, node, ins, attrs):
+    x, scale, bias, mean, var = ins
+    eps = float(attrs.get("epsilon", 1e-5))
+    rank = len(cx.shape_of(x))
+    dt = cx.dtype_of(x)
+    bshape = [1, cx.shape_of(x)[1]] + [1] * (rank - 2)
+    vals = [cx.const_value(v) for v in (scale, bias, mean, var)]
+    if all(v is not None for v in vals):
+        s, bb_, m, v = (np.asarray(a, np.float64) for a in vals)
+        a = s / np.sqrt(v + eps)
+        c = bb_ - m * a
+        work = dt if dt in ("float32", "float64") else "float32"
+        y = R.add(R.multiply(cx.cast(x, work), cx.const(a.reshape(bshape), work)),
+                  cx.const(c.reshape(bshape), work))
+        return cx.cast(y, dt)
+    scale, bias, mean, var = (cx.reshape(cx.cast(v, dt), bshape) for v in (scale, bias, mean, var))
+    mul = cx.emit(R.divide(scale, R.sqrt(R.add(var, cx.const(eps, dt)))))
+    add = R.subtract(bias, R.multiply(mean, mul))
+    return R.add(R.multiply(x, mul), add)
+
+
+# --- matrix products -----------------------------------------------------------------
+
+@lowering("matmul")
+def lower_matmul(cx, node, ins, attrs):
+    a, b = ins
+    return _finish(cx, node, R.matmul(a, b, out_dtype=_out_dtype(cx, node, a)))
+
+
+@lowering("gemm")
+def lower_gemm(cx, node, ins, attrs):
+    a, b, c = (list(ins) + [None])[:3]
+    if int(attrs.get("trans_a", 0)):
+        a = cx.permute(a, [1, 0])
+    if int(attrs.get("trans_b", 0)):
+        b = cx.permute(b, [1, 0])
+    y = R.matmul(a, b, out_dtype=_out_dtype(cx, node, a))
+    alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+    if alpha != 1.0:
+        y = R.multiply(y, cx.scalar(alpha, y))
+    if c is not None and beta != 0.0:
+        c = cx.cast(c, cx.dtype_of(y))
+        if beta != 1.0:
+            cv = cx.const_value(c)
+            c = cx.const(cv * beta, cx.dtype_of(c)) if cv is not None else R.multiply(c, cx.scalar(beta, c))
+        y = R.add(y, c)
+    return _finish(cx, node, y)
+
+
+# --- normalisation -------------------------------------------------------------------
+
+@lowering("layer_norm")
+def lower_layer_norm(cx, node, ins, attrs):
+    x, scale, bias = (list(ins) + [None])[:3]
+    shape = cx.shape_of(x)
+    rank = len(shape)
+    axis = int(attrs.get("axis", -1))
+    axis = axis + rank if axis < 0 else axis
+    eps = float(attrs.get("epsilon", 1e-5))
+    dt = cx.dtype_of(x)
+    norm_shape = list(shape[axis:])
+    axes = list(range(axis, rank))
+
+    def full(v, fill):
+        if v is None:
+            return cx.const(np.full(norm_shape, fill), dt)
+        v = cx.cast(v, dt)
+        vs = list(cx.shape_of(v))
+        if vs == norm_shape:
+            return v
+        if len(vs) > len(norm_shape):  # leading 1s: [1, 1, C] -> [C]
+            v = cx.reshape(v, vs[len(vs) - len(norm_shape):])
+        cv = cx.const_value(v)
+        if cv is not None:
+            return cx.const(np.broadcast_to(cv, norm_shape), dt)
+        return R.broadcast_to(v, norm_shape)
+
+    work = dt if dt in ("float32", "float64") else "float32"  # f16 normalises in f32
+    y = R.nn.layer_norm(cx.cast(x, work), cx.cast(full(scale, 1.0), work), cx.cast(full(bias, 0.0), work),
+                        axes=axes, epsilon=eps)
+    return cx.cast(y, dt)
+
+
+# --- pooling -------------------------------------------------------------------------
+
+_MAXPOOL = {3: R.nn.max_pool1d, 4: R.nn.max_pool2d, 5: R.nn.max_pool3d}
+_AVGPOOL = {3: R.nn.avg_pool1d, 4: R.nn.avg_pool2d, 5: R.nn.avg_pool3d}
+
+
+def _crop_to(cx, y, want):
+    """Drop trailing windows TVM's ceil mode adds and ONNX does not (a window must start
+    inside the input or the begin padding)."""
+    got = cx.shape_of(cx.emit(y) if not isinstance(y, relax.Var) else y)
+    if list(got) == list(want):
+        return y
+    if any(g < w for g, w in zip(got, want)):
+        raise LoweringError(f"pooling produced {list(got)}, expected {list(want)}")
+    axes = [i for i, (g, w) in enumerate(zip(got, want)) if g != w]
+    return R.strided_slice(y, axes=axes, begin=[0] * len(axes), end=[want[i] for i in axes])
+
+
+def _pool_args(attrs, n):
+    return dict(
+        pool_size=[int(k) for k in attrs["kernel_shape"]],
+        strides=[int(s) for s in attrs.get("strides") or [1] * n],
+        padding=[int(p) for p in attrs.get("pads") or [0] * 2 * n],
+        dilation=[int(d) for d in attrs.get("dilations") or [1] * n],
+        ceil_mode=bool(int(attrs.get("ceil_mode", 0))),
+    )
+
+
+@lowering("max_pool")
+def lower_max_pool(cx, node, ins, attrs):
+    x = ins[0]
+    rank = len(cx.shape_of(x))
+    if rank not in _MAXPOOL:
+        raise LoweringError(f"max_pool over {rank - 2} spatial dims is not supported")
+    y = cx.emit(_MAXPOOL[rank](x, **_pool_args(attrs, rank - 2), layout="NC" + "DHW"[5 - rank:]))
+    return _crop_to(cx, y, node.outputs[0].shape)
+
+
+def _avg_divisor(in_sp, out_sp, k, s, d, pads, include_pad):
+    """ONNX's divisor per output window: the taps inside the input (count_include_pad=0),
+    or inside input + explicit pads (=1); taps in the ceil-mode overhang never count."""
+    n = len(in_sp)
+    per_axis = []
+    for i in range(n):
+        lo = -pads[i] if include_pad else 0
+        hi = in_sp[i] + pads[n + i] if include_pad else in_sp[i]
+        starts = np.arange(out_sp[i]) * s[i] - pads[i]
+        taps = starts[:, None] + np.arange(k[i])[None, :] * d[i]
+        per_axis.append(((taps >= lo) & (taps < hi)).sum(axis=1))
+    div = per_axis[0].astype(np.float64)
+    for a in per_axis[1:]:
+        div = np.multiply.outer(div, a)
+    return div
+
+
+@lowering("avg_pool")
+def lower_avg_pool(cx, node, ins, attrs):
+    """avg = (sum over the zero-padded window) / (ONNX's divisor), the divisor a constant
+    computed here: exact for every pads/ceil_mode/count_include_pad combination."""
+    x = ins[0]
+    shape = cx.shape_of(x)
+    rank = len(shape)
+    if rank not in _AVGPOOL:
+        raise LoweringError(f"avg_pool over {rank - 2} spatial dims is not supported")
+    n = rank - 2
+    args = _pool_args(attrs, n)
+    include = bool(int(attrs.get("count_include_pad", 0)))
+    dt = cx.dtype_of(x)
+    if dt not in ("float32", "float64"):  # ints and f16/bf16 average in f32, like the reference
+        x = R.astype(x, "float32")
+    out_sp = list(node.outputs[0].shape[2:])
+    k, s, d, pads = args["pool_size"], args["strides"], args["dilation"], args["padding"]
+    # Pad explicitly (zeros), with enough at the end for every ONNX window, then pool
+    # with a full-window divisor and rescale by window_size / onnx_divisor.
+    ends = [max(0, (out_sp[i] - 1) * s[i] + (k[i] - 1) * d[i] + 1 - shape[2 + i] - pads[i]) for i in range(n)]
+    pad_w = [0, 0, 0, 0]
+    for i in range(n):
+        pad_w += [pads[i], ends[i]]
+    xp = R.nn.pad(x, pad_w, "constant", 0.0) if any(pad_w) else x
+    y = _AVGPOOL[rank](xp, pool_size=k, strides=s, padding=[0] * 2 * n, dilation=d,
+                       ceil_mode=False, count_include_pad=True, layout="NC" + "DHW"[3 - n:])
+    y = _crop_to(cx, cx.emit(y), node.outputs[0].shape)
+    div = _avg_divisor(shape[2:], out_sp, k, s, d, pads, include)
+    factor = float(np.prod(k)) / np.maximum(div, 1)
+    if not np.all(factor == 1.0):
+        y = R.multiply(y, cx.const(factor.reshape([1, 1] + out_sp), cx.dtype_of(x)))
+    if dt != cx.dtype_of(x):
+        from .lower_math import round_cast
+
+        y = round_cast(cx, y, dt)
+    return y
+
+
+# --- resize --------------------------------------------------------------------------
+
+_F = np.float32
+
+
+def _source_coords(out_len: int, in_len: int, scale, ctm: str) -> np.ndarray:
+    """Where each output index samples the input: float32, in ONNX Runtime's operation
+    order (nearest rounding at exact .5 depends on it), as the reference kernel does."""
+    x = np.arange(out_len, dtype=_F)
+    s, half = _F(scale), _F(0.5)
+    if ctm == "half_pixel":
+        return (x + half) / s - half
+    if ctm == "pytorch_half_pixel":
+        return (x + half) / s - half if out_len > 1 else np.zeros(out_len, _F)
+    if ctm == "align_corners":
+        return np.zeros(out_len, _F) if out_len == 1 else x * _F(in_len - 1) / _F(out_len - 1)
+    if ctm == "asymmetric":
+        return x / s
+    if ctm == "tf_half_pixel_for_nn":
+        return (x + half) / s
+    if ctm == "half_pixel_symmetric":
+        adjustment = _F(out_len) / (s * _F(in_len))
+        offset = _F(in_len) / _F(2) * (_F(1) - adjustment)
+        return offset + (x + half) / s - half
+    raise LoweringError(f"resize: coordinate_transformation_mode {ctm!r} is not supported")
+
+
+def _resize_table(in_len: int, out_len: int, scale, attrs):
+    """(indices [out, taps], float32 weights [out, taps]) of one resized axis."""
+    c = _source_coords(out_len, in_len, scale, attrs.get("coordinate_transformation_mode", "half_pixel"))
+    mode = attrs.get("mode", "nearest")
+    if mode == "nearest":
+        nm = attrs.get("nearest_mode", "round_prefer_floor")
+        if nm == "round_prefer_floor":
+            i = np.ceil(c - _F(0.5))
+        elif nm == "round_prefer_ceil":
+            i = np.floor(c + _F(0.5))
+        elif nm == "floor":
+            i = np.floor(c)
+        elif nm == "ceil":
+            i = np.ceil(c)
+        else:
+            raise LoweringError(f"resize: nearest_mode {nm!r} is not supported")
+        return np.clip(i, 0, in_len - 1).astype(np.int64)[:, None], np.ones((out_len, 1), _F)
+    if mode == "linear":
+        c = np.clip(c, _F(0), _F(in_len - 1))
+        i0 = np.minimum(c.astype(np.int64), in_len - 1)
+        i1 = np.minimum(i0 + 1, in_len - 1)
+        w1 = c - i0.astype(_F)
+        return np.stack([i0, i1], 1), np.stack([_F(1) - w1, w1], 1)
+    if mode == "cubic":
+        a = float(attrs.get("cubic_coeff_a", -0.75))
+        base = np.floor(c)
+        r = (c - base).astype(np.float64)
+        w = np.stack([
+            ((a * (r + 1) - 5 * a) * (r + 1) + 8 * a) * (r + 1) - 4 * a,
+            ((a + 2) * r - (a + 3)) * r * r + 1,
+            ((a + 2) * (1 - r) - (a + 3)) * (1 - r) * (1 - r) + 1,
+            ((a * (2 - r) - 5 * a) * (2 - r) + 8 * a) * (2 - r) - 4 * a,
+        ], 1)
+        idx = base.astype(np.int64)[:, None] + np.arange(-1, 3)[None, :]
+        if int(attrs.get("exclude_outside", 0)):
+            w = np.where((idx < 0) | (idx >= in_len), 0.0, w)
+            w = w / w.sum(1, keepdims=True)
+        return np.clip(idx, 0, in_len - 1), w.astype(_F)
+    raise LoweringError(f"resize: mode {mode!r} is not supported")
+
+
+@lowering("resize")
+def lower_resize(cx, node, ins, attrs):
+    """Separable resize: per resized axis, gathers at constant indices weighted by constant
+    coefficients, both computed here exactly as the reference kernel computes them, so
+    every mode and coordinate mode matches it (and ONNX Runtime's rounding)."""
+    x = ins[0]
+    shape = list(cx.shape_of(x))
+    sizes = [int(v) for v in attrs["sizes"]]
+    scales = [float(v) for v in attrs.get("scales") or []]
+    if len(sizes) != len(shape):
+        raise LoweringError(f"resize: sizes {sizes} do not match the input rank {len(shape)}")
+    mode = attrs.get("mode", "nearest")
+    dt = cx.dtype_of(x)
+    work_dt = "float64" if dt == "float64" else "float32"
+    y = x if mode == "nearest" else cx.cast(x, work_dt)
+    for axis, (n_in, n_out) in enumerate(zip(shape, sizes)):
+        scale = _F(scales[axis]) if scales else (_F(n_out) / _F(n_in) if n_in else _F(1))
+        if n_in == n_out and scale == 1:
+            continue  # identity, as ONNX Runtime (and the reference) skip it for every mode
+        idx, w = _resize_table(n_in, n_out, scale, attrs)
+        bshape = [1] * len(shape)
+        bshape[axis] = n_out
+        acc = None
+        for t in range(idx.shape[1]):
+            g = R.take(y, cx.const(idx[:, t], "int64"), axis=axis, mode="clip")
+            term = g if mode == "nearest" else R.multiply(g, cx.const(w[:, t].reshape(bshape), work_dt))
+            acc = term if acc is None else R.add(acc, term)
+        y = cx.emit(acc)
+    if mode != "nearest" and work_dt != dt:
+        from .lower_math import round_cast
+
+        y = round_cast(cx, y, dt)
+    return y
