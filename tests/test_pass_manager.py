@@ -187,3 +187,31 @@ def test_stop_after():
     ctx = PassContext()
     pm.run(g, ctx)
     assert ctx.history == ["canonicalize"]
+
+
+def test_entry_point_passes(tmp_path, monkeypatch):
+    """A package installed with an entry point in group `qcc.passes` contributes its pass."""
+    import importlib.metadata
+    import qcc.passes_registry as reg
+
+    pkg = tmp_path / "qcc_extra_passes"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "import dataclasses\nfrom qcc import Pass\n"
+        "@dataclasses.dataclass(frozen=True)\n"
+        "class Noop(Pass):\n    '''Does nothing, from an installed package.'''\n    name = 'ep-noop'\n"
+        "    def run(self, graph, ctx):\n        return False\n")
+    dist = tmp_path / "qcc_extra_passes-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: qcc-extra-passes\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[qcc.passes]\nnoop = qcc_extra_passes:Noop\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    monkeypatch.setattr(reg, "_loaded_entry_points", False)
+    try:
+        info = reg.registered_passes()["ep-noop"]
+        assert "entry point 'noop'" in info.origin
+        assert info.summary == "Does nothing, from an installed package."
+        assert not PassManager("ep-noop").run(parse(NEGS))
+    finally:
+        unregister_pass("ep-noop")
