@@ -174,6 +174,8 @@ class PropagateRanges(Pass):
         changed = False
         missing = []
         for n in obs:
+            if n.attrs.get("scale"):  # a QDQ model's fixed params: range and source stay as imported
+                continue
             if id(n) not in ranges:
                 missing.append(_source_value(n).name)
                 n.attrs["source"] = "none"

@@ -28,7 +28,7 @@ from qcc.ir.types import QuantParams
 from qcc.ops.quant import quantize_multiplier
 from qcc.pass_manager import PassContext, register_property
 from qcc.passes_registry import Pass, register_pass
-from qcc.quantization import params_for_range, quantize_bias, quantize_weights
+from qcc.quantization import WEIGHT_QMAX, params_for_range, quantize_bias, quantize_weights
 
 COMPUTE = ("conv", "gemm", "matmul")
 INT_OPS = ("qconv", "qmatmul", "requantize", "quantize")
@@ -72,6 +72,44 @@ def _fixed_weights(w: Optional[Value]):
 
 def _per_channel(scales: np.ndarray, n: int) -> np.ndarray:
     return np.full(n, float(scales[0])) if scales.size == 1 else scales
+
+
+ACC_MAX = 2 ** 31 - 1
+MIN_SHIFT = -31  # the requantize kernel shifts right by at most 62 bits (31 - shift)
+
+
+def _multiplier(real: float) -> Tuple[int, int]:
+    """quantize_multiplier, also for ratios below 2^-32: those keep the largest shift the
+    kernel applies and a smaller multiplier (fewer significant bits, still the right
+    value) instead of a shift the kernel would clip, scaling the result up."""
+    m, s = quantize_multiplier(real)
+    if m and s < MIN_SHIFT:
+        return int(round(real * 2.0 ** (31 - MIN_SHIFT))), MIN_SHIFT
+    return m, s
+
+
+def _fit_bias(wq: np.ndarray, ws: np.ndarray, axis: int, bias, sx: float, x_span: int):
+    """Raise the weight scale of any channel whose bias would not fit the int32 accumulator
+    (next to the worst-case sum of products), and re-round that channel's weights.
+
+    The bias is quantized at scale_x·scale_w. A channel with (near-)zero weights but a real
+    bias -- a dead unit, a pruned filter -- gets a weight scale of ~1e-20, so its bias would
+    be billions of steps: saturated, then overflowing the accumulator. A coarser scale costs
+    that channel nothing: its weights are negligible next to its bias."""
+    b = np.abs(np.asarray(bias, np.float64).reshape(-1))
+    if b.size != ws.size:
+        return wq, ws
+    terms = wq.size // max(wq.shape[axis], 1)
+    limit = max(ACC_MAX - terms * x_span * WEIGHT_QMAX, ACC_MAX // 2)
+    need = b / (sx * limit)
+    if not (need > ws).any():
+        return wq, ws
+    new = np.maximum(ws, need)
+    shape = [1] * wq.ndim
+    shape[axis] = -1
+    ratio = (ws / new).reshape(shape)  # <= 1: the re-rounded weights stay within int8
+    wq = np.clip(np.rint(wq.astype(np.float64) * ratio), -WEIGHT_QMAX, WEIGHT_QMAX).astype(np.int8)
+    return wq, new
 
 
 def _source(v: Optional[Value]) -> str:
@@ -142,10 +180,21 @@ class Quantize(Pass):
                 layers[n.name] = done
                 changed = True
         for n in graph.nodes:  # observers have served their purpose
-            if n.op == "observe":
+            if n.op != "observe":
+                continue
+            if n.attrs.get("scale"):
+                # a QDQ model's fixed params are part of its meaning (they may stand in for a
+                # relu the exporter removed): keep them as a quantize/dequantize pair
+                qp = self._act_params(n)
+                qv = self._quantize_input(n.inputs[0], qp, graph, n)
+                dq = graph.add_node("dequantize", [qv], {"scale": list(qp.scale),
+                                                         "zero_point": list(qp.zero_point), "axis": -1},
+                                    names=[n.inputs[0].name + ".dq"], after=qv.producer)
+                graph.replace_value(n.output, dq.output)
+            else:
                 graph.replace_value(n.output, n.inputs[0])
-                graph.remove_node(n)
-                changed = True
+            graph.remove_node(n)
+            changed = True
         graph.eliminate_dead_code()
         return changed
 
@@ -215,7 +264,7 @@ class Quantize(Pass):
                 wd = wd.T
             alpha, beta = float(n.attrs.get("alpha", 1.0)), float(n.attrs.get("beta", 1.0))
             if bias is not None:
-                c = np.asarray(bias, np.float64) * beta / alpha
+                c = np.asarray(bias, np.float64) * beta  # y = alpha·(x @ W) + beta·C
                 N = wd.shape[1]
                 if c.size == 1:
                     c = np.full(N, float(c.ravel()[0]))
@@ -224,8 +273,8 @@ class Quantize(Pass):
                 else:
                     return None  # a full [M, N] bias: leave in float
                 bias = c
-            wq, ws = quantize_weights(wd, 1)
-            return wq, ws * alpha, 1, 1, bias
+            wq, ws = quantize_weights(wd * np.float32(alpha), 1)  # a negative alpha too
+            return wq, ws, 1, 1, bias
         if n.op == "matmul":
             if wd.ndim != 2:
                 return None
@@ -260,6 +309,8 @@ class Quantize(Pass):
         wq, ws, out_axis, w_axis, bias = wts
         qy = self._act_params(end_obs)
         sx, sy = qx.scale[0], qy.scale[0]
+        if bias is not None and _fixed_weights(n.inputs[1]) is None:
+            wq, ws = _fit_bias(wq, ws, w_axis, bias, sx, qx.qmax - qx.qmin)
         name = n.name
         wc = g.add_const(name + ".wq", wq, "i8", QuantParams(8, True, ws, 0, axis=w_axis if ws.size > 1 else None)
                          if ws.size > 1 else QuantParams(8, True, ws, 0))
@@ -277,7 +328,7 @@ class Quantize(Pass):
                              names=[name + ".acc"], before=n)
         per_ch = acc_scale.size > 1
         acc.output.quant = QuantParams(32, True, acc_scale, 0, axis=out_axis if per_ch else None)
-        mults = [quantize_multiplier(float(s) / sy) for s in np.atleast_1d(acc_scale)]
+        mults = [_multiplier(float(s) / sy) for s in np.atleast_1d(acc_scale)]
         lo = qy.qmin if not np.isfinite(clamp[0]) else int(np.clip(round(clamp[0] / sy) + qy.zero_point[0], qy.qmin, qy.qmax))
         hi = qy.qmax if not np.isfinite(clamp[1]) else int(np.clip(round(clamp[1] / sy) + qy.zero_point[0], qy.qmin, qy.qmax))
         rq_attrs = {"multiplier": [m for m, _ in mults], "shift": [s for _, s in mults],

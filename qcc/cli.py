@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--precision", default="", metavar="RULES",
                    help="per-layer precision overrides, e.g. 'conv1=float;head.*=float'")
     c.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    c.add_argument("--verbose", "-v", action="store_true",
+                   help="print progress even when stderr is not a terminal (it is shown on terminals)")
     c.add_argument("--json", action="store_true", help="print the report summary as JSON on stdout")
     _add_pipeline_flags(c)
 
@@ -214,7 +216,7 @@ def cmd_compile(args) -> int:
                           plugins=args.plugin, verify_each=bool(args.verify_each))
     if args.print_pipeline:
         print(opts.pipeline(), file=sys.stderr)
-    log = None if args.quiet or args.json else _Log(sys.stderr)
+    log = None if args.quiet or args.json or not (args.verbose or sys.stderr.isatty()) else _Log(sys.stderr)
     report = compile_model(args.model, args.output, opts, instruments=_instruments(args), log=log)
     if args.json:
         print(json.dumps({"output": args.output, **report["summary"], "warnings": report["warnings"]},

@@ -362,22 +362,6 @@ def test_opaque_op_from_an_old_opset_is_restated_at_21():
     assert [str(v.type) for v in g.outputs] == ["f32[3,2]", "i64[3,2]"]
 
 
-def test_qdq_imports_as_opaque_ops():
-    wq = RNG.integers(-127, 128, (4, 2, 3, 3)).astype(np.int8)
-    nodes = [
-        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
-        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
-        helper.make_node("DequantizeLinear", ["wq", "ws"], ["w"]),
-        helper.make_node("Conv", ["xd", "w"], ["y"]),
-    ]
-    m = mk(nodes, [vi("x", [1, 2, 5, 5])], [vi("y", None)],
-           [init("s", np.array(0.05, np.float32)), init("z", np.array(3, np.uint8)),
-            init("wq", wq), init("ws", np.array(0.01, np.float32))], opset=13)
-    g = check(m, {"x": rand(1, 2, 5, 5)}, rtol=1e-4, atol=1e-5)
-    assert ops(g).count("onnx.DequantizeLinear") == 2
-    assert ops(g)[0] == "onnx.QuantizeLinear" and ops(g)[-1] == "conv"
-
-
 @pytest.mark.parametrize("opset", [7, 8, 9])
 def test_old_opsets_match_onnxruntime(opset):
     # attribute forms: Upsample scales (7-8), Pad/Slice attrs, BatchNorm-7, Softmax-to-2D, Sum

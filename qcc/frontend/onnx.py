@@ -10,7 +10,10 @@ The importer
   * maps the rest to core ops with normalised attributes (onnx_ops.py), or to opaque
     `onnx.<OpType>` ops (restated at opset 21, the IR's) whose output types come from
     ONNX shape inference or, failing that, from running the reference evaluator on
-    zeros (and on ones, to refuse shapes that depend on the data).
+    zeros (and on ones, to refuse shapes that depend on the data);
+  * keeps the scales of a model that arrives quantized: QuantizeLinear/DequantizeLinear
+    pairs become `observe` ops with fixed params, integer weights stay integers behind
+    a `dequantize` (onnx_qdq.py).
 
 Value names are the ONNX tensor names; constants keep their initializer names.
 Every failure is a FrontendError with a one-line message.

@@ -102,10 +102,6 @@ class _Params:
         return QuantParams(bits, signed, self.scale, self.zero_point,
                            axis=None if self.axis == -1 else self.axis)
 
-    def same(self, other: "_Params") -> bool:
-        return (self.scale, self.zero_point, self.axis, self.dtype) == \
-            (other.scale, other.zero_point, other.axis, other.dtype)
-
 
 def _qconst(n, i: int, what: str) -> Optional[np.ndarray]:
     v = n.input(i)
@@ -125,6 +121,8 @@ def _params(n, x: Value, dtype: Optional[str]) -> _Params:
     scale = _qconst(n, 1, "scale")
     zp = _qconst(n, 2, "zero point")
     sv = n.input(1)
+    if sv is None:
+        raise n.error("has no scale input")
     if sv.dtype not in FLOAT_DTYPES:
         raise n.error(f"its scale is {sv.dtype}; ONNX scales are float")
     if dtype is None:
@@ -245,6 +243,11 @@ def _dequantize_linear(imp, n) -> List[Value]:
         x.quant = q
     elif x.quant is None:
         x.quant = q  # e.g. a uint8 graph input: its integers mean what this DQ says
+    elif x.quant.scale != q.scale or x.quant.zero_point != q.zero_point or x.quant.axis != q.axis:
+        # passes read a dequantize's params from its operand's `quant`: one meaning per tensor
+        raise n.error(f"reads '{n.proto.input[0]}' with scale/zero point/axis other than the "
+                      "ones it was quantized (or first dequantized) with; qcc needs one set of "
+                      "params per integer tensor")
     name = n.outputs[0]
     if p.scale_dtype == "f32":
         return [imp.emit("dequantize", [x], p.attrs(), name)]

@@ -172,5 +172,9 @@ def observe(x, *, method, range, source, scale, zero_point, dtype):
     the real-valued range chosen for it and `source` how (observer, relu, shared, bn).
 
     A model that arrives quantized (QDQ) fixes the params instead: `scale`,
-    `zero_point` and `dtype` are then used exactly, and calibration leaves it alone."""
+    `zero_point` and `dtype` are then used exactly, calibration leaves it alone, and
+    the op means what the model's QuantizeLinear/DequantizeLinear pair meant: fake-quant."""
+    if scale:
+        q = quantize(x, scale=scale, zero_point=zero_point or [0], axis=-1, dtype=dtype)
+        return dequantize(q, scale=scale, zero_point=zero_point or [0], axis=-1).astype(x.dtype)
     return x

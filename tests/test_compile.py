@@ -1,0 +1,160 @@
+"""`qcc compile` / `qcc run` / `qcc.compile` as build systems and users see them: the artifact
+contract, determinism, opaque-op fallback, and bad input (one line, exit 1, no OUT left behind)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import qcc
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "examples/tiny_cnn.onnx"
+SHAPE = ["--input-shape", "input=1x3x32x32"]
+
+
+def cli(*args):
+    p = subprocess.run([sys.executable, "-m", "qcc.cli", *map(str, args)], capture_output=True, text=True, cwd=ROOT)
+    assert "Traceback" not in p.stderr, p.stderr
+    return p
+
+
+def ort(model_path, feeds):
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+@pytest.fixture(scope="module")
+def tiny_o0(tmp_path_factory):
+    out = tmp_path_factory.mktemp("a") / "tiny"
+    p = cli("compile", TINY, *SHAPE, "-O0", "-o", out)
+    assert p.returncode == 0, p.stderr
+    return out
+
+
+def test_artifact_contract(tiny_o0):
+    files = sorted(p.name for p in tiny_o0.iterdir())
+    for f in ("manifest.json", "model.so", "model.qir", "model.npz", "report.json"):
+        assert f in files
+    m = json.loads((tiny_o0 / "manifest.json").read_text())
+    assert m["inputs"] == [{"name": "input", "shape": [1, 3, 32, 32], "dtype": "f32"}]
+    assert m["outputs"] == [{"name": "probs", "shape": [1, 10], "dtype": "f32"}]
+    assert m["target"]["preset"] == "host" and m["target"]["tvm"]["kind"] == "llvm"
+    assert len(m["model_sha256"]) == 64 and len(m["options_sha256"]) == 64
+    assert set(m["files"]) == set(files) - {"manifest.json"}
+    assert "time" not in json.dumps(m).lower()
+    qcc.load_qir(tiny_o0 / "model.qir")  # the final IR parses
+
+
+def test_float_artifact_matches_onnxruntime(tiny_o0):
+    x = np.load(ROOT / "examples/tiny_cnn_input.npz")["input"]
+    got = qcc.load(tiny_o0).run({"input": x})["probs"]
+    ref = ort(TINY, {"input": x})[0]
+    assert np.abs(got - ref).max() <= 1e-4 * (ref.max() - ref.min())
+
+
+def test_run_cli_writes_outputs(tiny_o0, tmp_path):
+    p = cli("run", tiny_o0, "--input", ROOT / "examples/tiny_cnn_input.npz", "-o", tmp_path / "y.npz")
+    assert p.returncode == 0, p.stderr
+    with np.load(tmp_path / "y.npz") as z:
+        assert z["probs"].shape == (1, 10)
+
+
+def test_same_inputs_give_byte_identical_artifacts(tiny_o0, tmp_path):
+    out2 = tmp_path / "again"
+    assert cli("compile", TINY, *SHAPE, "-O0", "-o", out2).returncode == 0
+    for f in sorted(p.name for p in tiny_o0.iterdir()):
+        assert (tiny_o0 / f).read_bytes() == (out2 / f).read_bytes(), f
+
+
+@pytest.mark.parametrize("feeds,msg", [
+    ({"input": np.zeros((1, 3, 16, 16), np.float32)}, "has shape [1, 3, 16, 16], the model expects [1, 3, 32, 32]"),
+    ({"input": np.zeros((1, 3, 32, 32), np.float64)}, "has dtype float64"),
+    ({"x": np.zeros((1, 3, 32, 32), np.float32)}, "unknown input 'x'"),
+])
+def test_run_rejects_bad_inputs(tiny_o0, tmp_path, feeds, msg):
+    np.savez(tmp_path / "in.npz", **feeds)
+    p = cli("run", tiny_o0, "--input", tmp_path / "in.npz")
+    assert p.returncode == 1 and msg in p.stderr and p.stderr.count("\n") == 1
+
+
+def _model_bytes():
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "m",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
+@pytest.mark.parametrize("case,msg", [
+    ("missing", "no such file"),
+    ("not-onnx", ""),
+    ("truncated", ""),
+    ("bad-shape-name", "nosuch"),
+    ("bad-shape-rank", "rank"),
+    ("bad-target", "unknown target"),
+])
+def test_bad_input_one_line_exit_1_no_output(tmp_path, case, msg):
+    model = tmp_path / "m.onnx"
+    args = []
+    if case == "not-onnx":
+        model.write_text("this is not a model\n" * 10)
+    elif case == "truncated":
+        model.write_bytes(_model_bytes()[:-7])
+    elif case != "missing":
+        model.write_bytes(_model_bytes())
+    if case == "bad-shape-name":
+        args = ["--input-shape", "nosuch=1x4"]
+    elif case == "bad-shape-rank":
+        args = ["--input-shape", "x=1x4x4"]
+    elif case == "bad-target":
+        args = ["--target", "pdp-11"]
+    out = tmp_path / "out"
+    p = cli("compile", model, "-o", out, *args)
+    assert p.returncode == 1, p.stderr
+    assert p.stderr.strip().count("\n") == 0 and p.stderr.startswith("qcc: error:"), p.stderr
+    assert msg.lower() in p.stderr.lower()
+    assert not out.exists() and not any(x.name.startswith(".out") for x in tmp_path.iterdir())
+
+
+def test_refuses_to_overwrite_a_folder_that_is_not_an_artifact(tmp_path):
+    keep = tmp_path / "precious"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    p = cli("compile", TINY, *SHAPE, "-o", keep)
+    assert p.returncode == 1 and "refusing" in p.stderr
+    assert (keep / "notes.txt").read_text() == "mine"
+
+
+def test_opaque_op_compiles_and_is_named_in_the_report(tmp_path):
+    """CumSum has no first-class form: it is carried as onnx.CumSum, lowered by TVM's converter."""
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("CumSum", ["r", "axis"], ["c"], exclusive=1),
+         helper.make_node("Mul", ["c", "two"], ["y"])], "m",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])],
+        [numpy_helper.from_array(np.array(1, np.int64), "axis"),
+         numpy_helper.from_array(np.array(2.0, np.float32), "two")])
+    path = tmp_path / "cumsum.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    out = tmp_path / "out"
+    report = qcc.compile(path, out)
+    assert report["opaque_ops"] == ["onnx.CumSum"]
+    x = np.random.default_rng(0).standard_normal((2, 5)).astype(np.float32)
+    np.testing.assert_allclose(qcc.load(out).run({"x": x})["y"], ort(path, {"x": x})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_python_api_compiles_two_targets_in_one_process(tmp_path):
+    a = qcc.compile(TINY, tmp_path / "a", input_shapes={"input": (1, 3, 32, 32)}, target="x86-avx2")
+    b = qcc.compile(TINY, tmp_path / "b", input_shapes={"input": (1, 3, 32, 32)}, target="host")
+    ma = json.loads((tmp_path / "a/manifest.json").read_text())
+    mb = json.loads((tmp_path / "b/manifest.json").read_text())
+    assert ma["target"]["preset"] == "x86-avx2" and mb["target"]["preset"] == "host"
+    assert ma["options_sha256"] != mb["options_sha256"]
+    assert a["summary"]["macs"] == b["summary"]["macs"] > 0
