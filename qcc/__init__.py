@@ -24,7 +24,8 @@ def import_onnx(model, input_shapes=None) -> Graph:
 
 
 def compile(model, out_dir, *, target="host", opt_level="O0", passes=None, input_shapes=None,
-            calib=None, calib_method=None, precision="", plugins=(), verify_each=False, log=None):
+            calib=None, calib_method=None, precision="", max_error=None, min_int8_fraction=None,
+            plugins=(), verify_each=False, log=None):
     """Compile `model` (.onnx) into the artifact folder `out_dir`; returns the report dict.
 
     Safe to call repeatedly, for several targets, from one process."""
@@ -32,7 +33,8 @@ def compile(model, out_dir, *, target="host", opt_level="O0", passes=None, input
 
     opts = CompileOptions(target=target, opt_level=opt_level, passes=passes,
                           input_shapes=dict(input_shapes or {}), calib=calib, calib_method=calib_method,
-                          precision=precision, plugins=tuple(plugins),
+                          precision=precision, max_error=max_error, min_int8_fraction=min_int8_fraction,
+                          plugins=tuple(plugins),
                           verify_each=verify_each)
     return compile_model(model, out_dir, opts, log=log)
 

@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how activation ranges are chosen from calibration data (default percentile)")
     c.add_argument("--precision", default="", metavar="RULES",
                    help="per-layer precision overrides, e.g. 'conv1=float;head.*=float'")
+    c.add_argument("--max-error", metavar="BUDGET",
+                   help="error budget at the outputs: minimum SQNR like 30dB (default), or a relative "
+                        "error like 0.01; sensitive layers stay in float until it is met")
+    c.add_argument("--min-int8-fraction", type=float, metavar="F",
+                   help="never keep so many layers in float that the share of int8 MACs drops below F")
     c.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     c.add_argument("--verbose", "-v", action="store_true",
                    help="print progress even when stderr is not a terminal (it is shown on terminals)")
@@ -213,6 +218,7 @@ def cmd_compile(args) -> int:
     opts = CompileOptions(target=args.target, opt_level=args.opt_level or "O0",
                           passes=args.passes, input_shapes=_input_shapes(args), calib=args.calib,
                           calib_method=args.calib_method, precision=args.precision,
+                          max_error=args.max_error, min_int8_fraction=args.min_int8_fraction,
                           plugins=args.plugin, verify_each=bool(args.verify_each))
     if args.print_pipeline:
         print(opts.pipeline(), file=sys.stderr)

@@ -39,6 +39,8 @@ class CompileOptions:
     calib: Optional[str] = None
     calib_method: Optional[str] = None
     precision: str = ""
+    max_error: Optional[str] = None  # "30dB" or a relative error; None = the pass default
+    min_int8_fraction: Optional[float] = None
     plugins: Sequence[str] = ()
     verify_each: bool = False
 
@@ -54,6 +56,8 @@ class CompileOptions:
             "calib": _sha256(self.calib) if self.calib else None,
             "calib_method": self.calib_method,
             "precision": self.precision,
+            "max_error": self.max_error,
+            "min_int8_fraction": self.min_int8_fraction,
             "plugins": [_sha256(p) for p in self.plugins],
         }
 
@@ -127,8 +131,18 @@ def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
     from .calibrate import load_samples
 
     samples = load_samples(opts.calib, graph) if opts.calib else None
+    budget = {}
+    if opts.max_error is not None:
+        from .passes.assign_bitwidths import parse_error_budget
+
+        try:
+            budget["min_sqnr"] = parse_error_budget(opts.max_error)
+        except ValueError as e:
+            raise CompileError(str(e)) from None
+    if opts.min_int8_fraction is not None:
+        budget["min_int8_fraction"] = opts.min_int8_fraction
     ctx = PassContext(options={"calib": samples, "calib_method": opts.calib_method,
-                               "precision": opts.precision, "target": preset}, log=log)
+                               "precision": opts.precision, "target": preset, **budget}, log=log)
     say(f"running {pm.pipeline or '(no passes)'}")
     pm.run(graph, ctx)
     opaque = sorted({n.op for n in graph.nodes if n.op.startswith("onnx.")})
