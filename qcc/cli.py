@@ -125,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--input", required=True, metavar="IN.npz", help="one array per model input, by name")
     r.add_argument("-o", "--output", metavar="OUT.npz", help="write the outputs here (default: print a summary)")
 
+    e = sub.add_parser("eval", help="compare an artifact with the float model (onnxruntime) on data")
+    e.add_argument("model", help="the float model (.onnx) the artifact was compiled from")
+    e.add_argument("artifact", help="artifact folder written by `qcc compile`")
+    e.add_argument("--data", required=True, metavar="DATA", help=".npz (or folder) with one array per input")
+    e.add_argument("--per-layer", action="store_true", help="also each quantized layer's SQNR against float")
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
     ps = sub.add_parser("passes", help="list every registered pass with its summary and origin")
     ps.add_argument("--plugin", action="append", default=[], metavar="FILE.py")
     ps.add_argument("--json", action="store_true")
@@ -299,7 +306,15 @@ def cmd_run(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"compile": cmd_compile, "import": cmd_import, "opt": cmd_opt, "run": cmd_run,
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate, format_table
+
+    result = evaluate(args.model, args.artifact, args.data, per_layer=args.per_layer)
+    print(json.dumps(result, indent=2, sort_keys=True) if args.json else format_table(result))
+    return EXIT_OK
+
+
+COMMANDS = {"eval": cmd_eval, "compile": cmd_compile, "import": cmd_import, "opt": cmd_opt, "run": cmd_run,
             "passes": cmd_passes, "targets": cmd_targets}
 
 

@@ -164,6 +164,10 @@ def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
         report["pipeline"] = pm.pipeline
         report["warnings"] = list(ctx.warnings)
         _dump_json(tmp / "report.json", report)
+        if report["layers"]:
+            from .plot import layers_svg
+
+            (tmp / "layers.svg").write_text(layers_svg(report))
         files = sorted(p.name for p in tmp.iterdir())
         manifest = {
             "qcc_version": __version__,

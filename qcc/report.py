@@ -86,7 +86,7 @@ def build_report(g: Graph, float_graph_bytes: int, opaque: List[str], pass_repor
                  "activation_bits": _bits(x.dtype if x is not None else None)}
         info = quantized.get(name)
         if info:
-            entry.update({k: v for k, v in info.items() if k not in ("requantize",)})
+            entry.update(info)
         if name in errors:
             entry["sqnr_db"] = errors[name]
         layers.append(entry)
