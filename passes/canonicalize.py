@@ -20,6 +20,7 @@ from qcc.ir.graph import Graph, Node, Value
 from qcc.ir.opdef import opaque_runner
 from qcc.pass_manager import PassContext
 from qcc.passes_registry import Pass, register_pass
+from qcc.rewrite import rewrite_to_fixpoint
 
 # Folding a constant bigger than this would bloat the artifact (e.g. expand to a huge
 # shape); such nodes are left for the back end to compute at run time.
@@ -116,31 +117,31 @@ class Canonicalize(Pass):
     fold: bool = True
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
-        changed_any = False
-        for _ in range(self.max_iters):
-            changed = False
-            for node in graph.nodes:
-                if node.graph is None:  # removed earlier in this sweep
-                    continue
-                if self.fold and _fold(node, graph):
-                    changed = True
-                    continue
-                if _is_noop(node) and node.output.quant == node.inputs[0].quant:
-                    changed |= _bypass(node, graph)
-                    continue
-                rw = REWRITES.get(node.op)
-                new = rw(node, graph) if rw else None
-                if new is not None:
-                    new.quant = node.output.quant
-                    graph.replace_value(node.output, new)
-                    changed = True
-            if graph.eliminate_dead_code():
-                changed = True
-            if not changed:
-                break
-            changed_any = True
+        rules = {"*": ([_fold] if self.fold else []) + [_drop_noop],
+                 **{op: [_as_rule(rw)] for op, rw in REWRITES.items()}}
+        changed = rewrite_to_fixpoint(graph, rules, self.max_iters)
         _keep_output_names(graph)
-        return changed_any
+        return changed
+
+
+def _drop_noop(node: Node, g: Graph) -> bool:
+    if _is_noop(node) and node.output.quant == node.inputs[0].quant:
+        return _bypass(node, g)
+    return False
+
+
+def _as_rule(rw: Callable[[Node, Graph], Optional[Value]]):
+    """A rewrite returning the replacement value, as a rule returning whether it fired."""
+    def rule(node: Node, g: Graph) -> bool:
+        new = rw(node, g)
+        if new is None:
+            return False
+        new.quant = node.output.quant
+        g.replace_value(node.output, new)
+        return True
+
+    rule.__name__ = rw.__name__
+    return rule
 
 
 def _bypass(node: Node, g: Graph) -> bool:

@@ -27,6 +27,7 @@ from qcc.ir.types import QuantParams, int_range
 from qcc.ops.quant import quantize_multiplier
 from qcc.pass_manager import PassContext
 from qcc.passes_registry import Pass, register_pass
+from qcc.rewrite import rewrite_to_fixpoint
 
 # ops that commute with dequantize when all their activation operands share params
 COMMUTES = frozenset({"reshape", "flatten", "transpose", "squeeze", "unsqueeze", "slice", "concat",
@@ -151,6 +152,16 @@ def _merge_clamp(n: Node, g: Graph) -> bool:
     return True
 
 
+# op -> rewrites anchored there, tried in order (see qcc.rewrite)
+RULES = {
+    "quantize": [_fold_pair],
+    "requantize": [_merge_clamp],
+    **{op: [_commute] for op in COMMUTES},
+    "relu": [_activation],
+    "clip": [_activation],
+}
+
+
 @register_pass
 @dataclass(frozen=True)
 class FoldRequantize(Pass):
@@ -160,20 +171,4 @@ class FoldRequantize(Pass):
     max_iters: int = 16
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
-        changed_any = False
-        for _ in range(self.max_iters):
-            changed = False
-            for n in graph.nodes:
-                if n.graph is None:
-                    continue
-                if n.op == "quantize":
-                    changed |= _fold_pair(n, graph)
-                elif n.op == "requantize":
-                    changed |= _merge_clamp(n, graph)
-                elif _commute(n, graph) or _activation(n, graph):
-                    changed = True
-            graph.eliminate_dead_code()
-            if not changed:
-                break
-            changed_any = True
-        return changed_any
+        return rewrite_to_fixpoint(graph, RULES, self.max_iters)

@@ -25,6 +25,7 @@ import numpy as np
 
 from qcc.ir.graph import Graph, Node, Value
 from qcc.pass_manager import PassContext
+from qcc.rewrite import rewrite_to_fixpoint
 from qcc.passes_registry import Pass, register_pass
 
 
@@ -238,25 +239,11 @@ class Fuse(Pass):
     max_iters: int = 8
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
-        changed_any = False
         counts: Dict[str, int] = {}
-        for _ in range(self.max_iters):
-            changed = False
-            for n in graph.nodes:
-                if n.graph is None:
-                    continue
-                for rw in PATTERNS.get(n.op, ()):
-                    if n.graph is not None and rw(n, graph):
-                        counts[rw.__name__.strip("_")] = counts.get(rw.__name__.strip("_"), 0) + 1
-                        changed = True
-                        break
-            graph.eliminate_dead_code()
-            if not changed:
-                break
-            changed_any = True
+        changed = rewrite_to_fixpoint(graph, PATTERNS, self.max_iters, counts)
         _restore_names(graph)
         ctx.report["fused"] = dict(sorted(counts.items()))
-        return changed_any
+        return changed
 
 
 def _restore_names(g: Graph) -> None:
