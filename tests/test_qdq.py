@@ -445,7 +445,7 @@ def _ppocr_cls_qdq(tmp_path, calib):
 def _ppocr_case(tmp_path):
     from models import text_line_crops
 
-    x, labels = text_line_crops(40)
+    x, labels, _ = text_line_crops(40)
     calib = [x[i:i + 1] for i in range(8)]
     test = [x[i:i + 1] for i in range(8, 40)]
     pre, qm = _ppocr_cls_qdq(tmp_path, calib)
