@@ -7,8 +7,9 @@ where every range came from:
               one range, the union of theirs (union-find), so no requantize is
               needed between them;
   * relu / clip - a range produced by relu or clip is narrowed to its bounds;
-  * bn      - with no calibration data, a conv/gemm whose batch norm `fuse` folded
-              gets mean ± 6σ per channel from the batch-norm statistics; other
+  * bn / weights - with no calibration data, a conv/gemm whose batch norm `fuse`
+              folded gets mean ± 6σ per channel from the batch-norm statistics, and
+              statistics flow on through weights, relu and adds (qcc.stats); other
               values take their producer's input range where it passes through.
 Every range is widened to include 0 (zero must be exact: padding, relu), and an
 all-constant tensor's zero-width range gets a small positive width instead of a
@@ -74,16 +75,17 @@ def _source_value(obs: Node) -> Value:
     return obs.inputs[0]
 
 
-def _data_free_range(obs: Node, ranges: Dict[int, Tuple[float, float]], order: Dict[int, int]):
-    """A range without calibration data, from batch-norm statistics or the producer."""
+def _data_free_range(obs: Node, ranges: Dict[int, Tuple[float, float]], stats):
+    """A range without calibration data: from statistics derived from batch norms and
+    weights (qcc.stats), or passed through from the producer's input."""
+    from qcc.stats import stats_range
+
     v = _source_value(obs)
     p = v.producer
     if p is None:
         return None
-    stats = v.meta.get("bn_stats") or p.outputs[0].meta.get("bn_stats")
-    if stats is not None:
-        mean, std = np.asarray(stats[0]), np.asarray(stats[1])
-        return float((mean - 6 * std).min()), float((mean + 6 * std).max())
+    if v.name in stats:
+        return stats_range(stats[v.name])
     if p.op in ("relu", "clip") or (p.opdef is not None and p.opdef.has(RANGE_PRESERVING)):
         src = _observer_of(p.inputs[0])
         if src is not None and id(src) in ranges:
@@ -111,16 +113,22 @@ class PropagateRanges(Pass):
         ranges: Dict[int, Tuple[float, float]] = {}
         sources: Dict[int, str] = {}
         derived = []
+        stats = None
         for n in obs:  # topological: producers' ranges are known first
             r = n.attrs.get("range")
             if r:
                 ranges[id(n)] = (float(r[0]), float(r[1]))
                 sources[id(n)] = n.attrs.get("source") or "observer"
             else:
-                r = _data_free_range(n, ranges, order)
+                if stats is None:
+                    from qcc.stats import propagate
+
+                    stats = propagate(graph)
+                r = _data_free_range(n, ranges, stats)
                 if r is not None:
                     ranges[id(n)] = r
-                    sources[id(n)] = "bn" if _source_value(n).meta.get("bn_stats") is not None else "derived"
+                    sources[id(n)] = "bn" if _source_value(n).meta.get("bn_stats") is not None else \
+                        ("weights" if _source_value(n).name in stats else "derived")
                     derived.append(n)
         if derived:
             ctx.warn(f"{len(derived)} activation ranges derived without calibration data")
