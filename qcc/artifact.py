@@ -1,4 +1,4 @@
-"""`qcc.load(OUT)`: an artifact folder as a callable module for the host.
+"""`qcc.load(OUT)`: an artifact folder as a callable module (on the host; ARM ones under qemu).
 
 Inputs are checked against the manifest before they reach TVM, so a wrong
 name, shape or dtype is one clear error instead of a crash inside the runtime.
@@ -68,7 +68,10 @@ def _runs_on_host(preset) -> bool:
     return False
 
 
-def load(path) -> Module:
+def load(path, *, log=None) -> Module:
+    """The artifact at `path` as a Module. ARM artifacts on a non-ARM machine run under
+    qemu-aarch64 with the preset's exact core (qcc.targets.emulate; the first run prepares an
+    aarch64 runtime once, printing progress through `log`, default stderr)."""
     from . import targets
 
     path = Path(path)
@@ -84,5 +87,21 @@ def load(path) -> Module:
         raise ArtifactError(f"{path}: the library {lib.name} is missing")
     preset = targets.get_target(manifest["target"]["preset"])
     if not _runs_on_host(preset):
+        if preset.family == "arm":
+            return _emulated(path, manifest, lib, preset, log)
         raise ArtifactError(f"{path} was compiled for {preset.name}, which this machine cannot run directly")
     return Module(path, manifest, targets.load(lib))
+
+
+def _emulated(path: Path, manifest: Dict, lib: Path, preset, log) -> Module:
+    """An aarch64 artifact on another machine: each run goes through qemu-aarch64."""
+    from .targets import emulate
+
+    if lib.suffix != ".so":
+        raise ArtifactError(f"{path}: {lib.name} holds unlinked aarch64 objects (no cross toolchain at compile "
+                            f"time): install {preset.toolchain or 'aarch64-linux-gnu-g++'} (Debian: "
+                            "g++-aarch64-linux-gnu) and compile again")
+    emulate.require_tools()
+    cpu = emulate.qemu_cpu_for(manifest["target"].get("tvm") or preset.target_dict())
+    runner = emulate.EmulatedRunner(lib, cpu, manifest["inputs"], manifest["outputs"], log=log)
+    return Module(path, manifest, runner)

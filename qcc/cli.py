@@ -38,6 +38,15 @@ def _parse_shape_arg(text: str) -> Tuple[str, Tuple[int, ...]]:
     return name, shape
 
 
+def _parse_emit(text: str) -> Tuple[str, ...]:
+    from .targets.cuda_emit import EmitError, parse_kinds
+
+    try:
+        return tuple(parse_kinds(text))
+    except EmitError as e:
+        raise argparse.ArgumentTypeError(str(e).replace("--emit: ", "")) from None
+
+
 def _instruments(args) -> list:
     from .pass_manager import DumpDir, PrintIRAfter, TimePasses
 
@@ -108,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--verbose", "-v", action="store_true",
                    help="print progress even when stderr is not a terminal (it is shown on terminals)")
     c.add_argument("--json", action="store_true", help="print the report summary as JSON on stdout")
+    c.add_argument("--depfile", metavar="FILE",
+                   help="write a Make/Ninja depfile: OUT/manifest.json depends on the model, calibration "
+                        "data, plugins and config files")
+    c.add_argument("--emit", type=_parse_emit, default=(), metavar="cuda,ptx",
+                   help="also write the device code into OUT (cuda targets): cuda = kernels.cu, "
+                        "ptx = kernels.ptx (needs nvcc on PATH)")
     _add_pipeline_flags(c)
 
     i = sub.add_parser("import", help="import an ONNX model to .qir text")
@@ -226,7 +241,18 @@ def cmd_compile(args) -> int:
                           passes=args.passes, input_shapes=_input_shapes(args), calib=args.calib,
                           calib_method=args.calib_method, precision=args.precision,
                           max_error=args.max_error, min_int8_fraction=args.min_int8_fraction,
-                          plugins=args.plugin, verify_each=bool(args.verify_each))
+                          plugins=args.plugin, verify_each=bool(args.verify_each),
+                          emit=args.emit, depfile=args.depfile)
+    if args.emit:  # fail before the pipeline runs, not after
+        from . import targets
+        from .driver import CompileError
+
+        try:
+            preset = targets.get_target(args.target)
+        except ValueError:
+            preset = None  # compile_model says so
+        if preset is not None and preset.family != "cuda":
+            raise CompileError(f"--emit {','.join(args.emit)} needs a cuda target, not {preset.name}")
     if args.print_pipeline:
         print(opts.pipeline(), file=sys.stderr)
     log = None if args.quiet or args.json or not (args.verbose or sys.stderr.isatty()) else _Log(sys.stderr)
@@ -289,12 +315,17 @@ def cmd_run(args) -> int:
 
     from .artifact import load
 
-    mod = load(args.artifact)
+    # an ARM artifact on another machine runs under qemu-aarch64 with the preset's core; the first
+    # such run prepares an aarch64 runtime in the cache (about a minute), with progress on stderr
+    mod = load(args.artifact, log=lambda m: print(f"qcc: {m}", file=sys.stderr, flush=True))
     try:
         with np.load(args.input, allow_pickle=False) as z:
             feeds = {k: z[k] for k in z.files}
     except (OSError, ValueError) as e:
         raise UsageError(f"{args.input}: cannot read inputs ({e})") from None
+    cpu = getattr(mod._runner, "cpu", None)
+    if cpu and sys.stderr.isatty():
+        print(f"qcc: running under qemu-aarch64 -cpu {cpu}", file=sys.stderr)
     outs = mod.run(feeds)
     if args.output:
         from .ir.printer import write_npz

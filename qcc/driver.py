@@ -43,6 +43,8 @@ class CompileOptions:
     min_int8_fraction: Optional[float] = None
     plugins: Sequence[str] = ()
     verify_each: bool = False
+    emit: Sequence[str] = ()  # device code to write beside model.so: "cuda" (kernels.cu), "ptx" (kernels.ptx)
+    depfile: Optional[str] = None  # write a Make/Ninja depfile here: OUT/manifest.json: its inputs
 
     def pipeline(self) -> str:
         return self.passes if self.passes is not None else pipeline_for(self.opt_level)
@@ -160,6 +162,7 @@ def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
         except targets.LoweringError as e:
             raise CompileError(f"cannot lower to {preset.name}: {str(e).splitlines()[0]}") from None
         save_qir(graph, tmp / "model.qir")
+        _emit_sources(graph, preset, tmp, opts, ctx.warnings, say)
         report = build_report(graph, float_bytes, opaque, ctx.report, errors)
         report["pipeline"] = pm.pipeline
         report["warnings"] = list(ctx.warnings)
@@ -188,4 +191,64 @@ def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if opts.depfile:
+        write_depfile(opts.depfile, out_dir, model, opts)
     return report
+
+
+# --- for build systems: emitted device code, depfiles --------------------------------------
+
+def _emit_sources(graph: Graph, preset, out: Path, opts: CompileOptions, warnings: List[str], say) -> None:
+    """`--emit cuda,ptx`: kernels.cu / kernels.ptx in the artifact (listed in the manifest)."""
+    if not opts.emit:
+        return
+    from .targets import cuda_emit
+
+    try:
+        cuda_emit.emit(graph, preset, out, opts.emit, warn=warnings.append, log=say)
+    except cuda_emit.EmitError as e:
+        raise CompileError(str(e)) from None
+
+
+def depfile_inputs(model, opts: CompileOptions) -> List[str]:
+    """Every file a compile reads, as given: the model, the calibration data (a folder and the
+    .npz/.npy files in it), plugins and config files."""
+    deps = [os.fspath(model)]
+    if opts.calib:
+        calib = Path(opts.calib)
+        deps.append(os.fspath(opts.calib))
+        if calib.is_dir():
+            deps += [os.path.join(os.fspath(opts.calib), f.name) for f in sorted(calib.glob("*.np[yz]"))]
+    deps += [os.fspath(p) for p in opts.plugins]
+    config = getattr(opts, "config", None)  # config files, should options ever come from one
+    deps += [os.fspath(c) for c in ([config] if isinstance(config, (str, os.PathLike)) else config or [])]
+    return list(dict.fromkeys(deps))
+
+
+def _depfile_escape(path: str) -> str:
+    """A path as Make and Ninja read it in a depfile (what gcc -MD does): a space, tab or '#' gets a
+    backslash (and backslashes just before it are doubled), '$' becomes '$$'."""
+    if "\n" in path or "\r" in path:
+        raise CompileError(f"cannot write a depfile entry for a path with a newline: {path!r}")
+    import re
+
+    escaped = re.sub(r"(\\*)([ \t#])", lambda m: m.group(1) * 2 + "\\" + m.group(2), path)
+    return escaped.replace("$", "$$")
+
+
+def depfile_text(target: str, deps: Sequence[str]) -> str:
+    return " ".join([_depfile_escape(target) + ":", *(_depfile_escape(d) for d in deps)]) + "\n"
+
+
+def write_depfile(depfile, out_dir, model, opts: CompileOptions) -> None:
+    """`--depfile FILE`: `OUT/manifest.json: model calib... plugins... config...`, written atomically."""
+    target = os.path.join(os.fspath(out_dir), "manifest.json")
+    text = depfile_text(target, depfile_inputs(model, opts))
+    path = Path(depfile)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise CompileError(f"cannot write the depfile {depfile}: {e.strerror or e}") from None
