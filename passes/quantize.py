@@ -27,6 +27,7 @@ from qcc.ir.graph import Graph, Node, Value
 from qcc.ir.types import QuantParams
 from qcc.ops.quant import quantize_multiplier
 from qcc.pass_manager import PassContext, register_property
+from qcc.passes.fold_requantize import COMMUTES
 from qcc.passes_registry import Pass, register_pass
 from qcc.quantization import WEIGHT_QMAX, params_for_range, quantize_bias, quantize_weights
 
@@ -148,6 +149,31 @@ def _output_end(n: Node, g: Graph):
     if obs is not None and obs.op == "observe" and obs.attrs.get("range"):
         return obs, (-np.inf, np.inf)
     return None
+
+
+# readers of a layer's result that want it as 8-bit integers: layers, the activations and
+# range-preserving ops fold-requantize runs on integers, and whatever quantizes it again
+_INTEGER_READERS = frozenset(COMPUTE) | {"conv_transpose", "relu", "clip", "observe", "quantize"} | COMMUTES
+
+
+def _float_exit(n: Node, end_obs: Node, g: Graph) -> Optional[Value]:
+    """The float value to replace with the layer's int32 accumulator, dequantized, when
+    nothing reads the layer's result as integers: its readers are all float ops (the adds
+    and multiplies of a hard-swish, a residual add, a squeeze-excite gate, a softmax).
+    Rounding that result to 8 bits first would only add error -- clipped to the calibrated
+    range, then rounded once more where the next layer quantizes its input -- and buy no
+    integer op. A relu/clip fused into the layer stays, as the float op it was. Graph outputs
+    and QDQ models' fixed output params keep their 8-bit requantize."""
+    end_v = end_obs.output
+    if end_obs.attrs.get("scale") or end_v in g.outputs:
+        return None
+    users = end_v.users()
+    if not users or any(u.op in _INTEGER_READERS for u in users):
+        return None
+    own = _only_user(n.output)
+    if own is not None and own.op == "observe":
+        return None if own.attrs.get("scale") else own.output
+    return n.output
 
 
 @register_pass
@@ -328,6 +354,19 @@ class Quantize(Pass):
                              names=[name + ".acc"], before=n)
         per_ch = acc_scale.size > 1
         acc.output.quant = QuantParams(32, True, acc_scale, 0, axis=out_axis if per_ch else None)
+        exit_v = _float_exit(n, end_obs, g)
+        if exit_v is not None:
+            scales = [float(v) for v in np.atleast_1d(acc_scale)]
+            dq = g.add_node("dequantize", [acc.output], {"scale": scales, "zero_point": [0] * len(scales),
+                                                         "axis": out_axis if per_ch else -1},
+                            names=[name + ".dq"], after=acc)
+            g.replace_value(exit_v, dq.output)
+            g.eliminate_dead_code()
+            return {"precision": "int8", "op": n.op, "output_value": exit_v.name.removesuffix(".obs"),
+                    "output": "int32 accumulator, dequantized (float readers only)",
+                    "dequantize": dq.output.name, "input_range": list(qx.range or ()),
+                    "input_range_source": _source(n.inputs[0]), "x_scale": sx, "x_zero_point": qx.zero_point[0],
+                    "weight_scales": [float(v) for v in np.atleast_1d(ws)], "fused_activation": False}
         mults = [_multiplier(float(s) / sy) for s in np.atleast_1d(acc_scale)]
         lo = qy.qmin if not np.isfinite(clamp[0]) else int(np.clip(round(clamp[0] / sy) + qy.zero_point[0], qy.qmin, qy.qmax))
         hi = qy.qmax if not np.isfinite(clamp[1]) else int(np.clip(round(clamp[1] / sy) + qy.zero_point[0], qy.qmin, qy.qmax))

@@ -133,7 +133,12 @@ class Observer:
         lo0, hi0 = float(self.min), float(self.max)
         best, best_err = (lo0, hi0), np.inf
         levels = 2 ** bits - 1
-        for f in np.linspace(0.3, 1.0, 71):
+        # fine steps near the extremes, and down to a few bins for far outliers: a tensor
+        # whose max is 20x its bulk needs a range of 5% of it, which a linear 30-100% grid misses
+        width = 2 * self.R / self.bins
+        floor = min(0.3, max(width / max(abs(lo0), abs(hi0)), 1e-6))
+        grid = np.unique(np.concatenate([np.geomspace(floor, 0.3, 64), np.linspace(0.3, 1.0, 71)]))
+        for f in grid:
             lo, hi = (lo0 * f if lo0 < 0 else lo0), hi0 * f
             step = (hi - lo) / levels
             if step <= 0:
@@ -158,13 +163,17 @@ def load_samples(path, graph: Graph) -> List[Dict[str, np.ndarray]]:
     for f in files:
         try:
             if f.suffix == ".npy":
-                arrays.setdefault(f.stem, []).append(np.load(f, allow_pickle=False))
+                got = {f.stem: np.load(f, allow_pickle=False)}
             else:
                 with np.load(f, allow_pickle=False) as z:
-                    for k in z.files:
-                        arrays.setdefault(k, []).append(z[k])
-        except (OSError, ValueError) as e:
-            raise CalibError(f"{f}: cannot read calibration data ({str(e).splitlines()[0]})") from None
+                    got = {k: z[k] for k in z.files}
+            for k, a in got.items():
+                if not isinstance(a, np.ndarray):  # an .npz member that is not an .npy array
+                    raise ValueError(f"'{k}' is not a numpy array")
+                arrays.setdefault(k, []).append(a)
+        except Exception as e:  # truncated zips, bad headers, pickles, zlib errors: all unreadable
+            why = (str(e).splitlines() or [""])[0] or type(e).__name__
+            raise CalibError(f"{f}: cannot read calibration data ({why})") from None
     names = [v.name for v in graph.inputs]
     unknown = sorted(set(arrays) - set(names))
     if unknown:
@@ -199,11 +208,46 @@ def load_samples(path, graph: Graph) -> List[Dict[str, np.ndarray]]:
     return [{k: batches[k][i] for k in batches} for i in range(count)]
 
 
+def check_samples(samples, graph: Graph) -> List[Dict[str, np.ndarray]]:
+    """Calibration batches given in memory (a list of {input name: array}) checked like
+    `load_samples` checks files: a CalibError for anything the interpreter would trip on.
+    Arrays of another numeric dtype are cast to the input's; a list is updated in place,
+    so later users of the same list (the bit-width search) see the cast arrays too."""
+    if not isinstance(samples, (list, tuple)) or not samples:
+        raise CalibError("no calibration batches (expected a non-empty list of {input name: array})")
+    names = [v.name for v in graph.inputs]
+    for i, feeds in enumerate(samples):
+        if not isinstance(feeds, Mapping):
+            raise CalibError(f"calibration batch {i} is a {type(feeds).__name__}, "
+                             f"not a dict of input arrays")
+        unknown = sorted(set(feeds) - set(names))
+        if unknown:
+            raise CalibError(f"calibration batch {i} has '{unknown[0]}', which is not a model input "
+                             f"(inputs: {', '.join(names)})")
+        fixed = {}
+        for v in graph.inputs:
+            if v.name not in feeds:
+                raise CalibError(f"calibration batch {i} has no array for input '{v.name}'")
+            a = np.asarray(feeds[v.name])
+            if tuple(a.shape) != v.shape:
+                raise CalibError(f"calibration batch {i}: '{v.name}' has shape {list(a.shape)}; "
+                                 f"the input is {list(v.shape)}")
+            if a.dtype.kind not in "biuf":
+                raise CalibError(f"calibration batch {i}: '{v.name}' has dtype {a.dtype}, not a number")
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                raise CalibError(f"calibration batch {i}: '{v.name}' contains NaN or Inf")
+            fixed[v.name] = a.astype(v.type.np_dtype, copy=False)
+        if any(fixed[k] is not feeds[k] for k in fixed) and isinstance(samples, list):
+            samples[i] = fixed
+    return list(samples)
+
+
 def observe(graph: Graph, samples: List[Mapping[str, np.ndarray]], names: List[str],
             progress: Optional[Callable[[str], None]] = None) -> Dict[str, Observer]:
     """Run the float graph on every sample, feeding the named values' observers."""
     from .interp import Interpreter
 
+    samples = check_samples(samples, graph)
     observers = {n: Observer() for n in names}
 
     class _Calib(Interpreter):

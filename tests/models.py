@@ -6,6 +6,7 @@ images and the PP-OCR models inside rapidocr-onnxruntime.
 
   digits_cnn()            a small conv net trained on the digits, exported by hand to ONNX
   text_line_crops(...)    PP-OCR-cls inputs: real text-line crops, half turned 180 degrees
+  tiny_conv_model()       conv-relu-pool-gemm in a few lines, for calibration-data tests
   run_pipeline(...)       import + a named qcc pipeline through the pass manager
   ort_run / ort_quantize_static   the onnxruntime references
 """

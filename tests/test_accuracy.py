@@ -1,0 +1,160 @@
+"""Real accuracy: quantized models against float on real data (issue 4's "Done when").
+
+* digits: a small conv net trained on scikit-learn's digits (tests/models.py), -O2 through
+  the interpreter with calibration data and without (ranges from batch-norm statistics),
+  against float onnxruntime and onnxruntime's own static int8 quantization;
+* PP-OCR's text-direction classifier on real text-line crops from scikit-image's sample
+  images, -O2 against float onnxruntime, with onnxruntime's static int8 alongside.
+
+The measured figures are printed (run with -s) and recorded as junit properties.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qcc.driver import build_report
+from qcc.pipelines import PIPELINES
+
+from models import (digits_cnn, interp_batches, ort_quantize_static, ort_run, run_pipeline,
+                    text_line_crops)
+
+BATCH = 120  # digits: the test set (360) is 3 batches, the training set 11 (1320 of 1437)
+
+
+def _say(record_property, capsys, name, value):
+    record_property(name, value)
+    with capsys.disabled():
+        print(f"\n  {name}: {value}")
+
+
+# --- digits -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    import onnx
+
+    d = digits_cnn()
+    path = tmp_path_factory.mktemp("digits") / "digits.onnx"
+    onnx.save(d.model, path)
+    calib = [{"x": d.x_train[i:i + BATCH]} for i in range(0, len(d.x_train) - BATCH + 1, BATCH)]
+    float_prob = ort_run(path, "x", d.x_test)
+    return d, path, calib, float_prob
+
+
+def _acc(prob, y):
+    return float((prob.argmax(1) == y).mean())
+
+
+def test_digits_float_model_is_a_real_classifier(digits):
+    d, path, _, float_prob = digits
+    assert _acc(float_prob, d.y_test) > 0.97
+    # the exported BNs hold the true statistics and are identities given them
+    import qcc
+
+    g = qcc.import_onnx(path, {"x": (BATCH, 1, 8, 8)})
+    np.testing.assert_allclose(interp_batches(g, "x", d.x_test, BATCH), float_prob, atol=1e-5)
+
+
+def test_digits_o2_with_calibration_matches_float(digits, record_property, capsys):
+    d, path, calib, float_prob = digits
+    g, ctx = run_pipeline(path, {"x": (BATCH, 1, 8, 8)}, calib)
+    q = interp_batches(g, "x", d.x_test, BATCH)
+    acc_f, acc_q = _acc(float_prob, d.y_test), _acc(q, d.y_test)
+    summary = build_report(g, 0, [])["summary"]
+
+    ort_path = ort_quantize_static(path, path.with_name("digits.ort_qdq.onnx"), "x", [c["x"] for c in calib])
+    acc_ort = _acc(ort_run(ort_path, "x", d.x_test), d.y_test)
+    _say(record_property, capsys, "digits_accuracy",
+         f"float {acc_f:.2%}, qcc -O2 --calib {acc_q:.2%} (int8 MACs {summary['int8_mac_fraction']:.0%}), "
+         f"onnxruntime quantize_static QDQ per-channel {acc_ort:.2%}; argmax agreement qcc/float "
+         f"{float((q.argmax(1) == float_prob.argmax(1)).mean()):.2%}")
+    assert abs(acc_q - acc_f) <= 0.005
+    assert summary["int8_mac_fraction"] == 1.0
+    assert not any(n.op in ("conv", "gemm", "matmul") for n in g.nodes)
+    # the logits only feed the (float) softmax: dequantized from the int32 accumulator,
+    # not rounded to 8 bits and clipped to the calibrated range first
+    sm = next(n for n in g.nodes if n.op == "softmax")
+    assert sm.inputs[0].producer.op == "dequantize" and sm.inputs[0].producer.inputs[0].dtype == "i32"
+
+
+def test_digits_o2_without_calibration_uses_batch_norm_statistics(digits, record_property, capsys):
+    d, path, _, float_prob = digits
+    # every layer behind a folded BN gets its output range from the BN statistics
+    g, ctx = run_pipeline(path, {"x": (BATCH, 1, 8, 8)}, None,
+                          pipeline="canonicalize,fuse,insert-observers,propagate-ranges")
+    sources = {n.inputs[0].name: n.attrs["source"] for n in g.nodes if n.op == "observe"}
+    assert [sources[v] for v in ("c0", "g1", "g2")] == ["bn"] * 3, sources
+
+    g, ctx = run_pipeline(path, {"x": (BATCH, 1, 8, 8)}, None)
+    assert any("no calibration data" in w for w in ctx.warnings)
+    layers = ctx.report["layers_quantized"]
+    assert [layers[k]["precision"] for k in ("g1", "g2")] == ["int8"] * 2, layers
+    q = interp_batches(g, "x", d.x_test, BATCH)
+    acc_f, acc_q = _acc(float_prob, d.y_test), _acc(q, d.y_test)
+    frac = build_report(g, 0, [])["summary"]["int8_mac_fraction"]
+    left = sorted(n.op for n in g.nodes if n.op in ("conv", "gemm", "matmul"))
+    _say(record_property, capsys, "digits_accuracy_data_free",
+         f"float {acc_f:.2%}, qcc -O2 without --calib {acc_q:.2%} (int8 MACs {frac:.0%}; "
+         f"left in float: {', '.join(left) or 'none'} -- the model input has no data-free range)")
+    assert abs(acc_q - acc_f) <= 0.01
+    assert frac > 0.5
+
+
+# --- PP-OCR text direction classifier --------------------------------------------------------
+
+CLS_N, CLS_CALIB, CLS_BATCH = 240, 32, 16
+
+
+@pytest.fixture(scope="module")
+def ppocr_cls(ppocr_cls_path, tmp_path_factory):
+    x, labels, sources = text_line_crops(CLS_N)
+    float_prob = ort_run(ppocr_cls_path, "x", x, CLS_BATCH)
+    calib = [{"x": x[i:i + CLS_BATCH]} for i in range(0, CLS_CALIB, CLS_BATCH)]
+    ev = slice(CLS_CALIB, None)
+    results = {}
+    shape = {"x": (CLS_BATCH, 3, 48, 192)}
+    all_int8 = PIPELINES["O2"].replace("assign-bitwidths", "assign-bitwidths{search=false}")
+    for name, pipeline in (("O2", PIPELINES["O2"]), ("O2 all-int8", all_int8)):
+        g, ctx = run_pipeline(ppocr_cls_path, shape, calib, pipeline=pipeline, verify_each=False)
+        q = interp_batches(g, "x", x[ev], CLS_BATCH)
+        results[name] = (q, build_report(g, 0, [])["summary"]["int8_mac_fraction"])
+    out = tmp_path_factory.mktemp("ppocr") / "cls.ort_qdq.onnx"
+    ort_q = ort_run(ort_quantize_static(ppocr_cls_path, out, "x", [c["x"] for c in calib]), "x", x[ev], CLS_BATCH)
+    printed = ~np.char.startswith(np.array(sources[CLS_CALIB:]), "text")
+    return float_prob[ev], labels[ev], printed, results, ort_q
+
+
+def _agree(a, b):
+    return float((a.argmax(1) == b.argmax(1)).mean())
+
+
+@pytest.mark.slow
+def test_ppocr_cls_o2_agrees_with_float(ppocr_cls, record_property, capsys):
+    ref, labels, printed, results, ort_q = ppocr_cls
+    assert _agree(ref[printed], np.eye(2)[labels[printed]]) > 0.9  # the float model reads printed lines
+    lines = []
+    for name, (q, frac) in results.items():
+        lines.append(f"qcc -O2{' (assign-bitwidths{search=false})' if 'all' in name else ''}: "
+                     f"agreement {_agree(q, ref):.2%} (printed {_agree(q[printed], ref[printed]):.2%}, "
+                     f"handwritten {_agree(q[~printed], ref[~printed]):.2%}), int8 MACs {frac:.1%}")
+    lines.append(f"onnxruntime quantize_static QDQ per-channel: agreement {_agree(ort_q, ref):.2%}")
+    _say(record_property, capsys, "ppocr_cls_agreement",
+         f"{len(ref)} eval crops ({int(printed.sum())} printed):\n    " + "\n    ".join(lines))
+    q, frac = results["O2"]
+    q8, frac8 = results["O2 all-int8"]
+    assert frac8 == 1.0
+    # what the compiler achieves today (issue 4 asks for >= 99% with >= 90% int8 MACs; see below)
+    assert _agree(q, ref) >= 0.98
+    assert _agree(q8, ref) >= 0.975
+    assert _agree(q8, ref) >= _agree(ort_q, ref)
+    assert _agree(q, ref) >= _agree(ort_q, ref)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="per-tensor u8 activations in the narrow (8-24 channel) relu chains of the "
+                          "first blocks cost ~12 dB of SQNR; 4 of 208 crops flip all-int8, 3 with the "
+                          "mixed-precision search (needs e.g. cross-layer equalization)", strict=False)
+def test_ppocr_cls_meets_the_issue_target(ppocr_cls):
+    ref, _, _, results, _ = ppocr_cls
+    assert any(_agree(q, ref) >= 0.99 and frac >= 0.9 for q, frac in results.values())
