@@ -74,7 +74,8 @@ def _per_layer(model, out_dir, manifest, samples) -> Dict[str, float]:
     PassManager("canonicalize,fuse").run(ref)
     quant = load_qir(Path(out_dir) / "model.qir")
     report = json.loads((Path(out_dir) / "report.json").read_text())
-    layers = {l["name"]: l for l in report["layers"] if l.get("requantize") and l.get("output_value")}
+    layers = {l["name"]: l for l in report["layers"]
+              if (l.get("requantize") or l.get("dequantize")) and l.get("output_value")}
     errs = layer_errors(ref, quant, samples[:8], layers)
     return {k: v for k, v in errs.items() if not k.startswith("output:")}
 

@@ -51,11 +51,16 @@ def layer_errors(float_graph: Graph, quant_graph: Graph, samples: Sequence[Dict[
         fenv = {v.name: a for v, a in fi.env.items()}
         qenv = {v.name: a for v, a in qi.env.items()}
         for name, info in layers.items():
-            ref, rq = fenv.get(info.get("output_value")), info.get("requantize")
-            if ref is None or rq not in qenv:
+            ref, rq, dq = fenv.get(info.get("output_value")), info.get("requantize"), info.get("dequantize")
+            if ref is None:
                 continue
-            q = quant_graph.value(rq).quant
-            got = dequantize(qenv[rq], scale=list(q.scale), zero_point=list(q.zero_point), axis=-1)
+            if rq in qenv:  # an 8-bit output: its real values
+                q = quant_graph.value(rq).quant
+                got = dequantize(qenv[rq], scale=list(q.scale), zero_point=list(q.zero_point), axis=-1)
+            elif dq in qenv:  # an int32 accumulator handed to float readers, already dequantized
+                got = qenv[dq]
+            else:
+                continue
             pairs.setdefault(name, []).append((ref, got))
         for (k, ref), got in zip(fo.items(), qo.values()):
             pairs.setdefault("output:" + k, []).append((ref, got))
