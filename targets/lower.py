@@ -4,7 +4,8 @@
 graph inputs (static shapes and dtypes), constants are embedded with
 `relax.const`, and every node becomes one or a few Relax bindings, emitted by
 the lowering registered for its op (`@lowering("conv")` in `lower_nn.py`,
-`lower_math.py`, `lower_tensor.py`; `onnx.*` ops in `lower_opaque.py`).
+`lower_math.py`, `lower_tensor.py`, the integer ops in `lower_quant.py`;
+`onnx.*` ops in `lower_opaque.py`).
 `main` always returns a tuple, one field per graph output, in order.
 
 A lowering is `fn(cx, node, inputs, attrs) -> relax.Expr | list[relax.Expr]`
@@ -75,7 +76,7 @@ def supported_ops() -> List[str]:
 
 
 def _load_lowerings() -> None:
-    from . import lower_math, lower_nn, lower_opaque, lower_tensor  # noqa: F401
+    from . import lower_math, lower_nn, lower_opaque, lower_quant, lower_tensor  # noqa: F401
 
 
 def _ident(name: str) -> str:

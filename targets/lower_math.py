@@ -237,24 +237,39 @@ def lower_reduce(cx, node, ins, attrs):
     return _REDUCE[node.op](x, axis=axes, keepdims=keep)
 
 
+def rint(cx, y):
+    """Round half to even (numpy's rint), on every target: `tir.nearbyint` (LLVM and
+    CUDA nearbyint), not relax round, which CUDA may lower to roundf (half away from 0)."""
+    from tvm import te
+    from tvm import relax, tirx
+
+    if not isinstance(y, relax.Var):
+        y = cx.emit(y)
+    return cx.emit_te(lambda t: te.compute(t.shape, lambda *i: tirx.nearbyint(t(*i)), name="rint"), y,
+                      primfunc_name_hint="rint")
+
+
 def round_cast(cx, y, dt: str):
     """Cast a float result to `dt`; integers round half to even and saturate."""
     if _is_int(dt):
         info = np.iinfo(dt)
-        y = R.clip(R.round(y), float(info.min), float(info.max))
+        y = R.clip(rint(cx, y), float(info.min), float(info.max))
     return R.astype(y, dt) if dt != cx.dtype_of(y) else y
 
 
 @lowering("global_avg_pool", "global_max_pool")
 def lower_global_pool(cx, node, ins, attrs):
     x = ins[0]
-    axes = list(range(2, len(cx.shape_of(x))))
+    shape = cx.shape_of(x)
+    axes = list(range(2, len(shape)))
     if node.op == "global_max_pool":
         return R.max(x, axis=axes, keepdims=True)
+    # the reference's mean: in float64 (exact for the sums of dequantized values a
+    # quantized graph averages), divided by the count, rounded once to the dtype
     dt = cx.dtype_of(x)
-    if _is_int(dt):
-        return round_cast(cx, R.mean(R.astype(x, "float64"), axis=axes, keepdims=True), dt)
-    return _in_work_dtype(cx, x, lambda v: R.mean(v, axis=axes, keepdims=True))
+    n = int(np.prod([shape[a] for a in axes]))
+    m = R.divide(R.sum(cx.cast(x, "float64"), axis=axes, keepdims=True), cx.const(float(n), "float64"))
+    return round_cast(cx, cx.emit(m), dt)
 
 
 @lowering("arg_max", "arg_min")

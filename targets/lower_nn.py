@@ -40,18 +40,18 @@ _CONV = {3: R.nn.conv1d, 4: R.nn.conv2d, 5: R.nn.conv3d}
 _CONV_T = {3: R.nn.conv1d_transpose, 4: R.nn.conv2d_transpose, 5: R.nn.conv3d_transpose}
 
 
-@lowering("conv")
-def lower_conv(cx, node, ins, attrs):
-    x, w, b = (list(ins) + [None])[:3]
+def conv_nd(cx, node, x, w, attrs, out_dtype=None):
+    """The convolution of `x` (NC...) by `w` (OI...) in the layouts the strategy picks
+    (`strategy.conv_layout(node)`), returned in NC...: shared by conv and qconv.
+    Constant weights are rearranged here, in numpy."""
     rank = len(cx.shape_of(x))
     if rank not in _CONV:
-        raise LoweringError(f"conv over {rank - 2} spatial dims is not supported")
+        raise LoweringError(f"{node.op} over {rank - 2} spatial dims is not supported")
     n = rank - 2
     base_d, base_k = "NC" + "DHW"[3 - n:], "OI" + "DHW"[3 - n:]
     data_layout, kernel_layout = cx.strategy.conv_layout(node)
     xd = cx.permute(x, _layout_perm(base_d, data_layout))
-    wk = cx.permute(cx.cast(w, cx.dtype_of(x)) if cx.const_value(w) is None else w,
-                    _layout_perm(base_k, kernel_layout))
+    wk = cx.permute(w, _layout_perm(base_k, kernel_layout))
     y = _CONV[rank](
         xd, wk,
         strides=[int(s) for s in attrs.get("strides") or [1] * n],
@@ -59,10 +59,18 @@ def lower_conv(cx, node, ins, attrs):
         dilation=[int(d) for d in attrs.get("dilations") or [1] * n],
         groups=int(attrs.get("group", 1)),
         data_layout=data_layout, kernel_layout=kernel_layout, out_layout=data_layout,
-        out_dtype=_out_dtype(cx, node, x),
+        out_dtype=out_dtype,
     )
     # back to NC... (a later layout pass cancels the transposes between convs)
-    y = cx.permute(y, _layout_perm(data_layout, base_d))
+    return cx.permute(y, _layout_perm(data_layout, base_d))
+
+
+@lowering("conv")
+def lower_conv(cx, node, ins, attrs):
+    x, w, b = (list(ins) + [None])[:3]
+    rank = len(cx.shape_of(x))
+    w = cx.cast(w, cx.dtype_of(x)) if cx.const_value(w) is None else w
+    y = conv_nd(cx, node, x, w, attrs, _out_dtype(cx, node, x))
     return _finish(cx, node, _bias_add(cx, y, b, rank))
 
 

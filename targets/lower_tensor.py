@@ -121,6 +121,9 @@ def lower_pad(cx, node, ins, attrs):
     pads = [int(p) for p in attrs["pads"]]
     mode = attrs.get("mode", "constant")
     value = float(attrs.get("value", 0.0))
+    dt = cx.dtype_of(y)
+    if dt.startswith(("int", "uint")):  # the value as the reference converts it (a zero point)
+        value = float(np.asarray(value).astype(dt))
     before, after = pads[:rank], pads[rank:]
     crop_axes = [i for i in range(rank) if before[i] < 0 or after[i] < 0]
     if crop_axes:

@@ -11,7 +11,8 @@ target family changes that, without touching every op lowering:
   emits; NHWC/OHWI makes untuned int8 code vectorize (see the TVM notes).
 - `prepare(mod, target)`: Relax-to-Relax rewrites after lowering and before
   tvm.compile (ConvertLayout, weight pre-packing, applying a tuning database).
-- `relax_pipeline(target)`: the Relax pipeline handed to tvm.compile.
+- `relax_pipeline(target)`: the Relax pipeline handed to tvm.compile
+  (`base_relax_pipeline` preceded by the FMA fence of `exact_fp.py`).
 
 Strategies are picked by preset family (`strategy_for(preset)`); a later
 stage registers its own with `register_strategy("x86", MyStrategy)`.
@@ -46,9 +47,31 @@ class LoweringStrategy:
         """Relax-level rewrites before compilation; identity by default."""
         return mod
 
-    def relax_pipeline(self, target):
-        """The `relax_pipeline` argument of tvm.compile for this target."""
+    # Float multiplies are fenced against FMA contraction (targets/exact_fp.py), so the
+    # float math between integer segments rounds exactly as the reference does.
+    exact_float_multiply = True
+
+    def base_relax_pipeline(self, target):
+        """The Relax pipeline proper (a name or a pass); subclasses override this."""
         return "default"
+
+    def relax_pipeline(self, target):
+        """The `relax_pipeline` argument of tvm.compile for this target: the base pipeline,
+        preceded by ExactFloatMultiply when `exact_float_multiply`."""
+        base = self.base_relax_pipeline(target)
+        if not self.exact_float_multiply:
+            return base
+        import tvm
+        from tvm import relax
+
+        from .exact_fp import ExactFloatMultiply
+
+        if isinstance(base, str):  # resolved as tvm.compile resolves it
+            if base == "default" and "gpu" in target.keys:
+                base = relax.get_default_pipeline(target)
+            else:
+                base = relax.get_pipeline(base)
+        return tvm.transform.Sequential([ExactFloatMultiply(target), base], name="qcc.relax_pipeline")
 
     def tir_pipeline(self, target):
         return "default"
@@ -60,14 +83,31 @@ class LoweringStrategy:
 
 class FusedCPUStrategy(LoweringStrategy):
     """Plain lowering, but compiled with the CPU backend pipeline (FuseOps + FuseTIR):
-    elementwise epilogues are fused into their producers, fewer kernels and buffers."""
+    elementwise epilogues are fused into their producers, fewer kernels and buffers;
+    then the stages of each fused kernel are inlined into one loop nest."""
 
     name = "cpu-fused"
 
-    def relax_pipeline(self, target):
-        from tvm import relax
+    # inline the elementwise stages of every fused kernel (targets/cpu_schedule.py)
+    inline_elementwise = True
 
-        return relax.backend.cpu_generic.get_default_pipeline(target)
+    def base_relax_pipeline(self, target):
+        import tvm
+        from tvm import relax
+        from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+        if not self.inline_elementwise:
+            return cpu.get_default_pipeline(target)
+        from .cpu_schedule import InlineElementwise
+
+        @tvm.transform.module_pass(opt_level=0, name="qcc.cpu_pipeline")
+        def _pipeline(mod, _ctx):
+            with target:
+                return tvm.transform.Sequential(
+                    cpu.library_dispatch_passes(target) + cpu.legalize_passes(target) + [InlineElementwise()]
+                    + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))(mod)
+
+        return _pipeline
 
 
 class CUDAStrategy(LoweringStrategy):

@@ -499,11 +499,15 @@ def test_every_core_op_has_a_lowering():
     assert not missing, f"core ops without a lowering: {missing}"
 
 
+INTEGER_OPS = {"quantize", "dequantize", "requantize", "qconv", "qmatmul", "observe"}  # test_targets_int.py
+
+
 def test_every_core_op_is_tested():
     tested = set()
     for f in GRAPHS.values():
         tested |= {n.op for n in f().nodes}
-    assert not (set(supported_ops()) - tested), sorted(set(supported_ops()) - tested)
+    missing = set(supported_ops()) - tested - INTEGER_OPS
+    assert not missing, sorted(missing)
 
 
 # --- lowering structure ----------------------------------------------------------------------
