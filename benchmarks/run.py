@@ -98,6 +98,9 @@ def main(argv=None):
     ap.add_argument("--calib", type=int, default=16)
     args = ap.parse_args(argv)
     os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)  # its quantizer's chatter is not a result
     import qcc
 
     print(f"threads {args.threads}, {args.rounds} interleaved rounds, medians in ms")
