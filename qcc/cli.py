@@ -293,13 +293,17 @@ class _Log:
         print(f"qcc: {msg}", file=self.stream)
 
 
+def _size(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
 def _print_summary(report: Dict, out: str) -> None:
     s = report["summary"]
     for w in report.get("warnings", []):
         print(f"qcc: warning: {w}", file=sys.stderr)
     print(f"wrote {out}/  ({s['nodes']} nodes, {s['macs'] / 1e6:.1f} M MACs, "
-          f"int8 MACs {100 * s['int8_mac_fraction']:.0f}%, weights {s['size_bytes_float'] / 1e6:.2f} MB -> "
-          f"{s['size_bytes_quantized'] / 1e6:.2f} MB)")
+          f"int8 MACs {100 * s['int8_mac_fraction']:.0f}%, weights {_size(s['size_bytes_float'])} -> "
+          f"{_size(s['size_bytes_quantized'])})")
     from .report import summary_table
 
     if report["layers"]:
