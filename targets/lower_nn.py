@@ -279,25 +279,13 @@ _F = np.float32
 
 
 def _source_coords(out_len: int, in_len: int, scale, ctm: str) -> np.ndarray:
-    """Where each output index samples the input: float32, in ONNX Runtime's operation
-    order (nearest rounding at exact .5 depends on it), as the reference kernel does."""
-    x = np.arange(out_len, dtype=_F)
-    s, half = _F(scale), _F(0.5)
-    if ctm == "half_pixel":
-        return (x + half) / s - half
-    if ctm == "pytorch_half_pixel":
-        return (x + half) / s - half if out_len > 1 else np.zeros(out_len, _F)
-    if ctm == "align_corners":
-        return np.zeros(out_len, _F) if out_len == 1 else x * _F(in_len - 1) / _F(out_len - 1)
-    if ctm == "asymmetric":
-        return x / s
-    if ctm == "tf_half_pixel_for_nn":
-        return (x + half) / s
-    if ctm == "half_pixel_symmetric":
-        adjustment = _F(out_len) / (s * _F(in_len))
-        offset = _F(in_len) / _F(2) * (_F(1) - adjustment)
-        return offset + (x + half) / s - half
-    raise LoweringError(f"resize: coordinate_transformation_mode {ctm!r} is not supported")
+    """Where each output index samples the input: the reference kernel's own float32
+    computation (nearest rounding at exact .5 depends on its operation order)."""
+    from qcc.ops.resize import COORD_MODES, source_coords
+
+    if ctm not in COORD_MODES:
+        raise LoweringError(f"resize: coordinate_transformation_mode {ctm!r} is not supported")
+    return source_coords(out_len, in_len, scale, ctm)
 
 
 def _resize_table(in_len: int, out_len: int, scale, attrs):
