@@ -654,7 +654,7 @@ def _array(a):
     return a
 
 
-def _run_case(m, data_sets):
+def _run_case(m, data_sets, compiled=False):
     inits = {t.name for t in m.graph.initializer}
     names = [i.name for i in m.graph.input if i.name not in inits]
     for inputs, outputs in data_sets:
@@ -674,7 +674,14 @@ def _run_case(m, data_sets):
                     raise
                 consts |= {k for k, a in feeds.items() if a.dtype.kind in "iu"}
         verify(g)
-        ys = interp(g, {k: a for k, a in feeds.items() if k not in consts})
+        run_feeds = {k: a for k, a in feeds.items() if k not in consts}
+        ys = interp(g, run_feeds)
+        if compiled:  # the same graph through TVM's x86 code
+            from qcc.targets import compile_graph, runner_from_executable
+
+            r = runner_from_executable(compile_graph(g, "host"), g)
+            got = r.run(run_feeds)
+            ys = [got[v.name] for v in g.outputs]
         for y, r in zip(ys, outputs):
             r = _array(r)
             assert y.shape == r.shape and y.dtype == r.dtype, \
@@ -684,6 +691,9 @@ def _run_case(m, data_sets):
                                            rtol=1e-3, atol=1e-5)
             else:
                 np.testing.assert_array_equal(y, r)
+
+
+COMPILED_CONFORMANCE_FLOOR = 113  # of 117 measured; see the failures it prints
 
 
 def test_onnx_node_conformance():
@@ -701,3 +711,27 @@ def test_onnx_node_conformance():
     for f in failed:
         print("  FAIL", f)
     assert passed >= CONFORMANCE_FLOOR, "\n".join(failed)
+
+
+@pytest.mark.slow
+def test_onnx_node_conformance_compiled():
+    """One case per distinct op set, through the compiled x86 library instead of the interpreter."""
+    seen, picked = set(), []
+    for name, m, data_sets in _conformance_cases():
+        key = tuple(sorted({n.op_type for n in m.graph.node}))
+        if key not in seen:
+            seen.add(key)
+            picked.append((name, m, data_sets))
+    failed = []
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        for name, m, data_sets in picked:
+            try:
+                _run_case(m, data_sets[:1], compiled=True)
+            except Exception as e:  # noqa: BLE001 - every failure is listed
+                failed.append(f"{name}: {type(e).__name__}: {str(e).strip().splitlines()[0][:160]}")
+    passed = len(picked) - len(failed)
+    print(f"\nONNX node conformance, compiled x86: {passed} of {len(picked)} cases pass")
+    for f in failed:
+        print("  FAIL", f)
+    assert passed >= COMPILED_CONFORMANCE_FLOOR, "\n".join(failed)
