@@ -291,41 +291,18 @@ def _source_coords(out_len: int, in_len: int, scale, ctm: str) -> np.ndarray:
 def _resize_table(in_len: int, out_len: int, scale, attrs):
     """(indices [out, taps], float32 weights [out, taps]) of one resized axis."""
     c = _source_coords(out_len, in_len, scale, attrs.get("coordinate_transformation_mode", "half_pixel"))
+    from qcc.ops.resize import NEAREST_MODES, _cubic, _linear, _nearest
+
     mode = attrs.get("mode", "nearest")
     if mode == "nearest":
         nm = attrs.get("nearest_mode", "round_prefer_floor")
-        if nm == "round_prefer_floor":
-            i = np.ceil(c - _F(0.5))
-        elif nm == "round_prefer_ceil":
-            i = np.floor(c + _F(0.5))
-        elif nm == "floor":
-            i = np.floor(c)
-        elif nm == "ceil":
-            i = np.ceil(c)
-        else:
+        if nm not in NEAREST_MODES:
             raise LoweringError(f"resize: nearest_mode {nm!r} is not supported")
-        return np.clip(i, 0, in_len - 1).astype(np.int64)[:, None], np.ones((out_len, 1), _F)
+        return _nearest(c, in_len, nm)
     if mode == "linear":
-        c = np.clip(c, _F(0), _F(in_len - 1))
-        i0 = np.minimum(c.astype(np.int64), in_len - 1)
-        i1 = np.minimum(i0 + 1, in_len - 1)
-        w1 = c - i0.astype(_F)
-        return np.stack([i0, i1], 1), np.stack([_F(1) - w1, w1], 1)
+        return _linear(c, in_len)
     if mode == "cubic":
-        a = float(attrs.get("cubic_coeff_a", -0.75))
-        base = np.floor(c)
-        r = (c - base).astype(np.float64)
-        w = np.stack([
-            ((a * (r + 1) - 5 * a) * (r + 1) + 8 * a) * (r + 1) - 4 * a,
-            ((a + 2) * r - (a + 3)) * r * r + 1,
-            ((a + 2) * (1 - r) - (a + 3)) * (1 - r) * (1 - r) + 1,
-            ((a * (2 - r) - 5 * a) * (2 - r) + 8 * a) * (2 - r) - 4 * a,
-        ], 1)
-        idx = base.astype(np.int64)[:, None] + np.arange(-1, 3)[None, :]
-        if int(attrs.get("exclude_outside", 0)):
-            w = np.where((idx < 0) | (idx >= in_len), 0.0, w)
-            w = w / w.sum(1, keepdims=True)
-        return np.clip(idx, 0, in_len - 1), w.astype(_F)
+        return _cubic(c, in_len, float(attrs.get("cubic_coeff_a", -0.75)), int(attrs.get("exclude_outside", 0)))
     raise LoweringError(f"resize: mode {mode!r} is not supported")
 
 
