@@ -694,17 +694,10 @@ def test_thread_pool_size(env):
     assert [int(v) for v in out] == [want, want]
 
 
-def _cuda_sources(mod, seen=None):
-    seen = set() if seen is None else seen
-    out = []
-    for m in mod.imports:
-        if id(m) in seen:
-            continue
-        seen.add(id(m))
-        if m.kind == "cuda":
-            out.append(m.inspect_source())
-        out += _cuda_sources(m, seen)
-    return out
+def _cuda_sources(mod):
+    from qcc.targets.cuda_emit import cuda_modules
+
+    return [m.inspect_source() for m in cuda_modules(mod)]
 
 
 def test_cuda_codegen_sm80(tmp_path):
