@@ -13,9 +13,15 @@ target family changes that, without touching every op lowering:
   tvm.compile (ConvertLayout, weight pre-packing, applying a tuning database).
 - `relax_pipeline(target)`: the Relax pipeline handed to tvm.compile
   (`base_relax_pipeline` preceded by the FMA fence of `exact_fp.py`).
+- `schedule_rules(target)`: dlight-style `ScheduleRule`s tried in order on every
+  fused kernel (after FuseOps/FuseTIR and the elementwise inlining of
+  `cpu_schedule.py`); the first that returns a schedule wins. This is where a
+  target family's own kernels (VNNI int8 conv, sdot, parallel/vectorized
+  fallbacks) plug in, search-free.
 
-Strategies are picked by preset family (`strategy_for(preset)`); a later
-stage registers its own with `register_strategy("x86", MyStrategy)`.
+Strategies are picked by preset family (`strategy_for(preset)`). A family's
+strategy lives in its own module (`_FAMILY_MODULES`), imported on first use,
+which calls `register_strategy(family, cls)`.
 """
 from __future__ import annotations
 
@@ -76,6 +82,10 @@ class LoweringStrategy:
     def tir_pipeline(self, target):
         return "default"
 
+    def schedule_rules(self, target) -> list:
+        """dlight `ScheduleRule`s applied to each fused kernel, first match wins; none here."""
+        return []
+
     def __repr__(self) -> str:
         preset = getattr(self.preset, "name", None)
         return f"{type(self).__name__}(preset={preset!r})"
@@ -100,12 +110,19 @@ class FusedCPUStrategy(LoweringStrategy):
             return cpu.get_default_pipeline(target)
         from .cpu_schedule import InlineElementwise
 
+        rules = self.schedule_rules(target)
+        schedule = []
+        if rules:
+            from tvm.s_tir import dlight
+
+            schedule = [dlight.ApplyDefaultSchedule(*rules)]
+
         @tvm.transform.module_pass(opt_level=0, name="qcc.cpu_pipeline")
         def _pipeline(mod, _ctx):
             with target:
                 return tvm.transform.Sequential(
                     cpu.library_dispatch_passes(target) + cpu.legalize_passes(target) + [InlineElementwise()]
-                    + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))(mod)
+                    + schedule + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))(mod)
 
         return _pipeline
 
@@ -123,6 +140,19 @@ _BY_FAMILY: Dict[str, Type[LoweringStrategy]] = {
 }
 
 
+# family -> module of this package that registers the family's own strategy on import
+_FAMILY_MODULES: Dict[str, str] = {"x86": "x86_int8", "arm": "arm_int8", "cuda": "cuda_int8"}
+
+
+def _import_family(family: str) -> None:
+    import importlib
+    import importlib.util
+
+    name = _FAMILY_MODULES.pop(family, None)
+    if name and importlib.util.find_spec(f"{__package__}.{name}") is not None:
+        importlib.import_module(f"{__package__}.{name}")
+
+
 def register_strategy(family: str, cls: Type[LoweringStrategy]) -> None:
     """Make `cls` the strategy for every preset of `family`."""
     _BY_FAMILY[family] = cls
@@ -132,5 +162,6 @@ def strategy_for(preset) -> LoweringStrategy:
     """The strategy for a preset (or None: the plain strategy)."""
     if preset is None:
         return LoweringStrategy()
+    _import_family(preset.family)
     cls = _BY_FAMILY.get(preset.family, LoweringStrategy)
     return cls(preset)
