@@ -6,6 +6,10 @@ onnxruntime float and onnxruntime int8 (its quantize_static QDQ defaults, per-ch
 same calibration data). Then it times them interleaved — round robin, one run of
 each per round — with the same thread count, and prints medians and ratios. The
 machine is noisy: only ratios from one interleaved run mean anything.
+
+After the table: the three largest conv/matmul layers (by MACs) of each qcc int8 build with
+their kernel's time and achieved GMAC/s, against the machine's int8 peak (measured with a
+VNNI micro-kernel where the CPU has it, else computed from the clock, and said so).
 """
 from __future__ import annotations
 
@@ -90,12 +94,142 @@ def ort_int8(path, shape, calib, work: Path):
     return out
 
 
+# --- per-layer throughput against the machine's int8 peak ---------------------------------------
+
+_VNNI_LOOP = r"""
+/* 12 independent accumulators, each vpdpbusd zmm = 64 u8*s8 multiply-adds: 768 MACs an iteration */
+long long qcc_vnni_loop(long long iters) {
+  long long n = iters;
+  __asm__ volatile(
+    "vpxord %%zmm0,%%zmm0,%%zmm0\n\tvpxord %%zmm1,%%zmm1,%%zmm1\n\tvpxord %%zmm2,%%zmm2,%%zmm2\n\t"
+    "vpxord %%zmm3,%%zmm3,%%zmm3\n\tvpxord %%zmm4,%%zmm4,%%zmm4\n\tvpxord %%zmm5,%%zmm5,%%zmm5\n\t"
+    "vpxord %%zmm6,%%zmm6,%%zmm6\n\tvpxord %%zmm7,%%zmm7,%%zmm7\n\tvpxord %%zmm8,%%zmm8,%%zmm8\n\t"
+    "vpxord %%zmm9,%%zmm9,%%zmm9\n\tvpxord %%zmm10,%%zmm10,%%zmm10\n\tvpxord %%zmm11,%%zmm11,%%zmm11\n\t"
+    "1:\n\t"
+    "vpdpbusd %%zmm12,%%zmm13,%%zmm0\n\tvpdpbusd %%zmm12,%%zmm13,%%zmm1\n\tvpdpbusd %%zmm12,%%zmm13,%%zmm2\n\t"
+    "vpdpbusd %%zmm12,%%zmm13,%%zmm3\n\tvpdpbusd %%zmm12,%%zmm13,%%zmm4\n\tvpdpbusd %%zmm12,%%zmm13,%%zmm5\n\t"
+    "vpdpbusd %%zmm12,%%zmm13,%%zmm6\n\tvpdpbusd %%zmm12,%%zmm13,%%zmm7\n\tvpdpbusd %%zmm12,%%zmm13,%%zmm8\n\t"
+    "vpdpbusd %%zmm12,%%zmm13,%%zmm9\n\tvpdpbusd %%zmm12,%%zmm13,%%zmm10\n\tvpdpbusd %%zmm12,%%zmm13,%%zmm11\n\t"
+    "dec %0\n\tjnz 1b\n\t"
+    : "+r"(n) : : "zmm0","zmm1","zmm2","zmm3","zmm4","zmm5","zmm6","zmm7","zmm8","zmm9","zmm10","zmm11","cc");
+  return iters;
+}
+"""
+MACS_PER_ITER = 12 * 64
+
+
+def _cpu_flags():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def int8_peak(threads, rounds=30, iters=2_000_000):
+    """(GMAC/s, how it was found). With AVX-512 VNNI and a C compiler: the best of `rounds` bursts of
+    a vpdpbusd loop (12 independent zmm accumulators) on `threads` threads at once — best, not median,
+    because the machine is shared and the peak is what the core can do. Otherwise computed from
+    the clock (lscpu's max MHz, else /proc/cpuinfo) and an assumed ops/cycle, and said so."""
+    import ctypes
+    import shutil
+    import subprocess
+    import threading
+
+    if "avx512_vnni" in _cpu_flags() and shutil.which("cc"):
+        with tempfile.TemporaryDirectory() as td:
+            src, so = Path(td) / "peak.c", Path(td) / "peak.so"
+            src.write_text(_VNNI_LOOP)
+            subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(so), str(src)], check=True)
+            f = ctypes.CDLL(str(so)).qcc_vnni_loop  # ctypes drops the GIL: threads run in parallel
+            f.argtypes, f.restype = [ctypes.c_longlong], ctypes.c_longlong
+            f(10_000)
+            best = 0.0
+            for _ in range(rounds):
+                ts = [threading.Thread(target=f, args=(iters,)) for _ in range(threads)]
+                t0 = time.perf_counter()
+                for t in ts:
+                    t.start()
+                for t in ts:
+                    t.join()
+                best = max(best, threads * iters * MACS_PER_ITER / (time.perf_counter() - t0) / 1e9)
+        return best, (f"measured: vpdpbusd zmm loop, {threads} thread{'s' if threads > 1 else ''}, "
+                      f"best of {rounds} bursts")
+    mhz = None
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        mhz = next((float(ln.split(":")[1]) for ln in out.splitlines() if ln.startswith("CPU max MHz")), None)
+    except (OSError, ValueError):
+        pass
+    if mhz is None:
+        try:
+            mhz = max(float(ln.split(":")[1]) for ln in open("/proc/cpuinfo") if ln.startswith("cpu MHz"))
+        except (OSError, ValueError):
+            return None, "unknown (no VNNI to measure, no clock to compute from)"
+    flags = _cpu_flags()
+    per_cycle, how = ((64, "AVX-512 (vpmaddubsw+vpmaddwd, 2 ports)") if "avx512bw" in flags
+                      else (32, "AVX2 (vpmaddubsw+vpmaddwd, 2 ports)") if "avx2" in flags
+                      else (8, "SSE"))
+    return (threads * mhz * 1e6 * per_cycle / 1e9,
+            f"computed, not measured: {threads} cores x {mhz:.0f} MHz x {per_cycle} MACs/cycle assumed for {how}")
+
+
+COMPUTE_KERNELS = ("conv", "matmul", "dense", "gemm")
+
+
+def layer_throughput(artifact: Path, feeds, threads, top=3, repeat=10):
+    """The `top` largest (by MACs) layers of the artifact with their kernel's median time: the
+    VM's per-call instrument (targets.builder.Runner.profile), kernels matched to layers in call
+    order by output size (kernel names carry no layer names; destination-passing kernels take
+    their output last)."""
+    from qcc.analysis import macs
+    from qcc.ir.parser import load as load_qir
+    from qcc.report import layer_name
+    from qcc.targets import load as load_lib
+
+    graph = load_qir(artifact / "model.qir")
+    layers = [{"name": layer_name(n), "op": n.op, "macs": macs(n), "size": int(np.prod(n.outputs[0].shape)),
+               "precision": "int" if n.outputs[0].dtype.startswith(("i", "u")) else "float"}
+              for n in graph.nodes if macs(n)]
+    runner = load_lib(artifact / "model.so", num_threads=threads)
+    kernels = [k for k in runner.profile(feeds, repeat=repeat) if any(c in k["kernel"] for c in COMPUTE_KERNELS)]
+    free = list(range(len(layers)))
+    for k in kernels:
+        out = k["shapes"][-1] if k["shapes"] else []
+        size = int(np.prod(out)) if out else 0
+        for j, li in enumerate(free):
+            if layers[li]["size"] == size:
+                layers[li].update(kernel=k["kernel"], seconds=k["seconds"])
+                del free[j]
+                break
+    timed = [l for l in layers if "seconds" in l]
+    return sorted(timed, key=lambda l: -l["macs"])[:top], len(timed), len(layers)
+
+
+def print_layers(per_model, peak, how):
+    print(f"\nint8 peak {peak:.0f} GMAC/s ({how})" if peak else f"\nint8 peak: {how}")
+    print("largest conv/matmul layers of the qcc int8 build (per-kernel median of 10 runs, VM instrument):")
+    print(f"{'model':<5} {'layer':<28} {'op':<8} {'MMACs':>7} {'ms':>7} {'GMAC/s':>7} {'of peak':>7}  kernel")
+    for key, (rows, matched, total) in per_model.items():
+        for l in rows:
+            g = l["macs"] / l["seconds"] / 1e9
+            share = f"{100 * g / peak:6.1f}%" if peak else "      ?"
+            print(f"{key:<5} {l['name'][:28]:<28} {l['op']:<8} {l['macs'] / 1e6:7.1f} {l['seconds'] * 1e3:7.3f} "
+                  f"{g:7.1f} {share}  {l['kernel'][:60]}")
+        if matched < total:
+            print(f"{key:<5} ({total - matched} of {total} MAC layers not matched to a kernel)")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="cls,rec,det")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--calib", type=int, default=16)
+    ap.add_argument("--no-layers", dest="layers", action="store_false",
+                    help="skip the per-layer GMAC/s of the largest layers and the int8 peak")
     args = ap.parse_args(argv)
     os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
     import onnxruntime
@@ -106,6 +240,7 @@ def main(argv=None):
     print(f"threads {args.threads}, {args.rounds} interleaved rounds, medians in ms")
     print(f"{'model':<5} {'qcc int8':>9} {'qcc f32':>8} {'ort f32':>8} {'ort int8':>9}   "
           f"{'int8/ort-int8':>13} {'int8/ort-f32':>12} {'int8/qcc-f32':>12}")
+    per_model = {}
     for key in args.models.split(","):
         name, shape = MODELS[key]
         path = model_path(name)
@@ -140,6 +275,10 @@ def main(argv=None):
                   f"{med['qcc int8'] / med['ort int8']:13.2f} {med['qcc int8'] / med['ort f32']:12.2f} "
                   f"{med['qcc int8'] / med['qcc f32']:12.2f}")
             sys.stdout.flush()
+            if args.layers:
+                per_model[key] = layer_throughput(tmp / "q8", {inp: x}, args.threads)
+    if args.layers:
+        print_layers(per_model, *int8_peak(args.threads))
 
 
 if __name__ == "__main__":

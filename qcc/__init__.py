@@ -25,22 +25,24 @@ def import_onnx(model, input_shapes=None) -> Graph:
 
 def compile(model, out_dir, *, target="host", opt_level="O0", passes=None, input_shapes=None,
             calib=None, calib_method=None, precision="", max_error=None, min_int8_fraction=None,
-            plugins=(), verify_each=False, log=None):
+            plugins=(), verify_each=False, threads=None, log=None):
     """Compile `model` (.onnx) into the artifact folder `out_dir`; returns the report dict.
 
-    Safe to call repeatedly, for several targets, from one process."""
+    Safe to call repeatedly, for several targets, from one process. `threads`: the CPU thread
+    count the artifact runs with by default (manifest.json; qcc.load/run/bench use it)."""
     from .driver import CompileOptions, compile_model
 
     opts = CompileOptions(target=target, opt_level=opt_level, passes=passes,
                           input_shapes=dict(input_shapes or {}), calib=calib, calib_method=calib_method,
                           precision=precision, max_error=max_error, min_int8_fraction=min_int8_fraction,
                           plugins=tuple(plugins),
-                          verify_each=verify_each)
+                          verify_each=verify_each, threads=threads)
     return compile_model(model, out_dir, opts, log=log)
 
 
-def load(out_dir):
-    """Load a compiled artifact for the host: `.run({name: array}) -> {name: array}`."""
+def load(out_dir, *, threads=None):
+    """Load a compiled artifact for the host: `.run({name: array}) -> {name: array}`.
+    `threads`: CPU threads (default: the artifact's `compile --threads`, else every core)."""
     from .artifact import load as _load
 
-    return _load(out_dir)
+    return _load(out_dir, threads=threads)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -21,6 +21,16 @@ class Module:
         self.path = path
         self.manifest = manifest
         self._runner = runner
+
+    @property
+    def threads(self) -> Optional[int]:
+        """The CPU thread count this module runs with (None: the default, every core)."""
+        return getattr(self._runner, "num_threads", None)
+
+    @property
+    def emulated(self) -> bool:
+        """True when runs go through qemu (an ARM artifact on another machine)."""
+        return getattr(self._runner, "cpu", None) is not None
 
     @property
     def inputs(self) -> List[Dict]:
@@ -68,10 +78,19 @@ def _runs_on_host(preset) -> bool:
     return False
 
 
-def load(path, *, log=None) -> Module:
+def manifest_threads(manifest: Dict) -> Optional[int]:
+    """The thread count `qcc compile --threads N` recorded (None: every core)."""
+    n = (manifest.get("execution") or {}).get("threads")
+    return int(n) if isinstance(n, int) and n > 0 else None
+
+
+def load(path, *, threads: Optional[int] = None, log=None) -> Module:
     """The artifact at `path` as a Module. ARM artifacts on a non-ARM machine run under
     qemu-aarch64 with the preset's exact core (qcc.targets.emulate; the first run prepares an
-    aarch64 runtime once, printing progress through `log`, default stderr)."""
+    aarch64 runtime once, printing progress through `log`, default stderr).
+
+    `threads`: CPU threads to run with; default the count the artifact was compiled with
+    (`qcc compile --threads`, recorded in manifest.json), else every core."""
     from . import targets
 
     path = Path(path)
@@ -85,15 +104,18 @@ def load(path, *, log=None) -> Module:
         raise ArtifactError(f"{mf}: unreadable manifest ({e})") from None
     if not lib.is_file():
         raise ArtifactError(f"{path}: the library {lib.name} is missing")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ArtifactError(f"threads must be a positive integer, not {threads!r}")
+    threads = threads if threads is not None else manifest_threads(manifest)
     preset = targets.get_target(manifest["target"]["preset"])
     if not _runs_on_host(preset):
         if preset.family == "arm":
-            return _emulated(path, manifest, lib, preset, log)
+            return _emulated(path, manifest, lib, preset, log, threads)
         raise ArtifactError(f"{path} was compiled for {preset.name}, which this machine cannot run directly")
-    return Module(path, manifest, targets.load(lib))
+    return Module(path, manifest, targets.load(lib, num_threads=threads))
 
 
-def _emulated(path: Path, manifest: Dict, lib: Path, preset, log) -> Module:
+def _emulated(path: Path, manifest: Dict, lib: Path, preset, log, threads: Optional[int] = None) -> Module:
     """An aarch64 artifact on another machine: each run goes through qemu-aarch64."""
     from .targets import emulate
 
@@ -104,4 +126,5 @@ def _emulated(path: Path, manifest: Dict, lib: Path, preset, log) -> Module:
     emulate.require_tools()
     cpu = emulate.qemu_cpu_for(manifest["target"].get("tvm") or preset.target_dict())
     runner = emulate.EmulatedRunner(lib, cpu, manifest["inputs"], manifest["outputs"], log=log)
+    runner.num_threads = threads  # the guest's TVM_NUM_THREADS (qemu runs guest threads on host threads)
     return Module(path, manifest, runner)

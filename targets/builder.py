@@ -16,7 +16,7 @@ import os
 import shutil
 import threading
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import numpy as np
 
@@ -35,33 +35,47 @@ PresetLike = Union[str, TargetPreset]
 # --- threads ---------------------------------------------------------------------------
 
 _threads_lock = threading.Lock()
-_threads_configured: Optional[int] = None
+_threads_configured: Optional[int] = None  # what was last asked of the pool
+_threads_used: int = 0                     # what the pool said it uses then
+_threads_default: Optional[int] = None     # $TVM_NUM_THREADS as the user set it, else every core
+
+
+def default_threads() -> int:
+    """The thread count used when none is asked for: $TVM_NUM_THREADS (as set before qcc
+    touched it), else every core."""
+    global _threads_default
+    if _threads_default is None:
+        env = os.environ.get("TVM_NUM_THREADS", "").strip()
+        _threads_default = int(env) if env.isdigit() and int(env) > 0 else (os.cpu_count() or 1)
+    return _threads_default
 
 
 def configure_threads(num_threads: Optional[int] = None) -> int:
     """Size TVM's CPU thread pool: `num_threads`, else $TVM_NUM_THREADS, else every core.
+    Returns the number of threads the pool will use.
 
-    TVM sizes its pool once, when it is first used, from $TVM_NUM_THREADS (else
-    $OMP_NUM_THREADS, else *half* the hardware threads: 1 on a 2-vCPU machine), and
-    `runtime.config_threadpool` can only shrink it afterwards. So this exports
-    TVM_NUM_THREADS when it is unset, then configures the pool. Call it before any
-    parallel work (load() does); later calls can only lower the count.
+    TVM creates its pool once, when it is first used, with $TVM_NUM_THREADS workers (else
+    $OMP_NUM_THREADS, else *half* the hardware threads: 1 on a 2-vCPU machine);
+    `runtime.config_threadpool` then picks how many of them run, never more. So when the
+    user has not set TVM_NUM_THREADS this exports max(every core, num_threads) before the
+    pool exists, and then asks for `num_threads`: later calls can move the count up or
+    down within that. With TVM_NUM_THREADS set by the user, it is the ceiling.
     """
-    global _threads_configured
+    global _threads_configured, _threads_used
     with _threads_lock:
-        env = os.environ.get("TVM_NUM_THREADS", "").strip()
-        if num_threads is None:
-            num_threads = int(env) if env.isdigit() and int(env) > 0 else (os.cpu_count() or 1)
-        num_threads = max(1, int(num_threads))
-        if _threads_configured == num_threads:
-            return num_threads
-        if not env:
-            os.environ["TVM_NUM_THREADS"] = str(num_threads)  # read when the pool is created
+        n = max(1, int(num_threads if num_threads is not None else default_threads()))
+        if _threads_configured == n:
+            return _threads_used
+        if not os.environ.get("TVM_NUM_THREADS", "").strip():
+            default_threads()  # remember that the user set none
+            os.environ["TVM_NUM_THREADS"] = str(max(n, os.cpu_count() or 1))  # read when the pool is created
         f = tvm.get_global_func("runtime.config_threadpool", allow_missing=True)
         if f is not None:
-            f(0, num_threads)
-        _threads_configured = num_threads
-        return num_threads
+            f(0, n)
+        used = tvm.get_global_func("runtime.NumThreads", allow_missing=True)
+        _threads_configured = n
+        _threads_used = int(used()) if used is not None else n
+        return _threads_used
 
 
 # --- compile ---------------------------------------------------------------------------
@@ -156,15 +170,21 @@ def build(graph: Graph, preset: PresetLike, out_dir: Union[str, os.PathLike], *,
 # --- run -------------------------------------------------------------------------------
 
 class Runner:
-    """A loaded model: `run({input name: array}) -> {output name: array}`."""
+    """A loaded model: `run({input name: array}) -> {output name: array}`.
 
-    def __init__(self, module, signature: Optional[Dict[str, Any]] = None, device=None):
+    `num_threads` is the size of TVM's CPU pool this model runs with (None: the default,
+    every core); it is applied before each call, so models loaded with different counts
+    can share a process (the pool is per process: one count at a time)."""
+
+    def __init__(self, module, signature: Optional[Dict[str, Any]] = None, device=None,
+                 num_threads: Optional[int] = None):
         self.device = device if device is not None else tvm.cpu()
         self.vm = relax.VirtualMachine(module, self.device)
         self._main = self.vm["main"]
         self.signature = signature
         self.inputs: Optional[List[Dict[str, Any]]] = signature["inputs"] if signature else None
         self.outputs: Optional[List[Dict[str, Any]]] = signature["outputs"] if signature else None
+        self.num_threads = num_threads
 
     @property
     def input_names(self) -> Optional[List[str]]:
@@ -173,6 +193,12 @@ class Runner:
     @property
     def output_names(self) -> Optional[List[str]]:
         return [o["name"] for o in self.outputs] if self.outputs is not None else None
+
+    def threads(self) -> int:
+        """Apply this model's thread count to the pool (CPU only); returns the count in use."""
+        if self.device.dlpack_device_type() != tvm.cpu().dlpack_device_type():
+            return 1
+        return configure_threads(self.num_threads)
 
     def _args(self, feeds: Dict[str, np.ndarray]):
         from qcc.ir.types import to_numpy_dtype
@@ -199,6 +225,7 @@ class Runner:
         return args
 
     def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        self.threads()
         res = self._main(*self._args(feeds))
         arrays = [r.numpy() for r in res] if not hasattr(res, "numpy") else [res.numpy()]
         names = self.output_names or [f"output{i}" for i in range(len(arrays))]
@@ -208,13 +235,79 @@ class Runner:
 
     def time(self, feeds: Dict[str, np.ndarray], number: int = 10, repeat: int = 3) -> float:
         """Best mean seconds per run (inputs staged once)."""
+        self.threads()
         args = self._args(feeds)
         f = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)
         return float(min(f(*args).results))
 
+    def time_each(self, feeds: Dict[str, np.ndarray], *, warmup: int = 10, repeat: int = 100,
+                  progress: Optional[Callable[[int, int], None]] = None) -> List[float]:
+        """Seconds of each of `repeat` calls of main (after `warmup` untimed ones): inputs staged
+        on the device once, outputs left there — what a serving loop pays per inference,
+        VM dispatch included. `progress(done, total)` is called now and then."""
+        import time
+
+        self.threads()
+        args = self._args(feeds)
+        total = warmup + repeat
+        step = max(1, total // 50)
+        times: List[float] = []
+        clock = time.perf_counter
+        for i in range(total):
+            t0 = clock()
+            self._main(*args)
+            dt = clock() - t0
+            if i >= warmup:
+                times.append(dt)
+            if progress is not None and (i + 1) % step == 0:
+                progress(i + 1, total)
+        if progress is not None:
+            progress(total, total)
+        return times
+
+    def profile(self, feeds: Dict[str, np.ndarray], *, repeat: int = 10) -> List[Dict[str, Any]]:
+        """Per-kernel times, from the VM's instrument hook (0.27's Relax VM has no profiler):
+        one entry per kernel call of `main`, in call order, with its symbol, the shapes of its
+        tensor arguments (the last is the output: kernels are destination-passing) and the
+        median seconds over `repeat` runs. VM builtins (allocation, shape checks) are left out;
+        the hook's own cost (~1 us a call) is not in the times."""
+        import time
+
+        self.threads()
+        args = self._args(feeds)
+        calls: List[Dict[str, Any]] = []
+        state = {"i": 0, "t0": 0.0}
+
+        def instrument(func, symbol, before, ret, *a):
+            if str(symbol).startswith("vm.builtin."):
+                return 0
+            if before:
+                state["t0"] = time.perf_counter()
+                return 0
+            dt = time.perf_counter() - state["t0"]
+            i = state["i"]
+            state["i"] += 1
+            if i == len(calls):
+                calls.append({"kernel": str(symbol), "shapes": [list(x.shape) for x in a if hasattr(x, "shape")],
+                              "times": []})
+            calls[i]["times"].append(dt)
+            return 0
+
+        self._main(*args)  # warm up, uninstrumented
+        self.vm.set_instrument(instrument)
+        try:
+            for _ in range(max(1, repeat)):
+                state["i"] = 0
+                self._main(*args)
+        finally:
+            self.vm.set_instrument(None)
+        return [{"kernel": c["kernel"], "shapes": c["shapes"], "seconds": float(np.median(c["times"]))}
+                for c in calls]
+
 
 def load(path: Union[str, os.PathLike], *, num_threads: Optional[int] = None) -> Runner:
-    """Load a model.so written by build() (its model.json supplies the names)."""
+    """Load a model.so written by build() (its model.json supplies the names). `num_threads`:
+    TVM's CPU pool size for this model (default every core, or $TVM_NUM_THREADS)."""
     path = Path(path)
     if path.is_dir():
         path = path / "model.so"
@@ -231,11 +324,11 @@ def load(path: Union[str, os.PathLike], *, num_threads: Optional[int] = None) ->
         device = tvm.cpu()
         configure_threads(num_threads)
     module = tvm.runtime.load_module(str(path))
-    return Runner(module, signature, device)
+    return Runner(module, signature, device, num_threads=num_threads)
 
 
 def runner_from_executable(ex, graph: Optional[Graph] = None, *,
                            num_threads: Optional[int] = None) -> Runner:
     """A Runner over an in-memory executable (no export), for tests and tools."""
     configure_threads(num_threads)
-    return Runner(ex, graph_signature(graph) if graph is not None else None)
+    return Runner(ex, graph_signature(graph) if graph is not None else None, num_threads=num_threads)

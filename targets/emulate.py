@@ -301,8 +301,10 @@ def qemu_cpu_for(target: Dict) -> str:
     return mcpu
 
 
-def run_library(lib, cpu: str, args: Sequence[np.ndarray], *, log: Optional[Log] = None) -> List[np.ndarray]:
-    """Call `main` of an aarch64 model.so under qemu-aarch64 -cpu `cpu`; positional in, list out."""
+def run_library(lib, cpu: str, args: Sequence[np.ndarray], *, log: Optional[Log] = None,
+                num_threads: Optional[int] = None) -> List[np.ndarray]:
+    """Call `main` of an aarch64 model.so under qemu-aarch64 -cpu `cpu`; positional in, list out.
+    `num_threads`: the guest's TVM_NUM_THREADS (default: $TVM_NUM_THREADS, else every host core)."""
     lib = Path(lib).resolve()
     rt = ensure_runtime(log)
     with tempfile.TemporaryDirectory(prefix="qcc-qemu-") as td:
@@ -310,7 +312,10 @@ def run_library(lib, cpu: str, args: Sequence[np.ndarray], *, log: Optional[Log]
         (td / "runner.py").write_text(_RUNNER)
         np.savez(td / "in.npz", **{f"arg{i}": np.ascontiguousarray(a) for i, a in enumerate(args)})
         cmd = rt.command(cpu, str(td / "runner.py"), str(lib), str(td / "in.npz"), str(td / "out.npz"))
-        p = subprocess.run(cmd, capture_output=True, text=True, env=rt.env())
+        env = rt.env()
+        if num_threads or not env.get("TVM_NUM_THREADS", "").strip():  # else the user's setting
+            env["TVM_NUM_THREADS"] = str(num_threads or os.cpu_count() or 1)
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if p.returncode != 0:
             if p.returncode in (-SIGILL, 128 + SIGILL):
                 raise EmulationError(f"{lib.name} stopped on an illegal instruction under {QEMU} -cpu {cpu} "
@@ -331,6 +336,7 @@ class EmulatedRunner:
         self.inputs = inputs
         self.outputs = outputs
         self.log = log
+        self.num_threads: Optional[int] = None  # the guest's TVM_NUM_THREADS; None = every core
 
     @property
     def input_names(self) -> List[str]:
@@ -346,7 +352,8 @@ class EmulatedRunner:
         return self
 
     def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        arrays = run_library(self.lib, self.cpu, [feeds[n] for n in self.input_names], log=self.log)
+        arrays = run_library(self.lib, self.cpu, [feeds[n] for n in self.input_names], log=self.log,
+                             num_threads=self.num_threads)
         names = self.output_names
         if len(arrays) != len(names):
             raise EmulationError(f"{self.lib.name} returned {len(arrays)} outputs, the manifest lists {len(names)}")
