@@ -1,51 +1,105 @@
-"""assign-bitwidths: choose each layer's precision from measured sensitivity, under a budget.
+"""assign-bitwidths: choose each layer's precision from measured sensitivity, under budgets.
 
-Uniform int8 is where other tools stop, and on real models it breaks. With
-calibration data this pass measures, for every conv/gemm/matmul, the model's
-output SQNR when only that layer is quantized (reusing float activations, see
-qcc.sensitivity). Then, starting from all-int8, it keeps the most sensitive layers
-in float until the whole quantized model meets the error budget (`min-sqnr`, dB at
-the outputs), never letting the share of int8 MACs fall below `min-int8-fraction`.
-User rules (`precision=head.*:float;conv1:int8`, or `--precision`) are honoured
-first and never overridden. Decisions go to ctx.options["bitwidths"] for `quantize`
-and to the report with the reason and sensitivity of each layer.
+Uniform int8 is where other tools stop, and on real models it breaks. Per conv/gemm/
+matmul this pass picks weight bits in {4, 8, 16, float} and activation bits in
+{8, 16, float}, written as a choice: "int8" (w8a8), "w4a8", "w8a16", "w4a16",
+"w16a8", "w16a16" or "float". With calibration data it measures, for a candidate
+choice of one layer, the model's output SQNR when only that layer is quantized
+(reusing float activations, see qcc.sensitivity), and searches, starting from
+all-int8:
 
-Before: every layer int8            After: {"conv_12": "float" (sensitivity 18.2 dB), others int8}
+1. size (`size-budget`, bytes of constants as the artifact stores them, int4
+   packed): while over budget, the layer whose weights lose the least SQNR per
+   byte saved goes to 4-bit weights (without calibration data: the largest first);
+2. error (`min-sqnr`, dB at the outputs): while under budget, the most sensitive
+   layer is raised: to 16-bit activations when that alone brings its error well
+   under the budget (its compute stays integer), else to float; a w4 layer back to
+   w8 when the size budget allows. Never below `min-int8-fraction` of the MACs in
+   8-bit-or-narrower integer, never over the size budget.
+
+User rules (`precision=head.*:float;conv1:int16;op:matmul=w4`, `--precision`, or
+qcc.toml's [precision]) are honoured first and never overridden: GLOB=CHOICE by
+layer name, op:TYPE=CHOICE (or a bare op type) by op; later rules win. Choice
+aliases: int4/w4 = w4a8, int16/a16 = w8a16, w16 = w16a8, int8/w8/a8 = int8.
+Decisions go to ctx.options["bitwidths"] ({layer: choice}) for `quantize`, and to
+the report with the reason, bits, size and the sensitivities measured per layer.
+
+Before: every layer int8    After: {"conv_12": "w8a16" (int8 alone: 18.2 dB), "fc": "w4a8", others int8}
 (the IR is unchanged; the decisions travel in the context and the report)
 """
 from __future__ import annotations
 
 import fnmatch
+import math
+import re
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
-from qcc.analysis import macs
-from qcc.ir.graph import Graph
+import numpy as np
+
+from qcc.analysis import macs, weight_bytes
+from qcc.ir.graph import Graph, Node
 from qcc.pass_manager import PassContext
 from qcc.passes_registry import Pass, register_pass
 
-CHOICES = ("int8", "float")
+CHOICES = ("int8", "float", "w4a8", "w8a16", "w4a16", "w16a8", "w16a16")
+ALIASES = {
+    "float": "float", "fp32": "float", "f32": "float",
+    "int8": "int8", "i8": "int8", "w8": "int8", "a8": "int8", "w8a8": "int8",
+    "int4": "w4a8", "i4": "w4a8", "w4": "w4a8",
+    "int16": "w8a16", "i16": "w8a16", "a16": "w8a16",
+    "w16": "w16a8",
+}
 LAYER_OPS = ("conv", "gemm", "matmul", "conv_transpose")
+QUANTIZABLE = ("conv", "gemm", "matmul")  # what `quantize` rewrites; conv_transpose stays float
+
+
+def normalize_choice(text: str) -> str:
+    """A precision as the user wrote it -> its canonical choice ('int16' -> 'w8a16')."""
+    t = str(text).strip().lower()
+    if t in ALIASES:
+        return ALIASES[t]
+    m = re.fullmatch(r"w(4|8|16)a(8|16)", t)
+    if m is None:
+        raise ValueError(f"'{text}' is not a precision (float, int8, int4/w4, int16/a16, w16, "
+                         f"or w{{4,8,16}}a{{8,16}} like w4a16)")
+    return "int8" if t == "w8a8" else t
+
+
+def choice_bits(choice: str) -> Tuple[object, object]:
+    """(weight bits, activation bits) of a choice; 'float' for float."""
+    if choice == "float":
+        return "float", "float"
+    if choice == "int8":
+        return 8, 8
+    m = re.fullmatch(r"w(\d+)a(\d+)", choice)
+    return int(m.group(1)), int(m.group(2))
 
 
 def parse_precision(text: str) -> List[Tuple[str, str]]:
-    """'conv1:float;head.*:float' (or with '=') -> [(glob, choice), ...]."""
+    """'conv1:float;head.*=int16;op:matmul=w4' -> [(pattern, choice), ...]."""
     rules = []
-    for item in filter(None, (t.strip() for t in text.replace(",", ";").split(";"))):
+    for item in filter(None, (t.strip() for t in str(text or "").replace(",", ";").split(";"))):
         sep = "=" if "=" in item else ":"
         if sep not in item:
             raise ValueError(f"precision rule '{item}' must be GLOB=PRECISION (e.g. 'head.*=float')")
         pat, choice = (s.strip() for s in item.rsplit(sep, 1))
-        if choice not in CHOICES:
-            raise ValueError(f"precision rule '{item}': '{choice}' is not one of {', '.join(CHOICES)}")
-        rules.append((pat, choice))
+        try:
+            rules.append((pat, normalize_choice(choice)))
+        except ValueError as e:
+            raise ValueError(f"precision rule '{item}': {e}") from None
     return rules
+
+
+def rule_matches(pattern: str, node: Node) -> bool:
+    """op:TYPE matches by op type; anything else is a glob on the layer name (or a bare op type)."""
+    if pattern.startswith("op:"):
+        return node.op == pattern[3:]
+    return fnmatch.fnmatchcase(node.name, pattern) or pattern == node.op
 
 
 def parse_error_budget(text: str) -> float:
     """'30dB' -> 30.0 (minimum output SQNR); '0.01' (a relative error) -> 40.0 dB."""
-    import math
-
     t = str(text).strip().lower()
     if not t:
         return 0.0
@@ -57,22 +111,84 @@ def parse_error_budget(text: str) -> float:
     return -20 * math.log10(r)
 
 
+_UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "kib": 1 << 10, "mib": 1 << 20,
+          "gib": 1 << 30, "k": 10 ** 3, "m": 10 ** 6, "g": 10 ** 9}
+
+
+def parse_size(text) -> int:
+    """'2MB' -> 2000000, '512KiB' -> 524288, '123456' -> 123456 (bytes; kB/MB/GB are powers of 10)."""
+    t = str(text).strip().lower().replace(" ", "")
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[0-9]+)?)([kmg]i?b?|b)?", t)
+    if m is None or (m.group(2) or "") not in _UNITS:
+        raise ValueError(f"size budget '{text}': give bytes, or a size like 512kB, 2MB, 1.5MiB")
+    n = float(m.group(1)) * _UNITS[m.group(2) or ""]
+    if n <= 0:
+        raise ValueError(f"size budget '{text}' must be positive")
+    return int(n)
+
+
+# --- what a choice costs ----------------------------------------------------------------------
+
+def _layer_consts(n: Node):
+    """The float weight (and bias) constants a layer owns, or None for non-constant weights."""
+    w = n.inputs[1] if len(n.inputs) > 1 else None
+    if w is None or not w.is_const or w.dtype not in ("f32", "f16", "bf16", "f64"):
+        return None
+    b = n.inputs[2] if len(n.inputs) > 2 else None
+    return w, (b if b is not None and b.is_const else None)
+
+
+def layer_bytes(n: Node, choice: str) -> int:
+    """Bytes the layer's weights and bias take in the artifact with this choice (0 when
+    its weights are not float constants: they are what they are)."""
+    consts = _layer_consts(n)
+    if consts is None:
+        return 0
+    w, b = consts
+    if choice == "float" or n.op not in QUANTIZABLE:
+        return w.type.size * w.type.np_dtype.itemsize + (b.type.size * b.type.np_dtype.itemsize if b else 0)
+    wbits = choice_bits(choice)[0]
+    channels = w.shape[0] if n.op == "conv" else n.output.shape[-1]
+    wb = (w.type.size + 1) // 2 if wbits == 4 else w.type.size * wbits // 8
+    return wb + (4 * channels if b is not None else 0)
+
+
+def _fixed_bytes(graph: Graph, layers: List[Node]) -> int:
+    """Bytes of every constant no layer decision changes."""
+    owned = set()
+    for n in layers:
+        consts = _layer_consts(n)
+        if consts is not None:
+            owned.update(id(c) for c in consts if c is not None)
+    shared = {id(c) for c in graph.constants.values()
+              if id(c) in owned and sum(1 for u in c.users() if u.op in LAYER_OPS) > 1}
+    total = weight_bytes(graph)
+    for c in graph.constants.values():
+        if id(c) in owned and id(c) not in shared:
+            total -= c.type.size * c.type.np_dtype.itemsize
+    return total
+
+
 @register_pass
 @dataclass(frozen=True)
 class AssignBitwidths(Pass):
-    """Choose int8 or float per layer from measured sensitivity under an error budget."""
+    """Choose each layer's weight/activation bits from measured sensitivity under error and size budgets."""
 
     name = "assign-bitwidths"
     precision: str = ""
     search: bool = True  # measure and search when calibration data is there
     min_sqnr: float = 30.0  # dB at the model's outputs; 0 disables the error budget
     min_int8_fraction: float = 0.0
+    size_budget: str = ""  # bytes of constants, e.g. 2MB; '' = none
     samples: int = 4  # calibration batches used for the measurements
     max_float_layers: int = 16
+    a16: bool = True  # the error search may raise layers to 16-bit activations
+    headroom: float = 6.0  # dB under which a16 alone must bring a layer's error below the budget
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         rules = parse_precision(self.precision) + parse_precision(ctx.options.get("precision") or "")
         layers = [n for n in graph.nodes if n.op in LAYER_OPS]
+        by_name = {n.name: n for n in layers}
         layer_macs = {n.name: macs(n) for n in layers}
         decisions: Dict[str, str] = {}
         report: Dict[str, Dict] = {}
@@ -80,48 +196,206 @@ class AssignBitwidths(Pass):
         for n in layers:
             choice, why = "int8", "default"
             for pat, c in rules:  # later rules win, like command-line flags
-                if fnmatch.fnmatchcase(n.name, pat) or pat == n.op:
+                if rule_matches(pat, n):
                     choice, why = c, f"user rule {pat}"
                     pinned.add(n.name)
             decisions[n.name] = choice
             report[n.name] = {"bits": choice, "why": why, "macs": layer_macs[n.name]}
+        budget_text = ctx.options.get("size_budget") or self.size_budget
+        size_budget = parse_size(budget_text) if budget_text else None
         samples = ctx.options.get("calib")
+        samples = samples[: self.samples] if self.search and samples and isinstance(samples, list) else None
+        s = _Search(self, graph, ctx, layers, by_name, decisions, report, pinned, layer_macs, samples, size_budget)
+        if size_budget is not None:
+            s.fit_size()
         budget = ctx.options.get("min_sqnr", self.min_sqnr)
-        floor = ctx.options.get("min_int8_fraction", self.min_int8_fraction)
-        if self.search and samples and budget and isinstance(samples, list):
-            self._search(graph, ctx, samples[: self.samples], decisions, report, pinned, layer_macs, budget, floor)
+        if samples and budget:
+            s.meet_error(budget)
+        for name, r in report.items():
+            w, a = choice_bits(decisions[name])
+            r.update(bits=decisions[name], weight_bits=w, activation_bits=a,
+                     weight_bytes=layer_bytes(by_name[name], decisions[name]))
+        if size_budget is not None:
+            ctx.report["size_budget"] = {"budget_bytes": size_budget, "predicted_bytes": s.size()}
         ctx.options["bitwidths"] = decisions
         ctx.report["bitwidths"] = report
         return False
 
-    def _search(self, graph, ctx, samples, decisions, report, pinned, layer_macs, budget, floor):
-        from qcc.sensitivity import FloatCache, layer_sensitivity, output_sqnr, quantized_copy
 
-        total = sum(layer_macs.values()) or 1
-        free = [n for n in decisions if n not in pinned and decisions[n] == "int8"]
-        cache = FloatCache(graph, samples)
-        current = output_sqnr(cache, quantized_copy(graph, decisions))
-        ctx.report["predicted_output_sqnr_db"] = {"all_int8": round(current, 2)}
-        if current >= budget or not free:
+class _Search:
+    """The state of one search: decisions, their predicted size, measured sensitivities."""
+
+    def __init__(self, p: AssignBitwidths, graph, ctx, layers, by_name, decisions, report, pinned,
+                 layer_macs, samples, size_budget):
+        self.p, self.graph, self.ctx = p, graph, ctx
+        self.by_name, self.decisions, self.report = by_name, decisions, report
+        self.free = [n.name for n in layers if n.name not in pinned and n.op in QUANTIZABLE]
+        self.layer_macs = layer_macs
+        self.total_macs = sum(layer_macs.values()) or 1
+        self.samples = samples
+        self.size_budget = size_budget
+        self.fixed = _fixed_bytes(graph, layers)
+        self._cache = None
+        self.sens: Dict[Tuple[str, str], float] = {}
+
+    # --- measurements ---------------------------------------------------------------------
+    def size(self, changes: Optional[Dict[str, str]] = None) -> int:
+        d = {**self.decisions, **(changes or {})}
+        return self.fixed + sum(layer_bytes(self.by_name[l], c) for l, c in d.items())
+
+    def cache(self):
+        from qcc.sensitivity import FloatCache
+
+        if self._cache is None:
+            self._cache = FloatCache(self.graph, self.samples)
+        return self._cache
+
+    def output_sqnr(self) -> float:
+        from qcc.sensitivity import output_sqnr, quantized_copy
+
+        return output_sqnr(self.cache(), quantized_copy(self.graph, self.decisions))
+
+    def measure(self, names: List[str], choice: str) -> None:
+        """Output SQNR with only that layer at `choice` (the rest float), for each name."""
+        from qcc.sensitivity import layer_sensitivity
+
+        todo = [n for n in names if (n, choice) not in self.sens]
+        if not todo:
             return
-        ctx.progress(f"int8 output SQNR {current:.1f} dB is under the {budget:g} dB budget: "
-                     f"measuring {len(free)} layers")
-        sens = layer_sensitivity(graph, cache, free, ctx.progress)
-        for name, s in sens.items():
-            report[name]["sensitivity_db"] = round(s, 2)
-        raised = 0
-        for name in sorted(free, key=lambda l: sens[l]):  # most sensitive first
-            int8_after = sum(m for l, m in layer_macs.items()
-                             if decisions[l] == "int8" and l != name) / total
-            if int8_after < floor or raised >= self.max_float_layers:
-                ctx.warn(f"error budget {budget:g} dB not met ({current:.1f} dB): "
-                         f"{'the int8 MAC floor' if int8_after < floor else 'the float layer limit'} stops the search")
+        self.ctx.progress(f"measuring {len(todo)} layers at {choice}")
+        for name, db in layer_sensitivity(self.graph, self.cache(), todo, self.ctx.progress, choice).items():
+            self.sens[(name, choice)] = db
+            r = self.report[name]
+            r.setdefault("sensitivity_db_by_choice", {})[choice] = round(db, 2)
+            if choice == "int8":
+                r["sensitivity_db"] = round(db, 2)
+
+    def narrow_fraction(self, changes: Dict[str, str]) -> float:
+        d = {**self.decisions, **changes}
+        narrow = sum(m for l, m in self.layer_macs.items() if self.by_name[l].op in QUANTIZABLE
+                     and choice_bits(d[l])[1] == 8 and choice_bits(d[l])[0] != 16)
+        return narrow / self.total_macs
+
+    # --- 1. the size budget -----------------------------------------------------------------
+    def fit_size(self) -> None:
+        size, budget = self.size(), self.size_budget
+        if size <= budget:
+            return
+        cands = [l for l in self.free if self.decisions[l] in ("int8", "w8a16", "w16a8", "w16a16", "float")]
+        saved = {l: self.size() - self.size({l: self._narrower(l)}) for l in cands}
+        cands = [l for l in cands if saved[l] > 0]
+        if self.samples:
+            self.measure(cands, "int8")
+            self.measure(cands, "w4a8")
+
+            def key(l):  # extra noise power (relative) per byte saved; least first
+                extra = 10 ** (-self.sens[(l, "w4a8")] / 10) - 10 ** (-self.sens[(l, "int8")] / 10)
+                return max(extra, 0.0) / saved[l], -saved[l]
+        else:
+            def key(l):  # no data to measure with: the largest layers first
+                return -saved[l], l
+        for l in sorted(cands, key=key):
+            if size <= budget:
                 break
-            decisions[name] = "float"
-            report[name].update(bits="float", why=f"sensitive: {sens[name]:.1f} dB when quantized alone")
-            raised += 1
-            current = output_sqnr(cache, quantized_copy(graph, decisions))
-            ctx.progress(f"kept {name} in float: output SQNR now {current:.1f} dB")
-            if current >= budget:
+            new = self._narrower(l)
+            self.decisions[l] = new
+            self.report[l]["why"] = f"size budget: 4-bit weights save {saved[l]} bytes"
+            size = self.size()
+            self.ctx.progress(f"{l} -> {new}: predicted size {size} bytes")
+        if size > budget:
+            self.ctx.warn(f"size budget {budget} bytes not met: {size} bytes with every free layer's "
+                          f"weights at 4 bits")
+
+    def _narrower(self, l: str) -> str:
+        a = choice_bits(self.decisions[l])[1]
+        return "w4a16" if a == 16 else "w4a8"
+
+    # --- 2. the error budget ----------------------------------------------------------------
+    def meet_error(self, budget: float) -> None:
+        current = self.output_sqnr()
+        label = "all_int8" if all(c == "int8" for c in self.decisions.values()) else "start"
+        self.ctx.report["predicted_output_sqnr_db"] = {label: round(current, 2)}
+        if current >= budget or not self.free:
+            self.ctx.report["predicted_output_sqnr_db"]["chosen"] = round(current, 2)
+            return
+        self.ctx.progress(f"output SQNR {current:.1f} dB is under the {budget:g} dB budget: "
+                          f"measuring {len(self.free)} layers")
+        for c in sorted({self.decisions[l] for l in self.free} - {"float"}):
+            self.measure([l for l in self.free if self.decisions[l] == c], c)
+        floats = sum(1 for l in self.free if self.decisions[l] == "float")
+        tried, blocked = set(), {}
+        while current < budget:
+            movable = [l for l in self.free if self.decisions[l] != "float" and l not in tried]
+            if not movable:
+                stuck = ", ".join(list(blocked)[:4]) + (f" and {len(blocked) - 4} more" if len(blocked) > 4 else "")
+                self.ctx.warn(f"error budget {budget:g} dB not met ({current:.1f} dB)"
+                              + (f"; could not raise {stuck} (the report says why: not_raised)" if stuck else ""))
                 break
-        ctx.report["predicted_output_sqnr_db"]["chosen"] = round(current, 2)
+            l = min(movable, key=lambda n: self.sens.get((n, self.decisions[n]), float("inf")))
+            tried.add(l)
+            move, why = self._raise(l, budget, floats)
+            if move is None:
+                blocked[l] = why
+                self.report[l]["not_raised"] = why
+                continue
+            blocked.pop(l, None)
+            self.report[l].pop("not_raised", None)
+            before = self.decisions[l]
+            self.decisions[l] = move
+            now = self.output_sqnr()
+            if now < current - 0.05:  # measured with the rest of the model: undo a move that hurts
+                self.decisions[l] = before
+                blocked[l] = self.report[l]["not_raised"] = \
+                    f"{move} lowered the output SQNR ({current:.1f} -> {now:.1f} dB)"
+                continue
+            floats += move == "float"
+            self.report[l]["why"] = why
+            current = now
+            self.ctx.progress(f"{l}: {before} -> {move}: output SQNR now {current:.1f} dB")
+            if move != "float":
+                tried.discard(l)  # it may need raising again (to float)
+                self.sens[(l, move)] = self.sens.get((l, move), float("inf"))
+        self.ctx.report["predicted_output_sqnr_db"]["chosen"] = round(current, 2)
+
+    def _raise(self, l: str, budget: float, floats: int) -> Tuple[Optional[str], str]:
+        """The next precision for the most sensitive layer `l` and why, or (None, why not)."""
+        cur = self.decisions[l]
+        w, a = choice_bits(cur)
+        here = self.sens.get((l, cur))
+        alone = f"{here:.1f} dB alone at {cur}" if here is not None else cur
+        options = []
+        if w == 4:
+            options.append(("int8" if a == 8 else "w8a16", f"sensitive ({alone}): back to 8-bit weights"))
+        if a == 8 and self.p.a16:
+            options.append((f"w{w}a16" if w != 8 else "w8a16", f"sensitive ({alone}): 16-bit activations"))
+        options.append(("float", f"sensitive ({alone}): kept in float"))
+        reasons, viable = [], []
+        for choice, why in options:
+            if self.size_budget is not None and self.size({l: choice}) > self.size_budget \
+                    and self.size({l: choice}) > self.size():
+                reasons.append(f"{choice} is over the size budget")
+                continue
+            if choice_bits(choice)[1] != 8 or choice == "float":
+                floor = self.ctx.options.get("min_int8_fraction", self.p.min_int8_fraction)
+                if self.narrow_fraction({l: choice}) < floor:
+                    reasons.append(f"{choice} takes the int8 MAC share under {floor:g}")
+                    continue
+            if choice == "float":
+                if floats >= self.p.max_float_layers:
+                    reasons.append("the float layer limit")
+                    continue
+                return choice, why
+            self.measure([l], choice)
+            got = self.sens[(l, choice)]
+            # take the integer option when it alone lands well inside the budget; float otherwise
+            better = here is None or got >= here + 3.0  # worth an integer move: at least half the noise gone
+            if got >= budget + self.p.headroom and better:
+                return choice, f"{why} ({got:.1f} dB alone)"
+            reasons.append(f"{choice} alone only reaches {got:.1f} dB")
+            if better:
+                viable.append(choice)
+        fallback = viable
+        if fallback:  # float is out of reach: the best integer option within the budgets still helps
+            c = max(fallback, key=lambda c: self.sens[(l, c)])
+            return c, f"sensitive ({alone}): {c}, float being out of reach ({'; '.join(reasons)})"
+        return None, "; ".join(reasons) or "no option"

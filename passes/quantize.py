@@ -7,6 +7,15 @@ output, or of the relu/clip right after it, which the requantize's clamp then
 implements. Float stays only at the boundaries, as quantize/dequantize pairs
 that `fold-requantize` cancels between consecutive integer layers.
 
+Mixed precision: `assign-bitwidths` leaves a choice per layer in
+ctx.options["bitwidths"] ("int8", "float", or "w{4,8,16}a{8,16}", e.g. "w4a8",
+"w8a16"). Weights then get 4 bits (i4, symmetric [-7, 7]) or 16 (i16, [-32767,
+32767]); an a16 layer reads int16 activations (symmetric, zero point 0): every
+observed tensor that reaches an a16 layer (through range-preserving ops) is
+quantized to i16 -- the producing layer requantizes straight to it -- and an 8-bit
+layer reading it requantizes back. The accumulator is i64 (`acc="i64"`) when the
+product bound from the dtypes and K, plus the bias, could pass int32.
+
 Before: %x.obs = qcc.observe(%x) {range=[-1.0, 1.0], ...}
         %c = qcc.conv(%x.obs, %w, %b) {...} : f32[1,8,4,4]
         %c.obs = qcc.observe(%c) {range=[0.0, 6.0], ...}
@@ -25,11 +34,12 @@ import numpy as np
 
 from qcc.ir.graph import Graph, Node, Value
 from qcc.ir.types import QuantParams
-from qcc.ops.quant import quantize_multiplier
+from qcc.ops.quant import ACC32_MAX, accumulator_dtype, quantize_multiplier
 from qcc.pass_manager import PassContext, register_property
 from qcc.passes.fold_requantize import COMMUTES
 from qcc.passes_registry import Pass, register_pass
-from qcc.quantization import WEIGHT_QMAX, params_for_range, quantize_bias, quantize_weights
+from qcc.quantization import (WEIGHT_DTYPES, params_for_range, quantize_bias, quantize_weights,
+                              weight_qmax)
 
 COMPUTE = ("conv", "gemm", "matmul")
 INT_OPS = ("qconv", "qmatmul", "requantize", "quantize")
@@ -89,7 +99,7 @@ def _multiplier(real: float) -> Tuple[int, int]:
     return m, s
 
 
-def _fit_bias(wq: np.ndarray, ws: np.ndarray, axis: int, bias, sx: float, x_span: int):
+def _fit_bias(wq: np.ndarray, ws: np.ndarray, axis: int, bias, sx: float, x_span: int, qmax: int = 127):
     """Raise the weight scale of any channel whose bias would not fit the int32 accumulator
     (next to the worst-case sum of products), and re-round that channel's weights.
 
@@ -101,15 +111,15 @@ def _fit_bias(wq: np.ndarray, ws: np.ndarray, axis: int, bias, sx: float, x_span
     if b.size != ws.size:
         return wq, ws
     terms = wq.size // max(wq.shape[axis], 1)
-    limit = max(ACC_MAX - terms * x_span * WEIGHT_QMAX, ACC_MAX // 2)
+    limit = max(ACC_MAX - terms * x_span * qmax, ACC_MAX // 2)
     need = b / (sx * limit)
     if not (need > ws).any():
         return wq, ws
     new = np.maximum(ws, need)
     shape = [1] * wq.ndim
     shape[axis] = -1
-    ratio = (ws / new).reshape(shape)  # <= 1: the re-rounded weights stay within int8
-    wq = np.clip(np.rint(wq.astype(np.float64) * ratio), -WEIGHT_QMAX, WEIGHT_QMAX).astype(np.int8)
+    ratio = (ws / new).reshape(shape)  # <= 1: the re-rounded weights stay within their bits
+    wq = np.clip(np.rint(wq.astype(np.float64) * ratio), -qmax, qmax).astype(wq.dtype)
     return wq, new
 
 
@@ -176,6 +186,35 @@ def _float_exit(n: Node, end_obs: Node, g: Graph) -> Optional[Value]:
     return n.output
 
 
+def layer_bits(choice: Optional[str]) -> Optional[Tuple[int, int]]:
+    """(weight bits, activation bits) of a bit-width decision; None for float. No decision
+    is int8; "w4a8", "w8a16", ... and the aliases ("int4", "int16") are assign-bitwidths'."""
+    from qcc.passes.assign_bitwidths import choice_bits, normalize_choice
+
+    if choice is None:
+        return 8, 8
+    c = normalize_choice(choice)
+    return None if c == "float" else choice_bits(c)
+
+
+def _wide_observers(graph: Graph, layers) -> set:
+    """The observe ops whose tensors reach an a16 layer's input, back through observers and
+    range-preserving ops: their tensors are quantized to int16."""
+    marked, todo = set(), [n.inputs[0] for n in layers if n.inputs and n.inputs[0] is not None]
+    while todo:
+        v = todo.pop()
+        p = v.producer
+        if p is None or id(p) in marked:
+            continue
+        if p.op == "observe":
+            marked.add(id(p))
+            todo.append(p.inputs[0])
+        elif p.op in COMMUTES:
+            todo += [u for i, u in enumerate(p.inputs) if u is not None and not u.is_const
+                     and not (p.op == "gather" and i == 1)]
+    return marked
+
+
 @register_pass
 @dataclass(frozen=True)
 class Quantize(Pass):
@@ -195,13 +234,17 @@ class Quantize(Pass):
         decisions = ctx.options.get("bitwidths", {})
         changed = False
         layers = ctx.report.setdefault("layers_quantized", {})
+        bits = {n.name: layer_bits(decisions.get(n.name)) for n in graph.nodes if n.op in COMPUTE}
+        # object.__setattr__: a frozen pass keeps per-run scratch out of its options
+        object.__setattr__(self, "_wide", _wide_observers(
+            graph, [n for n in graph.nodes if n.op in COMPUTE and (bits[n.name] or (0, 0))[1] == 16]))
         for n in graph.nodes:
             if n.graph is None or n.op not in COMPUTE:
                 continue
-            if any(fnmatch.fnmatchcase(n.name, p) for p in keep_float) or decisions.get(n.name) == "float":
+            if any(fnmatch.fnmatchcase(n.name, p) for p in keep_float) or bits[n.name] is None:
                 layers[n.name] = {"precision": "float", "why": "excluded"}
                 continue
-            done = self._rewrite(n, graph, ctx)
+            done = self._rewrite(n, graph, ctx, *bits[n.name])
             if done is not None:
                 layers[n.name] = done
                 changed = True
@@ -225,17 +268,24 @@ class Quantize(Pass):
         return changed
 
     # --- the rewrite -------------------------------------------------------------------
-    def _act_params(self, obs: Node) -> QuantParams:
-        """An observe op's params: fixed ones (a QDQ model's) exactly, else from its range."""
+    def _act_params(self, obs: Node, bits: Optional[int] = None) -> QuantParams:
+        """An observe op's params: fixed ones (a QDQ model's) exactly, else from its range,
+        in 16 bits for a tensor an a16 layer reads (or when `bits` asks for them)."""
         a = obs.attrs
         rng = a["range"]
         if a.get("scale"):
             from qcc.ir.types import INT_INFO
 
-            bits, signed = INT_INFO[a["dtype"]]
-            return QuantParams(bits, signed, a["scale"], a.get("zero_point") or [0], range=tuple(rng))
-        return params_for_range(rng[0], rng[1], self.activation_dtype if not self.symmetric else "i8",
-                                self.symmetric)
+            b, signed = INT_INFO[a["dtype"]]
+            return QuantParams(b, signed, a["scale"], a.get("zero_point") or [0], range=tuple(rng))
+        if bits is None:
+            bits = 16 if id(obs) in getattr(self, "_wide", ()) else 8
+        return self._range_params(rng[0], rng[1], bits)
+
+    def _range_params(self, lo: float, hi: float, bits: int) -> QuantParams:
+        if bits == 16:  # int16 activations: symmetric, zero point 0
+            return params_for_range(lo, hi, "i16", True)
+        return params_for_range(lo, hi, self.activation_dtype if not self.symmetric else "i8", self.symmetric)
 
     def _quantize_input(self, v: Value, q: QuantParams, g: Graph, before: Node) -> Value:
         """Reuse an existing quantize of `v` with the same params (a value feeding two layers)."""
@@ -250,7 +300,7 @@ class Quantize(Pass):
         node.output.quant = q
         return node.output
 
-    def _weights(self, n: Node):
+    def _weights(self, n: Node, wbits: int = 8):
         """(integer weight const array, scales, channel axis of the result, bias array or None)."""
         w = n.inputs[1]
         fixed = _fixed_weights(w)
@@ -267,7 +317,7 @@ class Quantize(Pass):
                 if axis not in (None, 0):
                     return None
                 return wq, _per_channel(ws, wq.shape[0]), 1, 0, bias
-            wq, ws = quantize_weights(wd, 0)
+            wq, ws = quantize_weights(wd, 0, wbits)
             return wq, ws, 1, 0, bias
         if fixed is not None:  # gemm / matmul with a QDQ model's integer weights
             wq, ws, axis = fixed
@@ -299,61 +349,91 @@ class Quantize(Pass):
                 else:
                     return None  # a full [M, N] bias: leave in float
                 bias = c
-            wq, ws = quantize_weights(wd * np.float32(alpha), 1)  # a negative alpha too
+            wq, ws = quantize_weights(wd * np.float32(alpha), 1, wbits)  # a negative alpha too
             return wq, ws, 1, 1, bias
         if n.op == "matmul":
             if wd.ndim != 2:
                 return None
-            wq, ws = quantize_weights(wd, 1)
+            wq, ws = quantize_weights(wd, 1, wbits)
             return wq, ws, n.output.type.rank - 1, 1, None
         return None
 
-    def _input(self, n: Node, g: Graph):
-        """The layer's integer input and its params: an already-integer value behind a
-        dequantize (the previous layer's output), or a new quantize of an observed value."""
+    def _input(self, n: Node, g: Graph, abits: int = 8):
+        """The layer's integer input and its params: an already-integer value of the right
+        width behind a dequantize (the previous layer's output), or a new quantize of an
+        observed value -- or of a dequantized one of the other width, from its range, which
+        fold-requantize turns into a requantize."""
         v = n.inputs[0]
         p = v.producer if v is not None else None
+        want = ("i16",) if abits == 16 else ("u8", "i8")
         if p is not None and p.op == "dequantize" and p.attrs.get("axis", -1) == -1 \
-                and p.inputs[0].quant is not None and p.inputs[0].dtype in ("u8", "i8"):
-            return p.inputs[0], p.inputs[0].quant
+                and p.inputs[0].quant is not None:
+            q = p.inputs[0].quant
+            if p.inputs[0].dtype in want:
+                return p.inputs[0], q
+            if p.inputs[0].dtype in ("u8", "i8", "i16") and q.range is not None:
+                qx = self._range_params(q.range[0], q.range[1], abits)
+                return self._quantize_input(v, qx, g, n), qx
+            return None
         x = _observed(v)
         if x is None:
             return None
         qx = self._act_params(x[0])
+        if qx.dtype not in want and not x[0].attrs.get("scale"):
+            qx = self._act_params(x[0], abits)
         return self._quantize_input(p.inputs[0], qx, g, n), qx
 
-    def _rewrite(self, n: Node, g: Graph, ctx: PassContext):
+    def _rewrite(self, n: Node, g: Graph, ctx: PassContext, wbits: int = 8, abits: int = 8):
         end = _output_end(n, g)
-        wts = self._weights(n)
+        fixed = _fixed_weights(n.inputs[1]) is not None
+        wts = self._weights(n, wbits)
         if end is None or wts is None:
             return None
-        x = self._input(n, g)
+        x = self._input(n, g, abits)
         if x is None:
             return None
         (xq, qx), (end_obs, clamp) = x, end
         end_v = end_obs.output
         wq, ws, out_axis, w_axis, bias = wts
+        wbits = 8 if fixed else wbits  # a QDQ model's int8 weights are used as they are
         qy = self._act_params(end_obs)
         sx, sy = qx.scale[0], qy.scale[0]
-        if bias is not None and _fixed_weights(n.inputs[1]) is None:
-            wq, ws = _fit_bias(wq, ws, w_axis, bias, sx, qx.qmax - qx.qmin)
+        if bias is not None and not fixed:
+            wq, ws = _fit_bias(wq, ws, w_axis, bias, sx, qx.qmax - qx.qmin, weight_qmax(wbits))
         name = n.name
-        wc = g.add_const(name + ".wq", wq, "i8", QuantParams(8, True, ws, 0, axis=w_axis if ws.size > 1 else None)
-                         if ws.size > 1 else QuantParams(8, True, ws, 0))
+        wdt = WEIGHT_DTYPES[wbits]
+        wc = g.add_const(name + ".wq", wq, wdt, QuantParams(wbits, True, ws, 0, axis=w_axis)
+                         if ws.size > 1 else QuantParams(wbits, True, ws, 0))
         acc_scale = sx * ws
         bc = None
+        bq = None
         if bias is not None:
-            bc = g.add_const(name + ".bq", quantize_bias(np.asarray(bias).reshape(-1), acc_scale), "i32",
+            bq = quantize_bias(np.asarray(bias).reshape(-1), acc_scale)
+            bc = g.add_const(name + ".bq", bq, "i32",
                              QuantParams(32, True, acc_scale, 0, axis=0 if acc_scale.size > 1 else None))
+        # the accumulator: int32 unless the products' bound (dtypes, K) plus the bias could pass it
+        k = int(np.prod(wq.shape[1:])) if n.op == "conv" else int(wq.shape[0])
+        acc_dt = accumulator_dtype(qx.dtype, qx.zero_point[0], wdt, 0, k)
+        if acc_dt == "i32" and bq is not None and bq.size:
+            xlo, xhi = qx.qmin - qx.zero_point[0], qx.qmax - qx.zero_point[0]
+            bound = k * max(abs(xlo), abs(xhi)) * (weight_qmax(wbits) + 1)
+            if bound + int(np.abs(bq.astype(np.int64)).max()) > ACC32_MAX:
+                acc_dt = "i64"
         if n.op == "conv":
             attrs = {k: n.attrs[k] for k in ("strides", "pads", "dilations", "group") if k in n.attrs}
             attrs["x_zero_point"] = qx.zero_point[0]
+            if acc_dt != "i32":
+                attrs["acc"] = acc_dt
             acc = g.add_node("qconv", [xq, wc, bc], attrs, names=[name + ".acc"], before=n)
         else:
-            acc = g.add_node("qmatmul", [xq, wc, bc], {"a_zero_point": qx.zero_point[0]},
-                             names=[name + ".acc"], before=n)
+            attrs = {"a_zero_point": qx.zero_point[0], **({"acc": acc_dt} if acc_dt != "i32" else {})}
+            acc = g.add_node("qmatmul", [xq, wc, bc], attrs, names=[name + ".acc"], before=n)
         per_ch = acc_scale.size > 1
-        acc.output.quant = QuantParams(32, True, acc_scale, 0, axis=out_axis if per_ch else None)
+        acc.output.quant = QuantParams(64 if acc_dt == "i64" else 32, True, acc_scale, 0,
+                                       axis=out_axis if per_ch else None)
+        precision = "int8" if (wbits, qx.bits) == (8, 8) else f"w{wbits}a{qx.bits}"
+        bits_info = {"precision": precision, "weight_bits": wbits, "activation_bits": qx.bits,
+                     "accumulator": acc_dt}
         exit_v = _float_exit(n, end_obs, g)
         if exit_v is not None:
             scales = [float(v) for v in np.atleast_1d(acc_scale)]
@@ -362,7 +442,7 @@ class Quantize(Pass):
                             names=[name + ".dq"], after=acc)
             g.replace_value(exit_v, dq.output)
             g.eliminate_dead_code()
-            return {"precision": "int8", "op": n.op, "output_value": exit_v.name.removesuffix(".obs"),
+            return {**bits_info, "op": n.op, "output_value": exit_v.name.removesuffix(".obs"),
                     "output": "int32 accumulator, dequantized (float readers only)",
                     "dequantize": dq.output.name, "input_range": list(qx.range or ()),
                     "input_range_source": _source(n.inputs[0]), "x_scale": sx, "x_zero_point": qx.zero_point[0],
@@ -384,7 +464,7 @@ class Quantize(Pass):
             base = end_v.name.removesuffix(".obs")
             if not g.has_value(base):
                 g.rename(dq.output, base)
-        return {"precision": "int8", "op": n.op, "output_value": end_v.name.removesuffix(".obs"),
+        return {**bits_info, "op": n.op, "output_value": end_v.name.removesuffix(".obs"),
                 "requantize": rq.output.name, "input_range": list(qx.range or ()),
                 "input_range_source": _source(n.inputs[0]), "output_range": list(qy.range or ()),
                 "output_range_source": end_obs.attrs.get("source", ""), "x_scale": sx, "x_zero_point": qx.zero_point[0], "y_scale": sy,

@@ -2,9 +2,10 @@
 
 Exit codes (build systems rely on them):
   0  success
-  1  compile or input error: one line on stderr saying what and where
+  1  compile, input or run error: one line on stderr saying what and where
   2  usage error (bad flags), from argparse
   3  internal error: a bug in qcc (set QCC_DEBUG=1 for the traceback)
+  130 interrupted (Ctrl-C)
 """
 from __future__ import annotations
 
@@ -36,6 +37,26 @@ def _parse_shape_arg(text: str) -> Tuple[str, Tuple[int, ...]]:
     if any(d <= 0 for d in shape):
         raise argparse.ArgumentTypeError(f"'{text}': dims must be positive")
     return name, shape
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}': expected a positive integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"'{text}': expected a positive integer")
+    return n
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}': expected an integer >= 0") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"'{text}': expected an integer >= 0")
+    return n
 
 
 def _parse_emit(text: str) -> Tuple[str, ...]:
@@ -107,12 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calib-method", choices=["minmax", "percentile", "entropy", "mse"],
                    help="how activation ranges are chosen from calibration data (default percentile)")
     c.add_argument("--precision", default="", metavar="RULES",
-                   help="per-layer precision overrides, e.g. 'conv1=float;head.*=float'")
+                   help="per-layer precision overrides by name glob or op:TYPE, e.g. "
+                        "'conv_12=int16;*.head.*=float;op:matmul=w4' (float, int8, int4/w4, int16/a16, "
+                        "w16, w4a16, ...; later rules win)")
     c.add_argument("--max-error", metavar="BUDGET",
                    help="error budget at the outputs: minimum SQNR like 30dB (default), or a relative "
                         "error like 0.01; sensitive layers stay in float until it is met")
     c.add_argument("--min-int8-fraction", type=float, metavar="F",
                    help="never keep so many layers in float that the share of int8 MACs drops below F")
+    c.add_argument("--size-budget", metavar="SIZE",
+                   help="weights budget like 2MB, 512kB or bytes: the least sensitive layers get 4-bit "
+                        "weights (packed two per byte) until the model fits")
+    c.add_argument("--config", metavar="FILE",
+                   help="a qcc.toml with [precision], [budget] and [calib] settings (flags win)")
     c.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     c.add_argument("--verbose", "-v", action="store_true",
                    help="print progress even when stderr is not a terminal (it is shown on terminals)")
@@ -123,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--emit", type=_parse_emit, default=(), metavar="cuda,ptx",
                    help="also write the device code into OUT (cuda targets): cuda = kernels.cu, "
                         "ptx = kernels.ptx (needs nvcc on PATH)")
+    c.add_argument("--threads", type=_positive_int, metavar="N",
+                   help="CPU threads the artifact runs with by default (recorded in manifest.json; "
+                        "`qcc run`/`qcc bench`/qcc.load use it unless told otherwise); default every core")
     _add_pipeline_flags(c)
 
     i = sub.add_parser("import", help="import an ONNX model to .qir text")
@@ -139,6 +170,27 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("artifact", help="artifact folder written by `qcc compile`")
     r.add_argument("--input", required=True, metavar="IN.npz", help="one array per model input, by name")
     r.add_argument("-o", "--output", metavar="OUT.npz", help="write the outputs here (default: print a summary)")
+    r.add_argument("--threads", type=_positive_int, metavar="N",
+                   help="CPU threads (default: the artifact's `compile --threads`, else every core)")
+
+    b = sub.add_parser("bench", help="latency percentiles, throughput, peak memory of an artifact",
+                       description="Time an artifact: latency percentiles, throughput and the peak memory "
+                                   "of loading and running it. Host artifacts run here; ARM artifacts on "
+                                   "another machine run under qemu (emulated: not device timing); --rpc "
+                                   "runs on a board through TVM's RPC tracker.")
+    b.add_argument("artifact", help="artifact folder written by `qcc compile`")
+    b.add_argument("--inputs", metavar="IN.npz", help="one array per model input (default: random inputs "
+                                                       "of the artifact's signature)")
+    b.add_argument("--warmup", type=_nonnegative_int, default=10, metavar="N", help="untimed runs first (10)")
+    b.add_argument("--repeat", type=_positive_int, default=100, metavar="N", help="timed runs (100)")
+    b.add_argument("--threads", type=_positive_int, metavar="N",
+                   help="CPU threads (default: the artifact's `compile --threads`, else every core)")
+    b.add_argument("--rpc", metavar="HOST:PORT", help="run on a board through the TVM RPC tracker at HOST:PORT")
+    b.add_argument("--rpc-key", metavar="KEY", help="the device key the board registered with the tracker")
+    b.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    b.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors (the exit code says it ran)")
+    b.add_argument("--verbose", "-v", action="store_true",
+                   help="print progress even when stderr is not a terminal (it is shown on terminals)")
 
     e = sub.add_parser("eval", help="compare an artifact with the float model (onnxruntime) on data")
     e.add_argument("model", help="the float model (.onnx) the artifact was compiled from")
@@ -241,8 +293,9 @@ def cmd_compile(args) -> int:
                           passes=args.passes, input_shapes=_input_shapes(args), calib=args.calib,
                           calib_method=args.calib_method, precision=args.precision,
                           max_error=args.max_error, min_int8_fraction=args.min_int8_fraction,
+                          size_budget=args.size_budget, config=args.config,
                           plugins=args.plugin, verify_each=bool(args.verify_each),
-                          emit=args.emit, depfile=args.depfile)
+                          emit=args.emit, depfile=args.depfile, threads=args.threads)
     if args.emit:  # fail before the pipeline runs, not after
         from . import targets
         from .driver import CompileError
@@ -321,7 +374,7 @@ def cmd_run(args) -> int:
 
     # an ARM artifact on another machine runs under qemu-aarch64 with the preset's core; the first
     # such run prepares an aarch64 runtime in the cache (about a minute), with progress on stderr
-    mod = load(args.artifact, log=lambda m: print(f"qcc: {m}", file=sys.stderr, flush=True))
+    mod = load(args.artifact, threads=args.threads, log=lambda m: print(f"qcc: {m}", file=sys.stderr, flush=True))
     try:
         with np.load(args.input, allow_pickle=False) as z:
             feeds = {k: z[k] for k in z.files}
@@ -341,6 +394,21 @@ def cmd_run(args) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args) -> int:
+    from .bench import bench, format_result
+
+    log = None if args.quiet or args.json or not (args.verbose or sys.stderr.isatty()) else _Log(sys.stderr)
+    progress = (lambda k, n: log(f"timing: {k}/{n} runs")) if log else None
+    result = bench(args.artifact, inputs=args.inputs, warmup=args.warmup, repeat=args.repeat,
+                   threads=args.threads, rpc=args.rpc, rpc_key=args.rpc_key, progress=progress,
+                   log=lambda m: print(f"qcc: {m}", file=sys.stderr, flush=True))
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    elif not args.quiet:
+        print(format_result(result))
+    return EXIT_OK
+
+
 def cmd_eval(args) -> int:
     from .evaluate import evaluate, format_table
 
@@ -349,8 +417,8 @@ def cmd_eval(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"eval": cmd_eval, "compile": cmd_compile, "import": cmd_import, "opt": cmd_opt, "run": cmd_run,
-            "passes": cmd_passes, "targets": cmd_targets}
+COMMANDS = {"bench": cmd_bench, "eval": cmd_eval, "compile": cmd_compile, "import": cmd_import, "opt": cmd_opt,
+            "run": cmd_run, "passes": cmd_passes, "targets": cmd_targets}
 
 
 def _known_errors():

@@ -41,13 +41,30 @@ class CompileOptions:
     precision: str = ""
     max_error: Optional[str] = None  # "30dB" or a relative error; None = the pass default
     min_int8_fraction: Optional[float] = None
+    size_budget: Optional[str] = None  # "2MB", "512kB" or bytes: weights as the artifact stores them
+    config: Optional[str] = None  # a qcc.toml (qcc/config.py); its values fill what flags leave unset
     plugins: Sequence[str] = ()
     verify_each: bool = False
     emit: Sequence[str] = ()  # device code to write beside model.so: "cuda" (kernels.cu), "ptx" (kernels.ptx)
     depfile: Optional[str] = None  # write a Make/Ninja depfile here: OUT/manifest.json: its inputs
+    threads: Optional[int] = None  # CPU threads the artifact runs with by default (manifest "execution")
+    # kernel tuning (targets/tune.py): trials ("64") or time ("10m"); "0" applies the database only;
+    # None: tune.DEFAULT_BUDGET at -O3, no tuning otherwise. tune_db: None = the user cache folder
+    tune_budget: Optional[str] = None
+    tune_db: Optional[str] = None
 
     def pipeline(self) -> str:
         return self.passes if self.passes is not None else pipeline_for(self.opt_level)
+
+    def tuning_budget(self) -> Optional[str]:
+        """The tuning budget text of this compile; None = no tuning database at all."""
+        if self.tune_budget is not None:
+            return self.tune_budget
+        if self.passes is None and self.opt_level.upper().lstrip("-") == "O3":
+            from .targets.tune import DEFAULT_BUDGET
+
+            return DEFAULT_BUDGET
+        return None
 
     def fingerprint(self) -> Dict:
         """What determines the output, for the manifest's options hash."""
@@ -60,8 +77,33 @@ class CompileOptions:
             "precision": self.precision,
             "max_error": self.max_error,
             "min_int8_fraction": self.min_int8_fraction,
+            "size_budget": self.size_budget,
+            "config": _sha256(self.config) if self.config else None,
             "plugins": [_sha256(p) for p in self.plugins],
         }
+
+
+def with_config(opts: CompileOptions) -> CompileOptions:
+    """The options with `opts.config`'s values filled in where no flag set them; its
+    precision rules go before the flag's (so the flag's win)."""
+    if not opts.config:
+        return opts
+    from dataclasses import replace
+
+    from .config import ConfigError, load_config
+
+    try:
+        cfg = load_config(opts.config)
+    except ConfigError as e:
+        raise CompileError(str(e)) from None
+    rules = ";".join(t for t in (cfg.precision_text(), opts.precision) if t)
+    return replace(opts, precision=rules,
+                   max_error=opts.max_error if opts.max_error is not None else cfg.max_error,
+                   min_int8_fraction=opts.min_int8_fraction if opts.min_int8_fraction is not None
+                   else cfg.min_int8_fraction,
+                   size_budget=opts.size_budget if opts.size_budget is not None else cfg.size_budget,
+                   calib=opts.calib if opts.calib is not None else cfg.calib,
+                   calib_method=opts.calib_method if opts.calib_method is not None else cfg.calib_method)
 
 
 def _sha256(path) -> str:
@@ -105,7 +147,7 @@ def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
     from .frontend.errors import FrontendError
     from . import targets
 
-    opts = options or CompileOptions()
+    opts = with_config(options or CompileOptions())
     out_dir = Path(out_dir)
     model = Path(model)
     try:
@@ -124,16 +166,7 @@ def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
     pm = PassManager(opts.pipeline(), verify_each=opts.verify_each, instruments=[snapshot, *instruments])
 
     say = log or (lambda m: None)
-    say(f"importing {model.name}")
-    try:
-        graph = import_onnx(model, opts.input_shapes)
-    except FrontendError as e:
-        raise CompileError(str(e)) from None
-    float_bytes = weight_bytes(graph)
-    from .calibrate import load_samples
-
-    samples = load_samples(opts.calib, graph) if opts.calib else None
-    budget = {}
+    budget = {}  # checked before the (slow) import: a typo fails at once
     if opts.max_error is not None:
         from .passes.assign_bitwidths import parse_error_budget
 
@@ -143,6 +176,37 @@ def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
             raise CompileError(str(e)) from None
     if opts.min_int8_fraction is not None:
         budget["min_int8_fraction"] = opts.min_int8_fraction
+    if opts.size_budget is not None:
+        from .passes.assign_bitwidths import parse_size
+
+        try:
+            budget["size_budget"] = parse_size(opts.size_budget)
+        except ValueError as e:
+            raise CompileError(f"--size-budget: {e}") from None
+    tune_budget = None
+    if opts.tuning_budget() is not None:
+        from .targets.tune import TuneError, parse_budget
+
+        try:
+            tune_budget = parse_budget(opts.tuning_budget())
+        except TuneError as e:
+            raise CompileError(str(e)) from None
+    if opts.precision:
+        from .passes.assign_bitwidths import parse_precision
+
+        try:
+            parse_precision(opts.precision)
+        except ValueError as e:
+            raise CompileError(f"--precision: {e}") from None
+    say(f"importing {model.name}")
+    try:
+        graph = import_onnx(model, opts.input_shapes)
+    except FrontendError as e:
+        raise CompileError(str(e)) from None
+    float_bytes = weight_bytes(graph)
+    from .calibrate import load_samples
+
+    samples = load_samples(opts.calib, graph) if opts.calib else None
     ctx = PassContext(options={"calib": samples, "calib_method": opts.calib_method,
                                "precision": opts.precision, "target": preset, **budget}, log=log)
     say(f"running {pm.pipeline or '(no passes)'}")
@@ -158,7 +222,8 @@ def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
     try:
         say(f"compiling for {preset.name} with TVM")
         try:
-            lib = targets.build(graph, preset, tmp)
+            strategy, tuner = _tuning(preset, tune_budget, opts, say)
+            lib = targets.build(graph, preset, tmp, strategy=strategy)
         except targets.LoweringError as e:
             raise CompileError(f"cannot lower to {preset.name}: {str(e).splitlines()[0]}") from None
         save_qir(graph, tmp / "model.qir")
@@ -181,6 +246,10 @@ def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
             "model_sha256": _sha256(model),
             "options": opts.fingerprint(),
             "options_sha256": hashlib.sha256(json.dumps(opts.fingerprint(), sort_keys=True).encode()).hexdigest(),
+            # defaults for `qcc run`/`qcc bench`/qcc.load (null: every core); not in model.so, so not hashed
+            "execution": {"threads": opts.threads},
+            # -O3: the tuning database this build applied (no timings: they are not deterministic)
+            **({"tuning": tuner.stats.manifest(tuner.db)} if tuner is not None else {}),
             "files": {f: _sha256(tmp / f) for f in files},
         }
         _dump_json(tmp / "manifest.json", manifest)
@@ -194,6 +263,25 @@ def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
     if opts.depfile:
         write_depfile(opts.depfile, out_dir, model, opts)
     return report
+
+
+def _tuning(preset, budget, opts: CompileOptions, say):
+    """(strategy, tuner) for targets.build: with a budget, the preset's strategy with the
+    tuning pass in its kernel passes (CPU targets); (None, None) otherwise."""
+    if budget is None:
+        return None, None
+    from . import targets
+    from .targets.strategy import FusedCPUStrategy
+    from .targets.tune import TuningPass
+
+    strategy = targets.strategy_for(preset)
+    if not isinstance(strategy, FusedCPUStrategy):
+        say(f"tuning: not available for {preset.name}; built with its default schedules")
+        return None, None
+    tuner = TuningPass(strategy, preset, budget=budget, db_dir=opts.tune_db, log=say)
+    strategy.kernel_passes = (*strategy.kernel_passes, tuner.as_pass())
+    say(f"tuning: budget {budget}, database {tuner.db.dir}")
+    return strategy, tuner
 
 
 # --- for build systems: emitted device code, depfiles --------------------------------------
@@ -220,7 +308,7 @@ def depfile_inputs(model, opts: CompileOptions) -> List[str]:
         if calib.is_dir():
             deps += [os.path.join(os.fspath(opts.calib), f.name) for f in sorted(calib.glob("*.np[yz]"))]
     deps += [os.fspath(p) for p in opts.plugins]
-    config = getattr(opts, "config", None)  # config files, should options ever come from one
+    config = getattr(opts, "config", None)  # --config qcc.toml (qcc/config.py)
     deps += [os.fspath(c) for c in ([config] if isinstance(config, (str, os.PathLike)) else config or [])]
     return list(dict.fromkeys(deps))
 

@@ -6,7 +6,12 @@ from __future__ import annotations
 from typing import Dict
 from xml.sax.saxutils import escape
 
-COLORS = {8: "#4c78a8", "float": "#e45756", 4: "#72b7b2", 16: "#f58518"}
+from .report import precision_of
+
+# by precision (qcc.report.precision_of): int8 blue, 4-bit weights teal, 16-bit activations
+# orange, 16-bit weights purple, float red
+COLORS = {"int8": "#4c78a8", "float": "#e45756", "w4a8": "#72b7b2", "w8a16": "#f58518",
+          "w4a16": "#eeca3b", "w16a8": "#b279a2", "w16a16": "#9d755d"}
 
 
 def layers_svg(report: Dict) -> str:
@@ -23,10 +28,10 @@ def layers_svg(report: Dict) -> str:
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + plot_w + 80}" height="{h}" '
            f'font-family="sans-serif" font-size="11">',
            f'<text x="4" y="14" font-weight="bold">per-layer SQNR vs float (dB; sensitivity where searched)'
-           f' — blue int8, red float</text>']
+           f' — blue int8, teal w4, orange a16, red float</text>']
     for i, (l, v) in enumerate(zip(rows, vals)):
         y = 24 + i * bar_h
-        color = COLORS.get(l.get("weight_bits"), "#999")
+        color = COLORS.get(precision_of(l.get("weight_bits"), l.get("activation_bits")), "#999")
         out.append(f'<text x="4" y="{y + 10}">{escape(l["name"][:34])}</text>')
         if v is not None:
             w = max(1, int(plot_w * max(v, 0) / top))

@@ -24,6 +24,15 @@ def _bits(dtype: Optional[str]):
     return INT_INFO[dtype][0] if dtype in INT_INFO else "float"
 
 
+def precision_of(weight_bits, activation_bits) -> str:
+    """The bit-width choice a layer ended up with, as assign-bitwidths names them."""
+    if not isinstance(weight_bits, int) or not isinstance(activation_bits, int):
+        return "float"
+    if (weight_bits, activation_bits) == (8, 8):
+        return "int8"
+    return f"w{weight_bits}a{activation_bits}"
+
+
 def layer_name(node) -> str:
     return node.name[: -len(".acc")] if node.op in ("qconv", "qmatmul") and node.name.endswith(".acc") else node.name
 
@@ -99,10 +108,18 @@ def build_report(g: Graph, float_graph_bytes: int, opaque: List[str], pass_repor
     int8 = sum(l["macs"] for l in layers
                if isinstance(l["weight_bits"], int) and l["weight_bits"] <= 8
                and isinstance(l["activation_bits"], int) and l["activation_bits"] <= 8)
+    by_precision: Dict[str, int] = {}
+    for l in layers:
+        key = precision_of(l["weight_bits"], l["activation_bits"])
+        by_precision[key] = by_precision.get(key, 0) + l["macs"]
     summary = {
         "nodes": len(g),
         "macs": all_macs,
         "int8_mac_fraction": round(int8 / all_macs, 6) if all_macs else 0.0,
+        # MAC shares per precision ("int8", "w4a8", "w8a16", ..., "float"): int8_mac_fraction
+        # is the share at 8 bits or fewer (int8 and w4a8)
+        "mac_fraction_by_precision": {k: round(v / all_macs, 6) for k, v in sorted(by_precision.items())}
+        if all_macs else {},
         "size_bytes_float": float_graph_bytes,
         "size_bytes_quantized": weight_bytes(g),
         "float_ops_left": sorted({n.op for n in g.nodes if n.outputs and n.outputs[0].dtype in FLOAT_DTYPES
@@ -112,7 +129,8 @@ def build_report(g: Graph, float_graph_bytes: int, opaque: List[str], pass_repor
     if outs:
         summary["output_sqnr_db"] = outs
     report = {"layers": layers, "opaque_ops": opaque, "summary": summary}
-    for key in ("bitwidths", "shared_scale_groups", "calibration", "fused", "predicted_output_sqnr_db"):
+    for key in ("bitwidths", "shared_scale_groups", "calibration", "fused", "predicted_output_sqnr_db",
+                "size_budget"):
         if key in pass_report:
             report[key] = pass_report[key]
     return report

@@ -117,11 +117,13 @@ def quantized_copy(g: Graph, decisions: Dict[str, str], quantize_opts: Optional[
 
 
 def layer_sensitivity(g: Graph, cache: FloatCache, layers: Sequence[str],
-                      progress: Optional[Callable[[str], None]] = None) -> Dict[str, float]:
-    """Output SQNR (dB) when only that layer is quantized to int8 (higher = less sensitive)."""
+                      progress: Optional[Callable[[str], None]] = None, choice: str = "int8") -> Dict[str, float]:
+    """Output SQNR (dB) when only that layer is quantized, at `choice` ("int8", "w4a8",
+    "w8a16", ...; see assign-bitwidths), every other layer in float (higher = less sensitive)."""
     out = {}
+    every = [n.name for n in g.nodes if n.op in ("conv", "gemm", "matmul", "conv_transpose")]
     for k, name in enumerate(layers):
-        decisions = {l: ("int8" if l == name else "float") for l in layers}
+        decisions = {l: (choice if l == name else "float") for l in every}
         out[name] = output_sqnr(cache, quantized_copy(g, decisions))
         if progress:
             progress(f"sensitivity: {k + 1}/{len(layers)} layers")

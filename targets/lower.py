@@ -30,7 +30,8 @@ from qcc.ir import Graph, Node
 
 from .strategy import LoweringStrategy
 
-# IR dtype -> TVM dtype. Sub-byte integers live one per byte, as in the IR.
+# IR dtype -> TVM dtype. Sub-byte integers live one per byte, as in the IR, except
+# constants: those are stored packed two per byte (lower_quant.packed_int4).
 TVM_DTYPES = {
     "f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64",
     "i64": "int64", "i32": "int32", "i16": "int16", "i8": "int8", "u8": "uint8",
@@ -238,7 +239,11 @@ def lower_graph(graph: Graph, strategy: Optional[LoweringStrategy] = None, *,
             return None
         e = env.get(id(v))
         if e is None:
-            if v.is_const:
+            if v.is_const and v.dtype in ("i4", "u4"):  # stored packed, two per byte
+                from .lower_quant import unpacked_int4
+
+                e = env[id(v)] = unpacked_int4(cx, v)
+            elif v.is_const:
                 e = env[id(v)] = _const_for(v)
             else:
                 raise LoweringError(f"value %{v.name} is used before it is defined")

@@ -14,8 +14,15 @@ integer graph matches qcc.interp bit for bit:
   integer type that holds it; constants are centred here in numpy), so the zero
   padding of the convolution is the reference's padding with the zero point, and
   the product is accumulated in int32 by relax conv/matmul with out_dtype int32
-  (TVM casts each operand to the accumulator type before multiplying). The
+  (TVM casts each operand to the accumulator type before multiplying) -- in int64
+  when the node says `acc="i64"` (int16 activations over a large K). The
   convolution goes through the strategy's `conv_layout`, like the float conv.
+- int4 weights: an i4/u4 constant is stored packed, two per byte (qcc.quantization.
+  pack_int4), as a uint8 constant half the size; qconv/qmatmul read it through a
+  small unpack stage (shift, mask, sign extend) computed in the same kernel as the
+  product, so nothing folds it back into an int8 constant and the compiled
+  library's weights really are half size. Any other reader of an i4 constant gets
+  the unpacked values (`unpacked_int4`).
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ from tvm.relax import op as R
 
 from qcc.ir.types import int_range
 from qcc.ops.quant import _per_axis
+from qcc.quantization import pack_int4
 
 from .lower import LoweringError, lowering, tvm_dtype
 from .lower_nn import conv_nd
@@ -104,14 +112,16 @@ def lower_quantize(cx, node, ins, attrs):
 
 @lowering("dequantize")
 def lower_dequantize(cx, node, ins, attrs):
-    """float32(int32(q) - zero_point) * scale, as qcc.ops.quant.dequantize."""
+    """float32(int32(q) - zero_point) * scale (int64 for an i64 accumulator), as
+    qcc.ops.quant.dequantize."""
     q = ins[0]
     rank = len(cx.shape_of(q))
     axis = int(attrs["axis"])
-    v = cx.cast(q, "int32")
+    wide = "int64" if cx.dtype_of(q) == "int64" else "int32"  # an i64 accumulator stays exact
+    v = cx.cast(q, wide)
     zp = [int(z) for z in attrs["zero_point"]]
     if not _all_zero(zp):
-        v = R.subtract(v, _axis_const(cx, zp, rank, axis, np.int32, "int32"))
+        v = R.subtract(v, _axis_const(cx, zp, rank, axis, np.int64 if wide == "int64" else np.int32, wide))
     f = R.astype(v, "float32")
     return R.multiply(f, _axis_const(cx, attrs["scale"], rank, axis, np.float32, "float32"))
 
@@ -185,28 +195,149 @@ def _add_bias(cx, y, b, shape):
     return R.add(y, cx.reshape(cx.cast(b, cx.dtype_of(y)), shape))
 
 
+def _acc_of(node, *dts) -> str:
+    """The accumulator the node asks for (`acc="i64"`), else _acc_dtype of the operands."""
+    if node is not None and node.attrs.get("acc") == "i64":
+        return "int64"
+    return _acc_dtype(*dts)
+
+
+def _out_dtype(node) -> str:
+    return "int64" if node is not None and node.attrs.get("acc") == "i64" else "int32"
+
+
+# --- int4 weights: packed two per byte ---------------------------------------------------
+
+def _int4_const(cx, node, k: int):
+    """The graph value of input k when it is an i4/u4 constant (stored packed), else None."""
+    v = node.inputs[k] if node is not None and len(node.inputs) > k else None
+    return v if v is not None and v.is_const and v.dtype in ("i4", "u4") else None
+
+
+def packed_int4(cx, value):
+    """The uint8 constant of an i4/u4 constant's values, two per byte (pack_int4)."""
+    return cx.const(pack_int4(value.data), "uint8")
+
+
+def _unpack_te(packed, shape, signed: bool, dtype: str = "int8"):
+    """A te stage giving the 4-bit values of `shape` from a pack_int4 buffer: byte f >> 1,
+    shifted by 4 * (f & 1), masked to a nibble, sign extended when signed."""
+    from tvm import te, tirx
+
+    strides = [1] * len(shape)
+    for i in range(len(shape) - 2, -1, -1):
+        strides[i] = strides[i + 1] * int(shape[i + 1])
+
+    def body(*idx):
+        f = sum((i * s for i, s in zip(idx, strides)), tirx.const(0, "int32")) if idx else tirx.const(0, "int32")
+        b = packed[f >> 1].astype("int32")
+        nib = (b >> ((f & 1) * 4)) & 15
+        if signed:
+            nib = nib - ((nib & 8) << 1)
+        return nib.astype(dtype)
+
+    return te.compute([int(d) for d in shape], body, name="unpack_int4")
+
+
+def unpacked_int4(cx, value):
+    """An i4/u4 constant as int8/uint8 values, unpacked from its packed constant by a
+    stage TVM may constant-fold (for readers other than qconv/qmatmul)."""
+    shape = tuple(int(d) for d in value.shape)
+    signed = value.dtype == "i4"
+    return cx.emit_te(lambda p: _unpack_te(p, shape, signed, "int8" if signed else "uint8"),
+                      packed_int4(cx, value), primfunc_name_hint="unpack_int4")
+
+
+def _bound(cx, e):
+    """A Relax value emit_te can take: variables and constants as they are, else bound."""
+    import tvm
+    from tvm import relax
+
+    return e if isinstance(e, (relax.Var, tvm.ir.GenericConst)) else cx.emit(e)
+
+
+def _qconv_packed(cx, node, x, wv, b, attrs):
+    """qconv by packed int4 weights: unpack and convolve in one kernel (NC... / OI...)."""
+    from tvm import topi
+
+    xc, xdt = _centred(cx, x, int(attrs["x_zero_point"]))
+    xc = _bound(cx, xc)
+    acc = _acc_of(node, xdt, "int8")
+    rank = len(cx.shape_of(x))
+    n = rank - 2
+    shape = tuple(int(d) for d in wv.shape)
+    signed = wv.dtype == "i4"
+    layout = "NC" + "DHW"[3 - n:]
+    kernel_layout = "OI" + "DHW"[3 - n:]
+
+    def fn(xt, pt):
+        wt = _unpack_te(pt, shape, signed)
+        return topi.nn.conv(xt, wt, [int(s) for s in attrs.get("strides") or [1] * n],
+                            [int(p) for p in attrs.get("pads") or [0] * 2 * n],
+                            [int(d) for d in attrs.get("dilations") or [1] * n], int(attrs.get("group", 1)),
+                            layout, kernel_layout, out_dtype=acc)
+
+    y = cx.emit_te(fn, xc, packed_int4(cx, wv), primfunc_name_hint="qconv_int4")
+    return _add_bias(cx, y, b, [1, shape[0]] + [1] * n)
+
+
+def _qmatmul_packed(cx, node, a, bv, bias, attrs):
+    """qmatmul by a packed int4 2-D matrix: unpack and reduce in one kernel, or None."""
+    from tvm import te
+
+    if len(bv.shape) != 2 or int(attrs.get("b_zero_point", 0)) != 0 or len(cx.shape_of(a)) < 1:
+        return None
+    ac, adt = _centred(cx, a, int(attrs["a_zero_point"]))
+    ac = _bound(cx, ac)
+    acc = _acc_of(node, adt, "int8")
+    K, N = (int(d) for d in bv.shape)
+    a_shape = cx.shape_of(a)
+    signed = bv.dtype == "i4"
+
+    def fn(at, pt):
+        wt = _unpack_te(pt, (K, N), signed)
+        k = te.reduce_axis((0, K), name="k")
+        out = list(a_shape[:-1]) + [N]
+        return te.compute(out, lambda *i: te.sum(at[i[:-1] + (k,)].astype(acc) * wt[k, i[-1]].astype(acc), axis=k),
+                          name="qmatmul_int4")
+
+    y = cx.emit_te(fn, ac, packed_int4(cx, bv), primfunc_name_hint="qmatmul_int4")
+    if bias is not None:
+        y = R.add(y, cx.cast(bias, acc))
+    return y
+
+
 @lowering("qconv")
 def lower_qconv(cx, node, ins, attrs):
-    """sum((x - zx) * w) + b into int32, through the same conv (and layout hook) as conv."""
+    """sum((x - zx) * w) + b into int32 (int64 with acc="i64"), through the same conv (and
+    layout hook) as conv; packed int4 weights through one unpack-and-convolve kernel."""
     x, w, b = (list(ins) + [None])[:3]
     rank = len(cx.shape_of(x))
+    w4 = _int4_const(cx, node, 1)
+    if w4 is not None:
+        return cx.cast(_qconv_packed(cx, node, x, w4, b, attrs), _out_dtype(node))
     xc, xdt = _centred(cx, x, int(attrs["x_zero_point"]))
     wc, wdt = _centred(cx, w, 0)
-    acc = _acc_dtype(xdt, wdt)
+    acc = _acc_of(node, xdt, wdt)
     y = conv_nd(cx, node, xc, wc, attrs, out_dtype=acc)
     oc = cx.shape_of(w)[0]
     y = _add_bias(cx, y, b, [1, oc] + [1] * (rank - 2))
-    return cx.cast(y, "int32")
+    return cx.cast(y, _out_dtype(node))
 
 
 @lowering("qmatmul")
 def lower_qmatmul(cx, node, ins, attrs):
-    """(a - za) @ (b - zb) + bias into int32 (bias along the last axis)."""
+    """(a - za) @ (b - zb) + bias into int32 or int64 (bias along the last axis)."""
     a, b, bias = (list(ins) + [None])[:3]
+    b4 = _int4_const(cx, node, 1)
+    if b4 is not None:
+        y = _qmatmul_packed(cx, node, a, b4, bias, attrs)
+        if y is not None:
+            return cx.cast(y, _out_dtype(node))
     ac, adt = _centred(cx, a, int(attrs["a_zero_point"]))
     bc, bdt = _centred(cx, b, int(attrs["b_zero_point"]))
-    acc = _acc_dtype(adt, bdt)
+    acc = _acc_of(node, adt, bdt)
     y = cx.emit(R.matmul(ac, bc, out_dtype=acc))
     if bias is not None:  # numpy broadcasting, as the reference adds it
         y = R.add(y, cx.cast(bias, cx.dtype_of(y)))
-    return cx.cast(y, "int32")
+    return cx.cast(y, _out_dtype(node))

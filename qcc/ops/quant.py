@@ -10,6 +10,14 @@ Rounding: quantize rounds half to even in float32 (as ONNX QuantizeLinear and
 TVM's quantize do). requantize is TFLite's single-rounding fixed-point multiply:
     y = (x * M + 2^(t-1)) >> t,  t = 31 - shift,  real multiplier = M * 2^(shift-31)
 which int64 arithmetic computes exactly on every back end.
+
+Accumulators: qconv/qmatmul accumulate in the type their `acc` attribute names: i32
+(the default), or i64 where `quantize` found that the worst case of the products --
+K terms of max|x - zx| * max|w - zw|, from the operand dtypes and zero points alone
+(`accumulator_dtype`) -- could pass 2^31 - 1 (int16 activations over a large K, int16
+weights). The choice is static, printed in the text form, the result type, and the
+same in the interpreter and every back end. The bias is not in that bound: `quantize`
+keeps it inside what the accumulator has left.
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ from qcc.ir.types import TensorType, int_range, to_numpy_dtype
 from .nn import conv as _conv_kernel, _conv_infer
 
 _QDTYPES = ("i8", "u8", "i16", "u4", "i4", "i32")
+_ACC_DTYPES = ("i32", "i64")
 
 
 def quantize_multiplier(real: float) -> Tuple[int, int]:
@@ -78,10 +87,12 @@ def quantize(x, *, scale, zero_point, axis, dtype):
 @register_op("dequantize", attrs={"scale": Attr("floats"), "zero_point": Attr("ints"), "axis": Attr("int", -1)},
              infer=lambda types, attrs: [TensorType(types[0].shape, "f32")], traits=(QUANT,))
 def dequantize(q, *, scale, zero_point, axis):
-    """Integer to float: (q - zero_point) * scale, in float32."""
+    """Integer to float: (q - zero_point) * scale, in float32 (the difference in int32,
+    in int64 for an i64 accumulator)."""
     s = _per_axis(scale, q.ndim, axis, np.float32)
     z = _per_axis(zero_point, q.ndim, axis, np.int32)
-    return ((q.astype(np.int32) - z).astype(np.float32) * s).astype(np.float32)
+    wide = np.int64 if q.dtype == np.int64 else np.int32  # an i64 accumulator stays exact
+    return ((q.astype(wide) - z).astype(np.float32) * s).astype(np.float32)
 
 
 @register_op("requantize",
@@ -103,6 +114,21 @@ def requantize(x, *, multiplier, shift, axis, input_zero_point, zero_point, dtyp
     return np.clip(y + np.int64(zero_point), lo, hi).astype(to_numpy_dtype(dtype))
 
 
+ACC32_MAX = 2 ** 31 - 1
+
+
+def accumulator_dtype(x_dtype: str, x_zero_point: int, w_dtype: str, w_zero_point: int, k: int) -> str:
+    """'i32', or 'i64' when k products of (x - zx) * (w - zw) could exceed int32.
+
+    Decided from the dtypes and zero points only (not from the data), so the interpreter,
+    the verifier and every back end agree without looking at a weight."""
+    xlo, xhi = int_range(x_dtype)
+    wlo, whi = int_range(w_dtype)
+    xmax = max(xhi - int(x_zero_point), int(x_zero_point) - xlo)
+    wmax = max(whi - int(w_zero_point), int(w_zero_point) - wlo)
+    return "i32" if int(k) * xmax * wmax <= ACC32_MAX else "i64"
+
+
 def _qconv_infer(types, attrs):
     x, w = types[0], types[1]
     if x.dtype not in ("u8", "i8", "i16", "u4", "i4") or w.dtype not in ("i8", "i4", "u8", "i16"):
@@ -110,24 +136,26 @@ def _qconv_infer(types, attrs):
     if len(types) > 2 and types[2] is not None and types[2].dtype != "i32":
         raise ValueError(f"qconv bias must be i32, got {types[2].dtype}")
     fx = [TensorType(x.shape, "f32"), TensorType(w.shape, "f32")]
-    return [TensorType(_conv_infer(fx, attrs)[0].shape, "i32")]
+    return [TensorType(_conv_infer(fx, attrs)[0].shape, attrs.get("acc") or "i32")]
 
 
 @register_op("qconv", inputs=("x", "w", "b?"),
              attrs={"strides": Attr("ints"), "pads": Attr("ints"), "dilations": Attr("ints"),
-                    "group": Attr("int", 1), "x_zero_point": Attr("int", 0)},
+                    "group": Attr("int", 1), "x_zero_point": Attr("int", 0),
+                    "acc": Attr("str", "i32", choices=_ACC_DTYPES)},
              infer=_qconv_infer, traits=(INTEGER,))
-def qconv(x, w, b=None, *, strides, pads, dilations, group, x_zero_point):
-    """Integer convolution into an int32 accumulator: sum((x - zx) * w) + b.
+def qconv(x, w, b=None, *, strides, pads, dilations, group, x_zero_point, acc="i32"):
+    """Integer convolution into an int32 (or, see accumulator_dtype, int64) accumulator:
+    sum((x - zx) * w) + b.
 
     Padding contributes zero *real* value, i.e. pads with zx; subtracting zx first
     and padding with 0 is the same thing. Weights are symmetric (no zero point).
     """
     xs = x.astype(np.int64) - np.int64(x_zero_point)
-    acc = _conv_kernel(xs, w.astype(np.int64), None, strides=strides, pads=pads, dilations=dilations, group=group)
+    total = _conv_kernel(xs, w.astype(np.int64), None, strides=strides, pads=pads, dilations=dilations, group=group)
     if b is not None:
-        acc = acc + b.astype(np.int64).reshape((1, -1) + (1,) * (x.ndim - 2))
-    return _wrap_i32(acc)
+        total = total + b.astype(np.int64).reshape((1, -1) + (1,) * (x.ndim - 2))
+    return _accumulate(total, acc)
 
 
 def _mm_shape(a, b):
@@ -144,23 +172,31 @@ def _mm_shape(a, b):
     return out
 
 
+def _qmatmul_infer(types, attrs):
+    return [TensorType(_mm_shape(types[0].shape, types[1].shape), attrs.get("acc") or "i32")]
+
+
 @register_op("qmatmul", inputs=("a", "b", "bias?"),
-             attrs={"a_zero_point": Attr("int", 0), "b_zero_point": Attr("int", 0)},
-             infer=lambda types, attrs: [TensorType(_mm_shape(types[0].shape, types[1].shape), "i32")],
-             traits=(INTEGER,))
-def qmatmul(a, b, bias=None, *, a_zero_point, b_zero_point):
-    """Integer matmul into int32: (a - za) @ (b - zb) + bias (bias along the last axis)."""
-    acc = np.matmul(a.astype(np.int64) - a_zero_point, b.astype(np.int64) - b_zero_point)
+             attrs={"a_zero_point": Attr("int", 0), "b_zero_point": Attr("int", 0),
+                    "acc": Attr("str", "i32", choices=_ACC_DTYPES)},
+             infer=_qmatmul_infer, traits=(INTEGER,))
+def qmatmul(a, b, bias=None, *, a_zero_point, b_zero_point, acc="i32"):
+    """Integer matmul into int32 (int64 with acc="i64"): (a - za) @ (b - zb) + bias
+    (bias along the last axis)."""
+    total = np.matmul(a.astype(np.int64) - a_zero_point, b.astype(np.int64) - b_zero_point)
     if bias is not None:
-        acc = acc + bias.astype(np.int64)
-    return _wrap_i32(acc)
+        total = total + bias.astype(np.int64)
+    return _accumulate(total, acc)
 
 
-def _wrap_i32(acc: np.ndarray) -> np.ndarray:
-    """int32 accumulators wrap like the hardware's; say so loudly if it ever happens."""
-    if acc.size and (acc.max() > 2 ** 31 - 1 or acc.min() < -2 ** 31):
+def _accumulate(total: np.ndarray, acc: str) -> np.ndarray:
+    """The exact sum in the accumulator type. An int32 accumulator that would wrap is an
+    error, said loudly: `acc="i64"` is for layers whose bound does not fit int32."""
+    if acc == "i64":
+        return total.astype(np.int64)
+    if total.size and (total.max() > ACC32_MAX or total.min() < -ACC32_MAX - 1):
         raise OverflowError("int32 accumulator overflow (too many terms for the bit widths)")
-    return acc.astype(np.int32)
+    return total.astype(np.int32)
 
 
 @register_op("observe", attrs={"method": Attr("str", "minmax"), "range": Attr("floats", []),

@@ -1,0 +1,410 @@
+"""Mixed precision (issue 5): int4 weights packed two per byte, int16 activations with exact
+int32/int64 accumulation, and assign-bitwidths choosing among them under the user's rules and
+budgets -- from the pass, the config file and the command line."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qcc.analysis import weight_bytes
+from qcc.interp import run as interp_run
+from qcc.ir import Graph, TensorType
+from qcc.ops.quant import accumulator_dtype
+from qcc.pass_manager import PassContext, PassManager
+from qcc.passes.assign_bitwidths import normalize_choice, parse_precision, parse_size
+from qcc.quantization import pack_int4, quantize_weights, unpack_int4
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "examples" / "tiny_cnn.onnx"
+TINY_CALIB = ROOT / "examples" / "tiny_cnn_calib.npz"
+UPTO_BITWIDTHS = "canonicalize,fuse,insert-observers,propagate-ranges,assign-bitwidths"
+
+
+# --- int4 packing ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 8, 101, 4096])
+def test_pack_int4_round_trips(n):
+    rng = np.random.default_rng(n)
+    q = rng.integers(-8, 8, n).astype(np.int8)
+    packed = pack_int4(q)
+    assert packed.dtype == np.uint8 and packed.size == (n + 1) // 2
+    np.testing.assert_array_equal(unpack_int4(packed, (n,)), q)
+    u = rng.integers(0, 16, n).astype(np.uint8)
+    np.testing.assert_array_equal(unpack_int4(pack_int4(u), (n,), signed=False), u)
+
+
+def test_pack_int4_layout_and_shapes():
+    # element 2j in the low nibble of byte j, 2j+1 in the high one; odd counts pad a 0 nibble
+    assert pack_int4(np.array([1, -1, 7], np.int8)).tolist() == [0xF1, 0x07]
+    q = np.random.default_rng(0).integers(-7, 8, (5, 3, 3, 3)).astype(np.int8)  # 135 values: odd
+    np.testing.assert_array_equal(unpack_int4(pack_int4(q), q.shape), q)
+
+
+def test_int4_weights_are_symmetric_minus7_to_7():
+    w = np.random.default_rng(1).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    q, s = quantize_weights(w, 0, bits=4)
+    assert q.dtype == np.int8 and q.min() >= -7 and q.max() <= 7
+    assert (np.abs(q).reshape(4, -1).max(axis=1) == 7).all()  # every channel uses its full range
+    q16, _ = quantize_weights(w, 0, bits=16)
+    assert q16.dtype == np.int16 and np.abs(q16).max() == 32767
+
+
+# --- choices, sizes, accumulators --------------------------------------------------------------
+
+def test_precision_aliases():
+    assert [normalize_choice(t) for t in ("int8", "w8a8", "int4", "W4", "int16", "a16", "w16", "w4a16", "float")] \
+        == ["int8", "int8", "w4a8", "w4a8", "w8a16", "w8a16", "w16a8", "w4a16", "float"]
+    assert parse_precision("conv_12=int16,*.head.*=float;op:matmul=w4") == \
+        [("conv_12", "w8a16"), ("*.head.*", "float"), ("op:matmul", "w4a8")]
+    with pytest.raises(ValueError, match="int3"):
+        parse_precision("c1=int3")
+
+
+def test_parse_size():
+    assert parse_size("2MB") == 2_000_000 and parse_size("512kB") == 512_000
+    assert parse_size("1.5MiB") == 1572864 and parse_size("1234") == 1234 and parse_size(99) == 99
+    for bad in ("two MB", "-3", "5 parsecs"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+
+
+def test_accumulator_dtype_from_dtypes_and_k():
+    assert accumulator_dtype("u8", 128, "i8", 0, 3 * 3 * 512) == "i32"
+    assert accumulator_dtype("i16", 0, "i8", 0, 511) == "i32"  # 511 * 32768 * 128 < 2^31
+    assert accumulator_dtype("i16", 0, "i8", 0, 512) == "i64"
+    assert accumulator_dtype("i16", 0, "i4", 0, 8191) == "i32"  # 4-bit weights: 16x more terms
+    assert accumulator_dtype("i16", 0, "i16", 0, 2) == "i64"
+
+
+# --- compiled kernels: bit-identical to the interpreter ------------------------------------------
+
+def _compiled_equals_interpreter(g: Graph, feeds):
+    pytest.importorskip("tvm")
+    from qcc.targets import compile_graph, runner_from_executable
+
+    ref = interp_run(g, feeds)
+    got = runner_from_executable(compile_graph(g, "host"), g).run(feeds)
+    for k, r in ref.items():
+        assert got[k].dtype == r.dtype and got[k].shape == r.shape, k
+        np.testing.assert_array_equal(got[k], r, err_msg=k)
+    return ref
+
+
+def _int(rng, shape, dtype):
+    lo, hi = {"u8": (0, 255), "i16": (-32768, 32767)}[dtype]
+    return rng.integers(lo, hi + 1, shape).astype(np.uint8 if dtype == "u8" else np.int16)
+
+
+@pytest.mark.parametrize("xdt,wdt,acc,zx", [("u8", "i4", "i32", 100), ("i16", "i4", "i32", 0),
+                                            ("i16", "i8", "i64", 0), ("i16", "i16", "i64", 0)])
+def test_qconv_int4_weights_and_int16_activations_bit_exact(xdt, wdt, acc, zx):
+    rng = np.random.default_rng(7)
+    g = Graph(f"qconv_{xdt}_{wdt}")
+    x = g.add_input("x", TensorType((1, 64, 6, 7), xdt))
+    lim = {"i4": 7, "i8": 127, "i16": 32767}[wdt]
+    wv = rng.integers(-lim, lim + 1, (10, 64, 3, 3)).astype(np.int16 if wdt == "i16" else np.int8)
+    wv[0] = lim  # channel 0 at full scale: with x at its minimum, a sum past int32 where acc="i64"
+    w = g.add_const("w", wv, wdt)
+    b = g.add_const("b", rng.integers(-1000, 1000, 10).astype(np.int32), "i32")
+    assert accumulator_dtype(xdt, zx, wdt, 0, 64 * 9) == acc
+    attrs = {"strides": [1, 1], "pads": [1, 0, 1, 2], "dilations": [1, 1], "group": 1, "x_zero_point": zx,
+             **({"acc": acc} if acc != "i32" else {})}
+    c = g.add_node("qconv", [x, w, b], attrs).output
+    assert c.dtype == acc
+    r16 = g.add_node("requantize", [c], {"multiplier": [1 << 30], "shift": [-8], "dtype": "i16"}).output
+    r8 = g.add_node("requantize", [c], {"multiplier": [1 << 30] * 10, "shift": [-12] * 10, "axis": 1,
+                                        "dtype": "u8", "zero_point": 3}).output
+    dq = g.add_node("dequantize", [c], {"scale": [0.001], "zero_point": [0]}).output
+    g.set_outputs([c, r16, r8, dq])
+    _compiled_equals_interpreter(g, {"x": _int(rng, (1, 64, 6, 7), xdt)})
+    lowest = np.full((1, 64, 6, 7), -32768 if xdt == "i16" else 0, np.int16 if xdt == "i16" else np.uint8)
+    ref = _compiled_equals_interpreter(g, {"x": lowest})
+    if acc == "i64":  # the bound is real: an int32 accumulator would have wrapped
+        assert ref["qconv"].min() < -(2 ** 31)
+
+
+@pytest.mark.parametrize("adt,bdt,acc", [("u8", "i4", "i32"), ("i16", "i4", "i32"), ("i16", "i8", "i64")])
+def test_qmatmul_int4_weights_and_int16_activations_bit_exact(adt, bdt, acc):
+    rng = np.random.default_rng(3)
+    g = Graph(f"qmatmul_{adt}_{bdt}")
+    a = g.add_input("a", TensorType((2, 3, 601), adt))
+    lim = 7 if bdt == "i4" else 127
+    bw = g.add_const("b", rng.integers(-lim, lim + 1, (601, 33)).astype(np.int8), bdt)
+    bias = g.add_const("bias", rng.integers(-1000, 1000, 33).astype(np.int32), "i32")
+    attrs = {"a_zero_point": 7 if adt == "u8" else 0, **({"acc": "i64"} if acc == "i64" else {})}
+    y = g.add_node("qmatmul", [a, bw, bias], attrs).output
+    g.set_outputs([y])
+    _compiled_equals_interpreter(g, {"a": _int(rng, (2, 3, 601), adt)})
+
+
+def test_int4_constants_are_packed_in_the_compiled_module():
+    """The only weight constant TVM sees is the uint8 packed one, half the size, and the unpack
+    runs inside the convolution's kernel (nothing folds it back into an int8 constant)."""
+    tvm = pytest.importorskip("tvm")
+    from tvm import relax
+
+    from qcc.targets.builder import lower_for
+    from qcc.targets.presets import get_target
+    from qcc.targets.strategy import strategy_for
+
+    rng = np.random.default_rng(0)
+    g = Graph("packed")
+    x = g.add_input("x", TensorType((1, 64, 6, 7), "u8"))
+    w = g.add_const("w", rng.integers(-7, 8, (64, 64, 3, 3)).astype(np.int8), "i4")
+    c = g.add_node("qconv", [x, w, None], {"strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1],
+                                           "group": 1, "x_zero_point": 3}).output
+    g.set_outputs([g.add_node("requantize", [c], {"multiplier": [1 << 30], "shift": [-8], "dtype": "u8"}).output])
+    preset = get_target("host")
+    strategy = strategy_for(preset)
+    mod = lower_for(g, preset, strategy)
+    pipeline = strategy.relax_pipeline(preset.target())
+    with preset.target():
+        mod = pipeline(mod) if callable(pipeline) else relax.get_pipeline(pipeline)(mod)
+    consts = []
+
+    def visit(e):
+        if isinstance(e, tvm.ir.GenericConst) and hasattr(e.value, "numpy"):
+            a = e.value.numpy()
+            if a.size > 1:
+                consts.append((str(a.dtype), a.size))
+
+    for _, f in mod.functions_items():
+        if isinstance(f, relax.Function):
+            relax.analysis.post_order_visit(f, visit)
+    assert consts == [("uint8", 64 * 64 * 9 // 2)]
+    kernels = [gv.name_hint for gv, f in mod.functions_items() if "qconv_int4" in gv.name_hint]
+    assert kernels and all("unpack" not in k for k in kernels)
+
+
+# --- the quantize pass with per-layer bits ---------------------------------------------------------
+
+def _calibrated_tiny():
+    from qcc.calibrate import load_samples
+    from qcc.frontend import import_onnx
+
+    g = import_onnx(TINY, {"input": (1, 3, 32, 32)})
+    samples = load_samples(str(TINY_CALIB), g)
+    return g, samples
+
+
+def _sqnr(ref, got):
+    r, o = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+    return 10 * np.log10(np.mean(r ** 2) / np.mean((r - o) ** 2))
+
+
+def _compile_graph_passes(g, samples, **options):
+    ctx = PassContext(options={"calib": samples, **options})
+    q = g.copy()
+    PassManager("canonicalize,fuse,insert-observers,propagate-ranges,assign-bitwidths,quantize,"
+                "fold-requantize,canonicalize", verify_each=True).run(q, ctx)
+    return q, ctx
+
+
+def test_quantize_with_per_layer_bits():
+    g, samples = _calibrated_tiny()
+    feeds = samples[0]
+    ref = list(interp_run(g, feeds).values())[0]
+    got = {}
+    for prec in ("", "*=w4", "*=a16", "*=w16a16", "*=float"):
+        q, ctx = _compile_graph_passes(g, samples, precision=prec, min_sqnr=0)
+        got[prec] = (_sqnr(ref, list(interp_run(q, feeds).values())[0]), weight_bytes(q), q, ctx)
+    int8, w4, a16, w16, flt = (got[p] for p in ("", "*=w4", "*=a16", "*=w16a16", "*=float"))
+    # 4-bit weights: the i4 constants, packed, make the model smaller, and noisier
+    assert any(c.dtype == "i4" for c in w4[2].constants.values())
+    assert w4[1] < int8[1] < flt[1] and w4[0] < int8[0]
+    # int16 activations: symmetric, zero point 0; never worse than int8
+    qs = [n for n in a16[2].nodes if n.op == "quantize"]
+    assert qs and all(n.attrs["dtype"] == "i16" and n.attrs["zero_point"] == [0] for n in qs)
+    assert a16[0] >= int8[0] - 0.5
+    # 16 x 16 bits: int64 accumulators where the bound needs them, and near-float accuracy
+    assert any(n.attrs.get("acc") == "i64" for n in w16[2].nodes if n.op in ("qconv", "qmatmul"))
+    assert w16[0] > 80 > int8[0]
+    assert not any(n.op in ("qconv", "qmatmul") for n in flt[2].nodes)
+    rep = {k: v["bits"] for k, v in w4[3].report["bitwidths"].items()}
+    assert set(rep.values()) == {"w4a8"}
+    assert all(v["precision"] == "w4a8" and v["weight_bits"] == 4
+               for v in w4[3].report["layers_quantized"].values())
+
+
+# --- assign-bitwidths: overrides and budgets are honoured -------------------------------------------
+
+def _assign(g, samples=None, **options):
+    ctx = PassContext(options={"calib": samples, **options})
+    PassManager(UPTO_BITWIDTHS).run(g.copy(), ctx)
+    return ctx.options["bitwidths"], ctx
+
+
+def test_user_rules_win_later_rules_first():
+    g, _ = _calibrated_tiny()
+    d, ctx = _assign(g, precision="*=float")
+    assert set(d.values()) == {"float"}
+    d, ctx = _assign(g, precision="op:conv=int4;c1=int16;logits=w16a16")
+    assert d == {"c1": "w8a16", "dw": "w4a8", "pw": "w4a8", "logits": "w16a16"}
+    assert ctx.report["bitwidths"]["c1"]["why"] == "user rule c1"
+    assert ctx.report["bitwidths"]["dw"]["why"] == "user rule op:conv"
+
+
+def test_size_budget_without_data_narrows_the_largest_layers_first():
+    g, _ = _calibrated_tiny()
+    d, ctx = _assign(g, size_budget=900)
+    assert d == {"c1": "w4a8", "dw": "int8", "pw": "w4a8", "logits": "int8"}  # c1 432, pw 256 weights
+    sb = ctx.report["size_budget"]
+    assert sb["predicted_bytes"] <= sb["budget_bytes"] == 900
+    assert "size budget" in ctx.report["bitwidths"]["c1"]["why"]
+    # a pinned layer is left alone even when the budget then cannot be met
+    d, ctx = _assign(g, size_budget=300, precision="c1=int8")
+    assert d["c1"] == "int8" and all(d[l] == "w4a8" for l in ("dw", "pw", "logits"))
+    assert any("size budget 300 bytes not met" in w for w in ctx.warnings)
+
+
+def test_size_budget_is_met_in_the_quantized_model():
+    g, samples = _calibrated_tiny()
+    q, ctx = _compile_graph_passes(g, samples, size_budget=900, min_sqnr=0)
+    assert weight_bytes(q) <= 900
+    assert weight_bytes(q) == ctx.report["size_budget"]["predicted_bytes"]
+    # with data, the layers chosen are the ones whose 4-bit weights cost least per byte saved
+    by = ctx.report["bitwidths"]
+    assert all("w4a8" in by[l]["sensitivity_db_by_choice"] for l in by)
+
+
+def test_error_budget_raises_sensitive_layers_within_the_int8_floor():
+    g, samples = _calibrated_tiny()
+    d, ctx = _assign(g, samples, min_sqnr=60.0)
+    pred = ctx.report["predicted_output_sqnr_db"]
+    assert pred["chosen"] >= 60.0 > pred["all_int8"]
+    assert any(c != "int8" for c in d.values())
+    d, ctx = _assign(g, samples, min_sqnr=60.0, min_int8_fraction=0.5)
+    macs = {k: v["macs"] for k, v in ctx.report["bitwidths"].items()}
+    narrow = sum(m for k, m in macs.items() if d[k] in ("int8", "w4a8"))
+    assert narrow / sum(macs.values()) >= 0.5
+    assert any("error budget 60 dB not met" in w for w in ctx.warnings)
+
+
+def test_size_budget_wins_over_the_error_budget():
+    g, samples = _calibrated_tiny()
+    d, ctx = _assign(g, samples, size_budget=900, min_sqnr=45.0)
+    assert ctx.report["size_budget"]["predicted_bytes"] <= 900
+    assert any("error budget" in w for w in ctx.warnings)
+
+
+# --- config file ----------------------------------------------------------------------------------
+
+def test_config_file(tmp_path):
+    from qcc.config import ConfigError, load_config
+
+    f = tmp_path / "qcc.toml"
+    f.write_text('[precision]\n"c1" = "int16"\n"*.head.*" = "float"\n[precision.ops]\nmatmul = "w4"\n'
+                 '[budget]\nmax-error = "35dB"\nsize-budget = "2MB"\nmin-int8-fraction = 0.5\n'
+                 '[calib]\ndata = "calib.npz"\nmethod = "minmax"\n')
+    cfg = load_config(f)
+    assert cfg.precision_text() == "op:matmul=w4a8;c1=w8a16;*.head.*=float"
+    assert (cfg.max_error, cfg.size_budget, cfg.min_int8_fraction) == ("35dB", "2MB", 0.5)
+    assert cfg.calib == str(tmp_path / "calib.npz") and cfg.calib_method == "minmax"
+    for text, msg in (('[precision]\nc1 = "int3"\n', "int3"), ('[budget]\nsize = 3\n', "no key 'size'"),
+                      ('[precison]\n', "unknown section"), ('[budget]\nsize-budget = "lots"\n', "size-budget"),
+                      ('[calib]\nmethod = "best"\n', "method")):
+        f.write_text(text)
+        with pytest.raises(ConfigError, match=msg):
+            load_config(f)
+
+
+# --- end to end: the command line, the artifact ----------------------------------------------------
+
+def _mlp(path: Path):
+    """x[1,512] -> fc1 (512x256) -> relu -> fc2 (256x10): fc1 holds almost all the weights."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((512, 256)) / 20).astype(np.float32)
+    w2 = (rng.standard_normal((256, 10)) / 16).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="fc2")]
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(np.full(256, 0.1, np.float32), "b1"),
+             numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(np.zeros(10, np.float32), "b2")]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 512])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, path)
+    np.savez(path.with_suffix(".calib.npz"), x=rng.standard_normal((16, 512)).astype(np.float32))
+    np.savez(path.with_suffix(".input.npz"), x=rng.standard_normal((1, 512)).astype(np.float32))
+
+
+def _qcc(*args):
+    p = subprocess.run([sys.executable, "-m", "qcc.cli", *map(str, args)], capture_output=True, text=True,
+                       cwd=ROOT)
+    assert "Traceback" not in p.stderr, p.stderr
+    return p
+
+
+def test_cli_rejects_bad_precision_and_budget(tmp_path):
+    p = _qcc("compile", TINY, "-o", tmp_path / "o", "--precision", "c1=int3")
+    assert p.returncode == 1 and "int3" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    p = _qcc("compile", TINY, "-o", tmp_path / "o", "--size-budget", "lots")
+    assert p.returncode == 1 and "size" in p.stderr
+    (tmp_path / "bad.toml").write_text("[precision]\nc1 = 3\n")
+    p = _qcc("compile", TINY, "-o", tmp_path / "o", "--config", tmp_path / "bad.toml")
+    assert p.returncode == 1 and "bad.toml" in p.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_int4_artifact_is_smaller_and_bit_exact(tmp_path):
+    """fc1 with 4-bit weights (from a config file, through the CLI): the library shrinks by
+    about half of fc1's int8 weights, and runs bit-identical to the interpreter on its IR."""
+    import qcc
+    from qcc.ir.parser import load as load_qir
+
+    model = tmp_path / "mlp.onnx"
+    _mlp(model)
+    calib = model.with_suffix(".calib.npz")
+    # layers are named after their output values (fc1 computes %h)
+    (tmp_path / "qcc.toml").write_text('[precision]\n"h" = "int4"\n[calib]\ndata = "mlp.calib.npz"\n')
+    common = ["-O2", "--input-shape", "x=1x512", "--max-error", "10dB", "--json"]
+    p8 = _qcc("compile", model, "-o", tmp_path / "int8", "--calib", calib, *common)
+    assert p8.returncode == 0, p8.stderr
+    p4 = _qcc("compile", model, "-o", tmp_path / "w4", "--config", tmp_path / "qcc.toml",
+              "--depfile", tmp_path / "w4.d", *common)
+    assert p4.returncode == 0, p4.stderr
+    report = json.loads((tmp_path / "w4" / "report.json").read_text())
+    assert report["bitwidths"]["h"]["bits"] == "w4a8" and report["bitwidths"]["y"]["bits"] == "int8"
+    fc1 = next(l for l in report["layers"] if l["name"] == "h")
+    assert fc1["weight_bits"] == 4 and fc1["activation_bits"] == 8
+    assert report["summary"]["mac_fraction_by_precision"]["w4a8"] > 0.9
+    assert "#72b7b2" in (tmp_path / "w4" / "layers.svg").read_text()  # the w4 layer's colour
+    assert "qcc.toml" in (tmp_path / "w4.d").read_text() and "mlp.calib.npz" in (tmp_path / "w4.d").read_text()
+    s8 = (tmp_path / "int8" / "model.so").stat().st_size
+    s4 = (tmp_path / "w4" / "model.so").stat().st_size
+    half_fc1 = 512 * 256 // 2
+    assert s8 - s4 >= 0.8 * half_fc1, (s8, s4)  # (less a little: the .so is laid out in pages)
+    # the compiled library computes exactly what the interpreter computes on the final IR
+    with np.load(model.with_suffix(".input.npz")) as z:
+        feeds = {"x": z["x"]}
+    got = qcc.load(tmp_path / "w4").run(feeds)
+    ref = interp_run(load_qir(tmp_path / "w4" / "model.qir"), feeds)
+    for (k, r), o in zip(ref.items(), got.values()):
+        np.testing.assert_array_equal(o, r, err_msg=k)
+
+
+@pytest.mark.slow
+def test_cli_overrides_and_size_budget_are_honoured(tmp_path):
+    common = [TINY, "--input-shape", "input=1x3x32x32", "-O2", "--calib", TINY_CALIB, "--json"]
+    p = _qcc("compile", *common, "-o", tmp_path / "float", "--precision", "*=float")
+    assert p.returncode == 0, p.stderr
+    s = json.loads(p.stdout)
+    assert s["int8_mac_fraction"] == 0.0 and s["mac_fraction_by_precision"] == {"float": 1.0}
+    p = _qcc("compile", *common, "-o", tmp_path / "small", "--size-budget", "900", "--max-error", "10dB")
+    assert p.returncode == 0, p.stderr
+    s = json.loads(p.stdout)
+    report = json.loads((tmp_path / "small" / "report.json").read_text())
+    assert s["size_bytes_quantized"] <= 900 == report["size_budget"]["budget_bytes"]
+    assert {v["bits"] for v in report["bitwidths"].values()} == {"int8", "w4a8"}
+    # the budget is part of what the artifact was built from
+    manifest = json.loads((tmp_path / "small" / "manifest.json").read_text())
+    assert manifest["options"]["size_budget"] == "900"
