@@ -1,0 +1,626 @@
+"""x86 int8 kernels: qconv and qmatmul on AVX-512 VNNI, search-free and bit-exact.
+
+`X86Strategy` (registered for the "x86" family) replaces the lowering of `qconv`
+(2-D, not depthwise) and `qmatmul` (constant 2-D right operand) with TE kernels
+built around `vpdpbusd` (u8 x s8 -> int32, four products per lane), and schedules
+the fused functions that contain them with its own dlight rule. Presets without
+AVX-512 VNNI keep the generic lowering of `FusedCPUStrategy`.
+
+Exactness. VNNI multiplies *unsigned* activations by *signed* weights, so the
+activation stays raw uint8 (int8 activations are shifted by +128, zero point too)
+and the zero point moves to a per-output-channel constant folded into the bias at
+compile time:
+
+    sum((x - zx) * w) + b  ==  sum(x * w) + (b - zx * sum(w))
+
+Spatial padding is written explicitly with zx (it then contributes (zx-zx)*w = 0,
+as the reference's padding does); padded channels, rows and columns meet zero
+weights or are never read back. Products are exact and the sum wraps like any
+int32 sum, so the result equals the reference's int32 accumulator bit for bit.
+
+Conv layout ("pixels in lanes"). The graph stays NCHW. A conv kernel is one fused
+function with three stages:
+
+1. pack (prologue): x[n, c, h, w] -> xq[n, g, c/4, phase, f, 4] (uint8): four input
+   channels interleaved, the padded image split into stride phases (space to
+   depth: phase (ph, pw) holds padded pixels (r*sh + ph, c*sw + pw)), each phase
+   flattened row-major with row pitch Wq = ceil(Wp / sw). Every tap (kh, kw) of
+   output pixel f = oh*Wq + ow then reads xq at f + off(kh, kw): sixteen
+   consecutive output pixels read 64 contiguous bytes, whatever the stride or
+   dilation. Columns ow >= OW are computed and dropped (<= (KW-1)/Wq extra work).
+2. conv: acc[n, g, oc, f/16, 16] += xq[.., f + off, 0:4] . w[oc, 0:4]: each
+   `vpdpbusd` multiplies 16 pixels x 4 channels by 4 weights of one output channel
+   (broadcast). Register tile: mr output channels x nr*16 pixels (mr*nr <= 24
+   accumulators), the whole reduction inside the tile, tiles parallel.
+   Weights are packed in numpy: [g, O/mr, C/4, KH, KW, mr, 4].
+3. epilogue: y[n, o, oh, ow] = acc[...] + bias'[o], in NCHW; the requantize (and
+   whatever else FuseOps put after the conv) is inlined into it.
+
+Matmul layout (lanes along N, as TVM's dot_16x4): a[.., M, K] stays row-major
+(packed to uint8 with K padded to 4), b is packed to [N/16, K/4, 16, 4]; tile
+mr rows x nr*16 columns.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+
+from .strategy import FusedCPUStrategy, register_strategy
+
+PREFIX = "qcc_vnni"
+_MAX_ACC = 24  # accumulator registers of one tile (of 32 zmm)
+_I32 = (-(1 << 31), (1 << 31) - 1)
+# Below these sizes a stage runs on one thread: a parallel launch costs microseconds (far
+# more when the cores are shared), more than a small kernel's whole work.
+_PAR_MACS = 1 << 21
+_PAR_BYTES = 1 << 18
+_PAR_ELEMS = 1 << 15
+
+
+# --- tensor intrinsics -------------------------------------------------------------------
+
+CONV_INTRIN = "qcc_vnni_16x4_lanes_u8"   # C[16] += A[16, 4] (u8) . B[4] (s8, broadcast)
+MM_INTRIN = "qcc_vnni_16x4_lanes_s8"     # C[16] += A[4] (u8, broadcast) . B[16, 4] (s8)
+_registered = False
+
+
+def register_intrinsics() -> None:
+    """Register the two VNNI tensor intrinsics (once). TVM's own `dot_16x4_vnni` passes
+    i32 vectors to `vpdpbusd.512`, which LLVM 22 rejects; these pass byte vectors."""
+    global _registered
+    if _registered:
+        return
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    vpdpbusd = "llvm.x86.avx512.vpdpbusd.512"
+
+    @T.prim_func(s_tir=True)
+    def conv_desc(A: T.Buffer((16, 4), "uint8", offset_factor=1), B: T.Buffer((4,), "int8", offset_factor=1),
+                  C: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:16, 0:4], B[0:4])
+            T.writes(C[0:16])
+            for i in T.serial(0, 16):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vi, vk], "int32") * T.cast(B[vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def conv_impl(A: T.Buffer((16, 4), "uint8", offset_factor=1), B: T.Buffer((4,), "int8", offset_factor=1),
+                  C: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:16, 0:4], B[0:4])
+            T.writes(C[0:16])
+            a = A.vload([0, 0], dtype="uint8x64")
+            b = T.reinterpret(T.broadcast(T.reinterpret(B.vload([0], dtype="int8x4"), dtype="int32"), 16),
+                              dtype="int8x64")
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(vpdpbusd), C.vload([0], dtype="int32x16"), a, b, dtype="int32x16")
+
+    @T.prim_func(s_tir=True)
+    def mm_desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
+                C: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            for i in T.serial(0, 16):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def mm_impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
+                C: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], dtype="uint8x4"), dtype="int32"), 16),
+                              dtype="uint8x64")
+            b = B.vload([0, 0], dtype="int8x64")
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(vpdpbusd), C.vload([0], dtype="int32x16"), a, b, dtype="int32x16")
+
+    TensorIntrin.register(CONV_INTRIN, conv_desc, conv_impl, override=True)
+    TensorIntrin.register(MM_INTRIN, mm_desc, mm_impl, override=True)
+    _registered = True
+
+
+# --- tile choice ---------------------------------------------------------------------------
+
+def _pick_tile(rows: int, vecs: int, max_rows: int = _MAX_ACC) -> Tuple[int, int]:
+    """(mr, nr): mr rows x nr 16-lane vectors per register tile, mr*nr <= 24.
+
+    Cost model (measured on Zen 4, 40x120x6625 matmul: 4x4 516 GOP/s, 5x4 486, 4x3 443,
+    8x2 403, 8x1 310): padded work times the load/broadcast overhead per vpdpbusd, each
+    broadcast (one per row) costing most."""
+    best = None
+    for nr in (4, 3, 2, 1):
+        if nr > max(1, vecs) and nr > 1:
+            continue
+        cap = min(max_rows, _MAX_ACC // nr)
+        for mr in range(min(cap, rows), 0, -1):
+            work = math.ceil(rows / mr) * mr * math.ceil(vecs / nr) * nr
+            key = (work * (1 + 0.8 / nr + 0.3 / mr), -nr)
+            if best is None or key < best[0]:
+                best = (key, mr, nr)
+    return best[1], best[2]
+
+
+# --- qconv ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ConvPlan:
+    n: int
+    c: int
+    h: int
+    w: int
+    o: int
+    kh: int
+    kw: int
+    groups: int
+    strides: Tuple[int, int]
+    pads: Tuple[int, int, int, int]  # top, left, bottom, right
+    dilations: Tuple[int, int]
+    x_signed: bool
+    zx: int  # zero point in the uint8 domain
+
+    @property
+    def cg(self):
+        return self.c // self.groups
+
+    @property
+    def og(self):
+        return self.o // self.groups
+
+    @property
+    def cb(self):
+        return -(-self.cg // 4)
+
+    @property
+    def out_hw(self):
+        hp, wp = self.h + self.pads[0] + self.pads[2], self.w + self.pads[1] + self.pads[3]
+        oh = (hp - self.dilations[0] * (self.kh - 1) - 1) // self.strides[0] + 1
+        ow = (wp - self.dilations[1] * (self.kw - 1) - 1) // self.strides[1] + 1
+        return oh, ow
+
+    @property
+    def wq(self):
+        return -(-(self.w + self.pads[1] + self.pads[3]) // self.strides[1])
+
+    @property
+    def hq(self):
+        return -(-(self.h + self.pads[0] + self.pads[2]) // self.strides[0])
+
+    @property
+    def tile(self):
+        oh, _ = self.out_hw
+        return _pick_tile(self.og, -(-oh * self.wq // 16))
+
+    @property
+    def ogp(self):
+        mr, _ = self.tile
+        return -(-self.og // mr) * mr
+
+    @property
+    def vecs(self):
+        """16-pixel vectors of the flattened output, padded to the tile."""
+        oh, _ = self.out_hw
+        _, nr = self.tile
+        return -(-(-(-oh * self.wq // 16)) // nr) * nr
+
+    def offset(self, kh: int, kw: int) -> Tuple[int, int]:
+        """(phase, flat offset) of tap (kh, kw)."""
+        (sh, sw), (dh, dw) = self.strides, self.dilations
+        ph, pw = (kh * dh) % sh, (kw * dw) % sw
+        return ph * sw + pw, ((kh * dh) // sh) * self.wq + (kw * dw) // sw
+
+    @property
+    def flat(self):
+        """Length of each flattened phase plane: every read in bounds, a whole number of rows."""
+        max_off = max(self.offset(i, j)[1] for i in range(self.kh) for j in range(self.kw))
+        need = self.vecs * 16 + max_off
+        return -(-need // self.wq) * self.wq
+
+
+def conv_plan(x_shape, x_dtype: str, w_shape, attrs) -> Optional[ConvPlan]:
+    """The plan for a qconv the VNNI kernel handles, else None."""
+    if len(x_shape) != 4 or x_dtype not in ("uint8", "int8"):
+        return None
+    n, c, h, w = (int(v) for v in x_shape)
+    o, cg, kh, kw = (int(v) for v in w_shape)
+    g = int(attrs.get("group", 1))
+    if g < 1 or c % g or o % g or c // g != cg:
+        return None
+    if cg < 4 and g > 1:  # depthwise-like: another kernel's job
+        return None
+    strides = tuple(int(s) for s in (attrs.get("strides") or [1, 1]))
+    pads = tuple(int(p) for p in (attrs.get("pads") or [0, 0, 0, 0]))
+    dil = tuple(int(d) for d in (attrs.get("dilations") or [1, 1]))
+    if len(strides) != 2 or len(pads) != 4 or len(dil) != 2 or min(strides + dil) < 1 or min(pads) < 0:
+        return None
+    zx = int(attrs.get("x_zero_point", 0)) + (128 if x_dtype == "int8" else 0)
+    if not 0 <= zx <= 255:
+        return None
+    if 255 * 128 * cg * kh * kw >= (1 << 31):  # the raw u8 x s8 sum must not wrap
+        return None
+    p = ConvPlan(n, c, h, w, o, kh, kw, g, strides, pads, dil, x_dtype == "int8", zx)
+    if min(p.out_hw) < 1:
+        return None
+    return p
+
+
+def pack_conv_weights(p: ConvPlan, w: np.ndarray, bias: Optional[np.ndarray]):
+    """(packed weights [g, ogp/mr, cb, kh, kw, mr, 4] int8, bias' [o] int32) or None when
+    the folded bias does not fit int32."""
+    mr, _ = p.tile
+    wg = w.astype(np.int64).reshape(p.groups, p.og, p.cg, p.kh, p.kw)
+    full = np.zeros((p.groups, p.ogp, p.cb * 4, p.kh, p.kw), np.int64)
+    full[:, :p.og, :p.cg] = wg
+    packed = full.reshape(p.groups, p.ogp // mr, mr, p.cb, 4, p.kh, p.kw).transpose(0, 1, 3, 5, 6, 2, 4)
+    b = np.zeros(p.o, np.int64) if bias is None else bias.astype(np.int64).reshape(p.o)
+    folded = b - p.zx * wg.sum(axis=(2, 3, 4)).reshape(p.o)
+    if folded.min() < _I32[0] or folded.max() > _I32[1]:
+        return None
+    return np.ascontiguousarray(packed).astype(np.int8), folded.astype(np.int32)
+
+
+def conv_te(p: ConvPlan, x, wpk, bias):
+    """The three TE stages of the conv (see the module docstring); returns y [n, o, oh, ow] int32."""
+    from tvm import te, tirx
+
+    mr, nr = p.tile
+    (sh, sw), (dh, dw) = p.strides, p.dilations
+    pt, pl = p.pads[0], p.pads[1]
+    wq, cg, zx = p.wq, p.cg, p.zx
+    nph = sh * sw
+
+    def pack(n, g, cb, ph, f, ci):
+        r, col = f // wq, f % wq
+        hh = r * sh + ph // sw - pt
+        ww = col * sw + ph % sw - pl
+        ch = cb * 4 + ci
+        inside = tirx.all(hh >= 0, hh < p.h, ww >= 0, ww < p.w, ch < cg)
+        v = x[n, g * cg + ch, hh, ww]
+        if p.x_signed:
+            v = (v.astype("int32") + 128).astype("uint8")
+        return tirx.if_then_else(inside, v, tirx.const(zx, "uint8"))
+
+    xq = te.compute((p.n, p.groups, p.cb, nph, p.flat, 4), pack, name=f"{PREFIX}_pack",
+                    attrs={"qcc_vnni": "pack", "qcc_vnni_wq": wq})
+
+    rc = te.reduce_axis((0, p.cb), "rc")
+    rh = te.reduce_axis((0, p.kh), "rh")
+    rw = te.reduce_axis((0, p.kw), "rw")
+    ri = te.reduce_axis((0, 4), "ri")
+
+    def conv(n, g, oc, v, lane):
+        ph = ((rh * dh) % sh) * sw + (rw * dw) % sw
+        off = ((rh * dh) // sh) * wq + (rw * dw) // sw
+        return te.sum(xq[n, g, rc, ph, v * 16 + lane + off, ri].astype("int32")
+                      * wpk[g, oc // mr, rc, rh, rw, oc % mr, ri].astype("int32"), axis=[rc, rh, rw, ri])
+
+    acc = te.compute((p.n, p.groups, p.ogp, p.vecs, 16), conv, name=f"{PREFIX}_conv",
+                     attrs={"qcc_vnni": "conv", "qcc_vnni_mr": mr, "qcc_vnni_nr": nr})
+    oh_n, ow_n = p.out_hw
+    og = p.og
+
+    def out(n, o, oh, ow):
+        f = oh * wq + ow
+        return acc[n, o // og, o % og, f // 16, f % 16] + bias[o]
+
+    return te.compute((p.n, p.o, oh_n, ow_n), out, name=f"{PREFIX}_out")
+
+
+# --- qmatmul -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MatmulPlan:
+    batch: Tuple[int, ...]  # leading dims of a (rows = prod(batch) * m)
+    m: int
+    k: int
+    n: int
+    a_signed: bool
+    za: int  # uint8 domain
+    vector: bool  # a is 1-D
+
+    @property
+    def rows(self):
+        return int(np.prod(self.batch, dtype=np.int64)) * self.m
+
+    @property
+    def kb(self):
+        return -(-self.k // 4)
+
+    @property
+    def tile(self):
+        return _pick_tile(self.rows, -(-self.n // 16), max_rows=8)
+
+    @property
+    def rows_p(self):
+        mr, _ = self.tile
+        return -(-self.rows // mr) * mr
+
+    @property
+    def cols_p(self):
+        _, nr = self.tile
+        return -(-self.n // (16 * nr)) * 16 * nr
+
+
+def matmul_plan(a_shape, a_dtype: str, b_shape, za: int) -> Optional[MatmulPlan]:
+    if a_dtype not in ("uint8", "int8") or len(b_shape) != 2 or len(a_shape) < 1:
+        return None
+    k, n = int(b_shape[0]), int(b_shape[1])
+    if int(a_shape[-1]) != k:
+        return None
+    za = int(za) + (128 if a_dtype == "int8" else 0)
+    if not 0 <= za <= 255 or 255 * 128 * k >= (1 << 31):
+        return None
+    vector = len(a_shape) == 1
+    batch = tuple(int(d) for d in a_shape[:-2])
+    m = 1 if vector else int(a_shape[-2])
+    return MatmulPlan(batch, m, k, n, a_dtype == "int8", za, vector)
+
+
+def pack_matmul_weights(p: MatmulPlan, b: np.ndarray, bias: Optional[np.ndarray]):
+    """(packed [cols_p/16, kb, 16, 4] int8, bias' [n] int32) or None."""
+    bi = b.astype(np.int64)
+    if bi.min() < -128 or bi.max() > 127:
+        return None
+    full = np.zeros((p.kb * 4, p.cols_p), np.int64)
+    full[:p.k, :p.n] = bi
+    packed = full.reshape(p.kb, 4, p.cols_p // 16, 16).transpose(2, 0, 3, 1)
+    bb = np.zeros(p.n, np.int64) if bias is None else np.broadcast_to(bias.astype(np.int64), (p.n,))
+    folded = bb - p.za * bi.sum(axis=0)
+    if folded.min() < _I32[0] or folded.max() > _I32[1]:
+        return None
+    return np.ascontiguousarray(packed).astype(np.int8), folded.astype(np.int32)
+
+
+def matmul_te(p: MatmulPlan, a, bpk, bias):
+    from tvm import te, tirx
+
+    mr, nr = p.tile
+    nb = len(p.batch)
+
+    def a_at(r, kk):
+        if p.vector:
+            return a[kk]
+        idx, rest = [], r // p.m
+        for d in reversed(p.batch):
+            idx.append(rest % d)
+            rest = rest // d
+        return a[tuple(reversed(idx)) + (r % p.m, kk)]
+
+    def pack(r, kk):
+        inside = tirx.all(r < p.rows, kk < p.k)
+        v = a_at(r, kk)
+        if p.a_signed:
+            v = (v.astype("int32") + 128).astype("uint8")
+        return tirx.if_then_else(inside, v, tirx.const(0, "uint8"))
+
+    ap = te.compute((p.rows_p, p.kb * 4), pack, name=f"{PREFIX}_mm_pack")
+    rk = te.reduce_axis((0, p.kb), "rk")
+    ri = te.reduce_axis((0, 4), "ri")
+    acc = te.compute((p.rows_p, p.cols_p // 16, 16),
+                     lambda r, j, lane: te.sum(ap[r, rk * 4 + ri].astype("int32")
+                                               * bpk[j, rk, lane, ri].astype("int32"), axis=[rk, ri]),
+                     name=f"{PREFIX}_mm", attrs={"qcc_vnni": "matmul", "qcc_vnni_mr": mr, "qcc_vnni_nr": nr})
+    if p.vector:
+        return te.compute((p.n,), lambda j: acc[0, j // 16, j % 16] + bias[j], name=f"{PREFIX}_mm_out")
+    shape = p.batch + (p.m, p.n)
+
+    def out(*idx):
+        r = 0
+        for i, d in zip(idx[:nb], p.batch):
+            r = r * d + i
+        r = r * p.m + idx[nb]
+        j = idx[nb + 1]
+        return acc[r, j // 16, j % 16] + bias[j]
+
+    return te.compute(shape, out, name=f"{PREFIX}_mm_out")
+
+
+# --- schedule --------------------------------------------------------------------------------
+
+def _block_kind(sch, block) -> Optional[str]:
+    ann = sch.get(block).annotations
+    return str(ann["qcc_vnni"]) if "qcc_vnni" in ann else None
+
+
+def _extent(sch, loops) -> int:
+    return int(np.prod([int(sch.get(lp).extent) for lp in loops], dtype=np.int64))
+
+
+def _parallel_outer(sch, block) -> None:
+    """Fuse the leading spatial loops of a block (all but the innermost, which LLVM
+    vectorizes) and make them parallel, when the block is big enough to pay for a
+    parallel launch."""
+    loops = sch.get_loops(block)
+    if not loops or _extent(sch, loops) < _PAR_ELEMS:
+        return
+    ivs = sch.get(block).iter_vars
+    spatial = 0
+    for iv in ivs:
+        if int(iv.iter_type) != 0:
+            break
+        spatial += 1
+    if len(loops) != len(ivs):  # not a plain loop nest: the first loop only
+        spatial = 1
+    outer = loops[:max(1, spatial - 1)]
+    sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+
+
+def _schedule_pack(sch, block) -> None:
+    """Rows in parallel; along a row, the four interleaved channels unrolled."""
+    wq = int(sch.get(block).annotations["qcc_vnni_wq"])
+    n, g, cb, ph, f, ci = sch.get_loops(block)
+    r, col = sch.split(f, [None, wq])
+    rows = sch.fuse(n, g, cb, ph, r)
+    if _extent(sch, [rows]) * wq * 4 >= _PAR_BYTES:
+        sch.parallel(rows)
+    sch.unroll(ci)
+
+
+def _schedule_conv(sch, block) -> None:
+    ann = sch.get(block).annotations
+    mr, nr = int(ann["qcc_vnni_mr"]), int(ann["qcc_vnni_nr"])
+    n, g, oc, v, lane, rc, rh, rw, ri = sch.get_loops(block)
+    oco, oci = sch.split(oc, [None, mr])
+    vo, vi = sch.split(v, [None, nr])
+    sch.reorder(n, g, oco, vo, rc, rh, rw, oci, vi, lane, ri)
+    tile = sch.fuse(n, g, oco, vo)
+    if _extent(sch, sch.get_loops(block)) >= _PAR_MACS:
+        sch.parallel(tile)
+    _register_tile(sch, block, tile, rc, oci, vi, lane, CONV_INTRIN)
+
+
+def _schedule_matmul(sch, block) -> None:
+    ann = sch.get(block).annotations
+    mr, nr = int(ann["qcc_vnni_mr"]), int(ann["qcc_vnni_nr"])
+    r, j, lane, rk, ri = sch.get_loops(block)
+    ro, rI = sch.split(r, [None, mr])
+    jo, ji = sch.split(j, [None, nr])
+    sch.reorder(ro, jo, rk, rI, ji, lane, ri)
+    tile = sch.fuse(ro, jo)
+    if _extent(sch, sch.get_loops(block)) >= _PAR_MACS:
+        sch.parallel(tile)
+    _register_tile(sch, block, tile, rk, rI, ji, lane, MM_INTRIN)
+
+
+def _register_tile(sch, block, tile, k_outer, rows, vecs, lane, intrin) -> None:
+    """Accumulate the tile in a local buffer (registers), tensorize the 16x4 step."""
+    wb = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(wb, tile)
+    wl = sch.get_loops(wb)
+    sch.vectorize(wl[-1])
+    init = sch.decompose_reduction(block, k_outer)
+    il = sch.get_loops(init)
+    sch.vectorize(il[-1])
+    sch.unroll(il[-2])
+    sch.unroll(il[-3])
+    sch.tensorize(lane, intrin)
+    sch.unroll(vecs)
+    sch.unroll(rows)
+
+
+def _schedule_vnni(func) -> Optional[object]:
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    try:
+        root = sch.get_sblock("root")
+    except Exception:  # noqa: BLE001 - not a block function
+        return None
+    blocks = sch.get_child_blocks(root)
+    kinds = [_block_kind(sch, b) for b in blocks]
+    if not any(kinds):
+        return None
+    register_intrinsics()
+    try:
+        for b, kind in zip(blocks, kinds):
+            if kind == "conv":
+                _schedule_conv(sch, b)
+            elif kind == "pack":
+                _schedule_pack(sch, b)
+            elif kind == "matmul":
+                _schedule_matmul(sch, b)
+    except Exception as e:  # noqa: BLE001 - a kernel this rule cannot schedule: leave it to the others
+        warnings.warn(f"qcc x86: VNNI schedule failed, kernel left unscheduled: {type(e).__name__}: "
+                      f"{str(e).splitlines()[-1] if str(e) else ''}")
+        return None
+    for b, kind in zip(blocks, kinds):
+        if kind is None:  # prologue/epilogue stages FuseOps added: parallel outer loops
+            try:
+                _parallel_outer(sch, b)
+            except Exception:  # noqa: BLE001 - stays serial, still correct
+                pass
+    return sch
+
+
+def vnni_rule():
+    """The dlight rule: schedules every fused function holding a VNNI kernel."""
+    from tvm.s_tir import dlight
+
+    class VNNIRule(dlight.ScheduleRule):
+        def apply(self, func, target, tunable):
+            import tvm
+
+            if not isinstance(func, tvm.tirx.PrimFunc):
+                return None
+            return _schedule_vnni(func)
+
+    return VNNIRule()
+
+
+# --- the strategy ----------------------------------------------------------------------------
+
+def _has_vnni(preset) -> bool:
+    caps = getattr(preset, "capabilities", frozenset())
+    return "vnni" in caps and "avx512" in caps
+
+
+class X86Strategy(FusedCPUStrategy):
+    """FusedCPUStrategy plus VNNI qconv/qmatmul kernels on presets with AVX-512 VNNI."""
+
+    name = "x86"
+
+    def __init__(self, preset=None):
+        super().__init__(preset)
+        if _has_vnni(preset):
+            self.overrides["qconv"] = lower_qconv_vnni
+            self.overrides["qmatmul"] = lower_qmatmul_vnni
+
+    def schedule_rules(self, target) -> list:
+        mine = [vnni_rule()] if _has_vnni(self.preset) else []
+        return mine + list(super().schedule_rules(target))
+
+
+def _generic(op: str):
+    from . import lower_quant
+
+    return {"qconv": lower_quant.lower_qconv, "qmatmul": lower_quant.lower_qmatmul}[op]
+
+
+def lower_qconv_vnni(cx, node, ins, attrs):
+    """qconv through the VNNI kernel when it applies, else the generic lowering."""
+    x, w, b = (list(ins) + [None])[:3]
+    wv = cx.const_value(w)
+    bv = cx.const_value(b) if b is not None else None
+    plan = None
+    if wv is not None and (b is None or bv is not None) and cx.dtype_of(w) == "int8":
+        plan = conv_plan(cx.shape_of(x), cx.dtype_of(x), wv.shape, attrs)
+    packed = pack_conv_weights(plan, wv, bv) if plan is not None else None
+    if packed is None:
+        return _generic("qconv")(cx, node, ins, attrs)
+    wpk, folded = packed
+    return cx.emit_te(lambda xt, wt, bt: conv_te(plan, xt, wt, bt), x, cx.const(wpk, "int8"),
+                      cx.const(folded, "int32"), primfunc_name_hint=f"{PREFIX}_conv")
+
+
+def lower_qmatmul_vnni(cx, node, ins, attrs):
+    """qmatmul by a constant 2-D matrix through the VNNI kernel, else the generic lowering."""
+    a, b, bias = (list(ins) + [None])[:3]
+    bv = cx.const_value(b)
+    biv = cx.const_value(bias) if bias is not None else None
+    plan = None
+    if bv is not None and (bias is None or (biv is not None and biv.ndim <= 1)):
+        plan = matmul_plan(cx.shape_of(a), cx.dtype_of(a), bv.shape, int(attrs.get("a_zero_point", 0)))
+    packed = None
+    if plan is not None:
+        centred = bv.astype(np.int64) - int(attrs.get("b_zero_point", 0))
+        packed = pack_matmul_weights(plan, centred, biv)
+    if packed is None:
+        return _generic("qmatmul")(cx, node, ins, attrs)
+    bpk, folded = packed
+    return cx.emit_te(lambda at, bt, ct: matmul_te(plan, at, bt, ct), a, cx.const(bpk, "int8"),
+                      cx.const(folded, "int32"), primfunc_name_hint=f"{PREFIX}_matmul")
+
+
+register_strategy("x86", X86Strategy)

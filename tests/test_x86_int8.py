@@ -1,0 +1,223 @@
+"""x86 VNNI int8 kernels (targets/x86_int8.py): bit-identical to qcc.interp, really VNNI.
+
+Random qconv / qmatmul graphs (each followed by per-channel requantizes, as -O2 emits
+them) are compiled for `host` and compared with the reference interpreter with
+np.array_equal, the int32 accumulators included. Each case also checks which lowering
+it took (the VNNI kernel, or the generic one it must fall back to).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qcc.interp import run as interp_run
+from qcc.ir import Graph, TensorType
+
+tvm = pytest.importorskip("tvm")
+
+from qcc.targets import compile_graph, lower_for, runner_from_executable  # noqa: E402
+from qcc.targets.presets import get_target  # noqa: E402
+from qcc.targets.strategy import strategy_for  # noqa: E402
+
+HOST = get_target("host")
+pytestmark = pytest.mark.skipif(not ({"vnni", "avx512"} <= HOST.capabilities and HOST.family == "x86"),
+                                reason="the host has no AVX-512 VNNI")
+
+_BOUNDS = {"u8": (0, 255), "i8": (-128, 127)}
+
+
+def _feed(rng, shape, dtype):
+    lo, hi = _BOUNDS[dtype]
+    return rng.integers(lo, hi + 1, size=shape).astype(np.uint8 if dtype == "u8" else np.int8)
+
+
+def _requantizes(g, acc, oc, axis, seed):
+    """Two per-channel requantizes of `acc` (u8 with a relu clamp, i8) and one per tensor."""
+    rng = np.random.default_rng(seed)
+    m = [int(v) for v in rng.integers(1 << 30, 1 << 31, size=oc)]
+    s = [int(v) for v in rng.integers(-14, -8, size=oc)]
+    return [
+        g.add_node("requantize", [acc], {"multiplier": m, "shift": s, "axis": axis, "zero_point": 10,
+                                         "dtype": "u8", "clamp": [10, 255]}, names=["rq_u8"]).output,
+        g.add_node("requantize", [acc], {"multiplier": m[::-1], "shift": s, "axis": axis, "zero_point": -3,
+                                         "dtype": "i8"}, names=["rq_i8"]).output,
+        g.add_node("requantize", [acc], {"multiplier": [m[0]], "shift": [s[0] - 1], "axis": -1,
+                                         "zero_point": 5, "dtype": "i8"}, names=["rq_tensor"]).output,
+    ]
+
+
+# name: (x dtype, x shape (N, C, H, W), out channels, kernel (kh, kw), strides, pads, dilations, group,
+#        bias, x zero point)
+CONV_CASES = {
+    "1x1": ("u8", (1, 32, 6, 20), 48, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, True, 17),
+    "1x1_odd_channels": ("u8", (1, 13, 5, 7), 21, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, True, 200),
+    "1x1_one_pixel": ("u8", (1, 40, 1, 1), 10, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, True, 3),
+    "3x3_s1": ("u8", (1, 24, 12, 18), 24, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True, 128),
+    "3x3_s2_first_layer": ("u8", (1, 3, 17, 30), 8, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1, True, 127),
+    "3x3_s2_odd": ("u8", (2, 9, 11, 13), 19, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1, False, 0),
+    "asym_pad_strides": ("u8", (1, 8, 12, 9), 5, (3, 2), (2, 3), (1, 0, 2, 1), (1, 1), 1, True, 255),
+    "dilated": ("u8", (1, 8, 13, 12), 6, (3, 2), (1, 1), (2, 3, 2, 3), (2, 3), 1, True, 77),
+    "grouped": ("u8", (1, 16, 9, 10), 12, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2, True, 9),
+    "grouped_odd": ("u8", (2, 20, 7, 9), 12, (1, 3), (1, 1), (0, 1, 0, 1), (1, 1), 4, True, 4),
+    "i8_input": ("i8", (1, 7, 8, 8), 9, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True, -5),
+    "i8_input_zp_min": ("i8", (2, 4, 6, 6), 4, (3, 3), (1, 1), (0, 1, 1, 0), (1, 1), 1, False, -128),
+    "batch_1x3_wide": ("u8", (3, 20, 1, 40), 16, (1, 3), (1, 1), (0, 1, 0, 1), (1, 1), 1, True, 60),
+    "big_pad": ("u8", (1, 4, 5, 5), 17, (5, 5), (1, 2), (3, 4, 2, 1), (1, 1), 1, True, 31),
+}
+
+
+def g_conv(name, seed=0):
+    xdt, xshape, oc, (kh, kw), strides, pads, dil, group, bias, zx = CONV_CASES[name]
+    rng = np.random.default_rng(seed)
+    g = Graph(f"vnni_conv_{name}")
+    x = g.add_input("x", TensorType(xshape, xdt))
+    wv = rng.integers(-128, 128, size=(oc, xshape[1] // group, kh, kw)).astype(np.int8)
+    ins = [x, g.add_const("w", wv)]
+    if bias:
+        ins.append(g.add_const("b", rng.integers(-20000, 20000, size=oc).astype(np.int32)))
+    attrs = {"strides": list(strides), "pads": list(pads), "dilations": list(dil), "group": group,
+             "x_zero_point": zx}
+    acc = g.add_node("qconv", ins, attrs, names=["acc"]).output
+    g.set_outputs([acc] + _requantizes(g, acc, oc, 1, seed))
+    feeds = {"x": _feed(np.random.default_rng(seed + 1), xshape, xdt)}
+    feeds["x"].reshape(-1)[:3] = _BOUNDS[xdt][1], _BOUNDS[xdt][0], _BOUNDS[xdt][1]  # the extremes
+    return g, feeds
+
+
+def check(g, feeds, preset="host"):
+    ref = interp_run(g, feeds)
+    got = runner_from_executable(compile_graph(g, preset), g).run(feeds)
+    assert set(got) == set(ref)
+    for k, r in ref.items():
+        o = got[k]
+        assert o.dtype == r.dtype and o.shape == r.shape, (k, o.dtype, o.shape, r.dtype, r.shape)
+        bad = np.flatnonzero(o != r)
+        assert bad.size == 0, f"{k}: {bad.size}/{r.size} differ, first {bad[:5]}: {o.ravel()[bad[:5]]} vs " \
+                              f"{r.ravel()[bad[:5]]}"
+    return ref
+
+
+def _uses_vnni(g, preset="host") -> bool:
+    return "qcc_vnni" in lower_for(g, preset).script(show_meta=False)
+
+
+@pytest.mark.parametrize("name", sorted(CONV_CASES))
+def test_qconv_vnni_bit_exact(name):
+    g, feeds = g_conv(name)
+    assert _uses_vnni(g)
+    ref = check(g, feeds)
+    assert len(np.unique(ref["rq_u8"])) > 5  # not all clamped: the comparison means something
+
+
+def test_qconv_fallbacks_stay_exact():
+    """Depthwise (another kernel's job), i16 activations and non-constant weights take the
+    generic lowering, and stay exact."""
+    rng = np.random.default_rng(5)
+    g = Graph("fallbacks")
+    x = g.add_input("x", TensorType((1, 8, 6, 7), "u8"))
+    dw = g.add_node("qconv", [x, g.add_const("wd", rng.integers(-128, 128, (8, 1, 3, 3)).astype(np.int8))],
+                    {"strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": 8,
+                     "x_zero_point": 4}, names=["dw"]).output
+    x16 = g.add_input("x16", TensorType((1, 3, 5, 5), "i16"))
+    c16 = g.add_node("qconv", [x16, g.add_const("w16", rng.integers(-128, 128, (4, 3, 1, 1)).astype(np.int8))],
+                     {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1,
+                      "x_zero_point": -300}, names=["c16"]).output
+    g.set_outputs([dw, c16])
+    assert not _uses_vnni(g)
+    check(g, {"x": _feed(rng, (1, 8, 6, 7), "u8"), "x16": rng.integers(-999, 999, (1, 3, 5, 5)).astype(np.int16)})
+
+
+def g_matmuls(seed=3):
+    rng = np.random.default_rng(seed)
+    g = Graph("vnni_mm")
+    outs = []
+    # rec-like: [1, 40, 120] x [120, 360], per-channel requantize along the last axis
+    a = g.add_input("a", TensorType((1, 40, 120), "u8"))
+    w = rng.integers(-128, 128, size=(120, 360)).astype(np.int8)
+    acc = g.add_node("qmatmul", [a, g.add_const("w", w), g.add_const("b", rng.integers(-9999, 9999, 360).astype(np.int32))],
+                     {"a_zero_point": 95}, names=["mm"]).output
+    outs += [acc] + _requantizes(g, acc, 360, 2, seed)
+    # odd sizes, i8 activations, 2-D
+    a2 = g.add_input("a2", TensorType((7, 13), "i8"))
+    outs.append(g.add_node("qmatmul", [a2, g.add_const("w2", rng.integers(-128, 128, (13, 21)).astype(np.int8))],
+                           {"a_zero_point": -7}, names=["mm_odd"]).output)
+    # batched activations times one matrix; u8 weights with a zero point that centres them into int8
+    a3 = g.add_input("a3", TensorType((2, 3, 5, 8), "u8"))
+    w3 = rng.integers(0, 256, size=(8, 17)).astype(np.uint8)
+    outs.append(g.add_node("qmatmul", [a3, g.add_const("w3", w3), g.add_const("b3", rng.integers(-99, 99, 17).astype(np.int32))],
+                           {"a_zero_point": 0, "b_zero_point": 128}, names=["mm_batched"]).output)
+    # a vector times a matrix
+    v = g.add_input("v", TensorType((33,), "u8"))
+    outs.append(g.add_node("qmatmul", [v, g.add_const("w4", rng.integers(-128, 128, (33, 16)).astype(np.int8))],
+                           {"a_zero_point": 250}, names=["mm_vec"]).output)
+    g.set_outputs(outs)
+    feeds = {i.name: _feed(rng, i.shape, i.dtype) for i in g.inputs}
+    return g, feeds
+
+
+def test_qmatmul_vnni_bit_exact():
+    g, feeds = g_matmuls()
+    text = lower_for(g, "host").script(show_meta=False)
+    assert text.count("qcc_vnni_matmul") >= 4, "every qmatmul here takes the VNNI kernel"
+    ref = check(g, feeds)
+    assert len(np.unique(ref["rq_u8"])) > 5
+
+
+def test_qmatmul_two_activations_falls_back():
+    rng = np.random.default_rng(8)
+    g = Graph("mm_act")
+    a = g.add_input("a", TensorType((2, 5, 16), "u8"))
+    b = g.add_input("b", TensorType((2, 16, 6), "u8"))
+    g.set_outputs([g.add_node("qmatmul", [a, b], {"a_zero_point": 3, "b_zero_point": 120}).output])
+    assert not _uses_vnni(g)
+    check(g, {"a": _feed(rng, (2, 5, 16), "u8"), "b": _feed(rng, (2, 16, 6), "u8")})
+
+
+def test_vpdpbusd_in_generated_code():
+    g, feeds = g_conv("3x3_s1")
+    ex = compile_graph(g, "host")
+    asm = "\n".join(m.inspect_source("asm") for m in ex.mod.imports if m.kind == "llvm")
+    assert asm.count("vpdpbusd") >= 8, "the conv's inner loop is VNNI"
+
+
+def test_presets_without_vnni_keep_the_generic_lowering():
+    g, feeds = g_conv("1x1_odd_channels")
+    assert not _uses_vnni(g, "x86-avx2")
+    assert _uses_vnni(g, "x86-avx512")
+    avx2 = get_target("x86-avx2")
+    assert not any(type(r).__name__ == "VNNIRule" for r in strategy_for(avx2).schedule_rules(avx2.target()))
+    check(g, feeds, "x86-avx2")
+
+
+def test_avx512_preset_builds_vnni_for_cascadelake():
+    """x86-avx512 (cascadelake) emits the same VNNI kernels (built, not run: Zen 4 runs them too)."""
+    g, feeds = g_conv("grouped")
+    ex = compile_graph(g, "x86-avx512")
+    asm = "\n".join(m.inspect_source("asm") for m in ex.mod.imports if m.kind == "llvm")
+    assert "vpdpbusd" in asm
+    got = runner_from_executable(ex, g).run(feeds)
+    ref = interp_run(g, feeds)
+    assert all(np.array_equal(got[k], ref[k]) for k in ref)
+
+
+@pytest.mark.slow
+def test_ppocr_cls_o2_vnni_bit_exact(tmp_path, ppocr_cls_path):
+    """The PP-OCR direction classifier at -O2 on host: every output identical to the
+    interpreter, and its pointwise convs run as VNNI kernels."""
+    import qcc
+    from qcc.ir.parser import load as load_qir
+    from test_targets_int import assert_bit_equal, inexact_values
+
+    shape = (1, 3, 48, 192)
+    rng = np.random.default_rng(0)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=rng.uniform(-1, 1, (4,) + shape[1:]).astype(np.float32))
+    qcc.compile(ppocr_cls_path, tmp_path / "cls", opt_level="O2", calib=calib, input_shapes={"x": shape})
+    g = load_qir(tmp_path / "cls" / "model.qir")
+    assert "qcc_vnni_conv" in lower_for(g, "host").script(show_meta=False)
+    runner = qcc.load(tmp_path / "cls")
+    loose = inexact_values(g)  # downstream of softmax: 1e-6
+    for _ in range(2):
+        x = rng.uniform(-1, 1, shape).astype(np.float32)
+        ref = interp_run(g, {"x": x})
+        assert_bit_equal(runner.run({"x": x}), ref, {k: 1e-6 for k in ref if k in loose})
