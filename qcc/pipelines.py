@@ -4,6 +4,10 @@
 replayed with `--passes`. Each step sits where it does for a reason:
 canonicalize first so every later pattern sees folded constants and no no-ops;
 fuse before observing so observers sit on the tensors that will really exist;
+equalize after fuse (it rescales the folded weights, and reads the batch-norm
+statistics fuse keeps) and before observing (the observers must see the rescaled
+channels); bias-correct, when used, after the bit widths are chosen (it quantizes a
+copy exactly as quantize will) and before quantize (the correction is a float bias);
 ranges before bit widths, bit widths before quantize; folding requantize last,
 once every quantize/dequantize pair is in place.
 """
@@ -13,11 +17,14 @@ PIPELINES = {
     "O0": "canonicalize",
     # float activations, int8 weights: no calibration data needed
     "O1": "canonicalize,fuse,quantize-weights,canonicalize",
-    # the static int8 pipeline
-    "O2": "canonicalize,fuse,insert-observers,propagate-ranges,assign-bitwidths,quantize,"
+    # the static int8 pipeline; cross-layer equalization is data-free and cheap
+    "O2": "canonicalize,fuse,equalize,insert-observers,propagate-ranges,assign-bitwidths,quantize,"
           "fold-requantize,canonicalize",
     # O2 with the better calibration method (mixed-precision search joins with issue 5)
-    "O3": "canonicalize,fuse,insert-observers{method=mse},propagate-ranges,"
+    # (bias-correct is not in: on PP-OCR cls it measured neutral to harmful, see
+    # docs/equalization.md); -O3 also tunes the kernels in the back end (targets/tune.py:
+    # --tune-budget, --tune-db)
+    "O3": "canonicalize,fuse,equalize,insert-observers{method=mse},propagate-ranges,"
           "assign-bitwidths,quantize,fold-requantize,canonicalize",
 }
 

@@ -115,7 +115,9 @@ def ppocr_cls(ppocr_cls_path, tmp_path_factory):
     results = {}
     shape = {"x": (CLS_BATCH, 3, 48, 192)}
     all_int8 = PIPELINES["O2"].replace("assign-bitwidths", "assign-bitwidths{search=false}")
-    for name, pipeline in (("O2", PIPELINES["O2"]), ("O2 all-int8", all_int8)):
+    no_cle = all_int8.replace("equalize,", "")
+    for name, pipeline in (("O2", PIPELINES["O2"]), ("O2 all-int8", all_int8), ("O2 all-int8 no-CLE", no_cle),
+                           ("O3", PIPELINES["O3"])):
         g, ctx = run_pipeline(ppocr_cls_path, shape, calib, pipeline=pipeline, verify_each=False)
         q = interp_batches(g, "x", x[ev], CLS_BATCH)
         results[name] = (q, build_report(g, 0, [])["summary"]["int8_mac_fraction"])
@@ -135,7 +137,8 @@ def test_ppocr_cls_o2_agrees_with_float(ppocr_cls, record_property, capsys):
     assert _agree(ref[printed], np.eye(2)[labels[printed]]) > 0.9  # the float model reads printed lines
     lines = []
     for name, (q, frac) in results.items():
-        lines.append(f"qcc -O2{' (assign-bitwidths{search=false})' if 'all' in name else ''}: "
+        lines.append(f"qcc -{name[:2]}{' (assign-bitwidths{search=false})' if 'all' in name else ''}"
+                     f"{' without equalize' if 'no-CLE' in name else ''}: "
                      f"agreement {_agree(q, ref):.2%} (printed {_agree(q[printed], ref[printed]):.2%}, "
                      f"handwritten {_agree(q[~printed], ref[~printed]):.2%}), int8 MACs {frac:.1%}")
     lines.append(f"onnxruntime quantize_static QDQ per-channel: agreement {_agree(ort_q, ref):.2%}")
@@ -149,12 +152,31 @@ def test_ppocr_cls_o2_agrees_with_float(ppocr_cls, record_property, capsys):
     assert _agree(q8, ref) >= 0.975
     assert _agree(q8, ref) >= _agree(ort_q, ref)
     assert _agree(q, ref) >= _agree(ort_q, ref)
+    # cross-layer equalization (in -O2) must not cost agreement: measured 98.08% -> 98.56%
+    # all-int8 here; on 400 other crops (seed 1) 97.75% -> 97.50%, i.e. within one crop
+    assert _agree(q8, ref) >= _agree(results["O2 all-int8 no-CLE"][0], ref) - 0.005
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="per-tensor u8 activations in the narrow (8-24 channel) relu chains of the "
-                          "first blocks cost ~12 dB of SQNR; 4 of 208 crops flip all-int8, 3 with the "
-                          "mixed-precision search (needs e.g. cross-layer equalization)", strict=False)
+@pytest.mark.xfail(reason="still 3 of 208 crops flip (98.56%) with cross-layer equalization: per-layer "
+                          "error on the calibration crops improves (all-int8 SQNR 26 -> 31 dB) but not "
+                          "on unseen crops; the first hard-swish (not scale-equivariant) and the "
+                          "8-channel stem dominate. See docs/equalization.md", strict=False)
 def test_ppocr_cls_meets_the_issue_target(ppocr_cls):
     ref, _, _, results, _ = ppocr_cls
-    assert any(_agree(q, ref) >= 0.99 and frac >= 0.9 for q, frac in results.values())
+    assert any(_agree(q, ref) >= 0.99 and frac >= 0.9 for name, (q, frac) in results.items()
+               if name.startswith("O2"))
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="-O3 reached 99.52% (97.4% int8 MACs) while assign-bitwidths' search "
+                          "raised the worst layers; the reworked search (int16/int4) now finds the "
+                          "all-int8 -O3 over its 30 dB calibration budget and stops: 97.60%", strict=False)
+def test_ppocr_cls_o3_meets_the_issue_target(ppocr_cls):
+    """-O3 (equalize, mse ranges, mixed-precision search) against issue 4's target; measured
+    99.52% with 97.4% int8 MACs, i.e. issue 5's 99.5% too (one crop of 208 flips; on 400
+    other crops 98.75%, against 97.00% without equalize), with the search of 2026-11-22 09:00."""
+    ref, _, _, results, _ = ppocr_cls
+    q, frac = results["O3"]
+    assert frac >= 0.9
+    assert _agree(q, ref) >= 0.99
