@@ -222,6 +222,21 @@ def print_layers(per_model, peak, how):
             print(f"{key:<5} ({total - matched} of {total} MAC layers not matched to a kernel)")
 
 
+def o3_builds(path, tmp: Path, inp, shape, budget):
+    """-O3 builds into tmp: untuned (empty database), cold (tunes into tmp/tune-db), warm (from
+    it); their compile times in seconds."""
+    from qcc.driver import CompileOptions, compile_model
+
+    times = {}
+    for name, db in (("untuned", tmp / "empty-db"), ("cold", tmp / "tune-db"), ("warm", tmp / "tune-db")):
+        opts = CompileOptions(opt_level="O3", calib=str(tmp / "calib.npz"), input_shapes={inp: shape},
+                              tune_budget="0" if name == "untuned" else budget, tune_db=str(db))
+        t0 = time.perf_counter()
+        compile_model(path, tmp / f"o3-{name}", opts)
+        times[name] = time.perf_counter() - t0
+    return times
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="cls,rec,det")
@@ -230,6 +245,9 @@ def main(argv=None):
     ap.add_argument("--calib", type=int, default=16)
     ap.add_argument("--no-layers", dest="layers", action="store_false",
                     help="skip the per-layer GMAC/s of the largest layers and the int8 peak")
+    ap.add_argument("--o3", metavar="BUDGET",
+                    help="also build qcc -O3 with this kernel-tuning budget (64, 10m) into a fresh database, "
+                         "cold then warm: its latency joins the rounds; prints compile times of -O2, -O3 cold, warm")
     args = ap.parse_args(argv)
     os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
     import onnxruntime
@@ -250,7 +268,9 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             np.savez(tmp / "calib.npz", **{inp: np.concatenate(calib)})
+            t_o2 = time.perf_counter()
             qcc.compile(path, tmp / "q8", opt_level="O2", calib=str(tmp / "calib.npz"), input_shapes={inp: shape})
+            t_o2 = time.perf_counter() - t_o2
             qcc.compile(path, tmp / "f32", opt_level="O0", input_shapes={inp: shape})
             runners = {
                 "qcc int8": qcc.load(tmp / "q8"),
@@ -258,6 +278,9 @@ def main(argv=None):
                 "ort f32": ort_session(path, args.threads),
                 "ort int8": ort_session(ort_int8(path, shape, calib, tmp), args.threads),
             }
+            if args.o3:
+                t_o3 = o3_builds(path, tmp, inp, shape, args.o3)
+                runners["qcc -O3"] = qcc.load(tmp / "o3-warm")
             calls = {
                 k: (lambda r=r: r.run(None, {inp: x})) if k.startswith("ort") else (lambda r=r: r.run({inp: x}))
                 for k, r in runners.items()
@@ -274,6 +297,11 @@ def main(argv=None):
             print(f"{key:<5} {med['qcc int8']:9.2f} {med['qcc f32']:8.2f} {med['ort f32']:8.2f} {med['ort int8']:9.2f}   "
                   f"{med['qcc int8'] / med['ort int8']:13.2f} {med['qcc int8'] / med['ort f32']:12.2f} "
                   f"{med['qcc int8'] / med['qcc f32']:12.2f}")
+            if args.o3:
+                print(f"{key:<5} qcc -O3 (tune budget {args.o3}) {med['qcc -O3']:.2f} ms = "
+                      f"{med['qcc -O3'] / med['qcc int8']:.2f}x -O2; compile -O2 {t_o2:.1f} s, -O3 untuned "
+                      f"{t_o3['untuned']:.1f} s, cold {t_o3['cold']:.1f} s, warm {t_o3['warm']:.1f} s "
+                      f"({t_o3['warm'] / t_o2:.2f}x -O2)")
             sys.stdout.flush()
             if args.layers:
                 per_model[key] = layer_throughput(tmp / "q8", {inp: x}, args.threads)

@@ -11,10 +11,13 @@ all-int8:
 1. size (`size-budget`, bytes of constants as the artifact stores them, int4
    packed): while over budget, the layer whose weights lose the least SQNR per
    byte saved goes to 4-bit weights (without calibration data: the largest first);
-2. error (`min-sqnr`, dB at the outputs): while under budget, the most sensitive
-   layer is raised: to 16-bit activations when that alone brings its error well
+2. error (`min-sqnr`, dB at the outputs): while under budget, the layer adding the
+   most output noise per MAC (a knapsack ratio: cheap noisy layers before large
+   ones) is raised: to 16-bit activations when that alone brings its error well
    under the budget (its compute stays integer), else to float; a w4 layer back to
-   w8 when the size budget allows. Never below `min-int8-fraction` of the MACs in
+   w8 when the size budget allows. A raise is kept only if the whole model's
+   output SQNR gains `min-gain-db`: when the noise comes from elsewhere, raising
+   layers would only spend the int8 share (and speed). Never below `min-int8-fraction` of the MACs in
    8-bit-or-narrower integer, never over the size budget.
 
 User rules (`precision=head.*:float;conv1:int16;op:matmul=w4`, `--precision`, or

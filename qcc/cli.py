@@ -154,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--threads", type=_positive_int, metavar="N",
                    help="CPU threads the artifact runs with by default (recorded in manifest.json; "
                         "`qcc run`/`qcc bench`/qcc.load use it unless told otherwise); default every core")
+    c.add_argument("--tune-budget", metavar="N|TIME",
+                   help="kernel tuning (on by default at -O3, budget 64): trials for the whole model (64) or "
+                        "a time (10m, 90s); 0 = only apply the tuning database")
+    c.add_argument("--tune-db", metavar="DIR",
+                   help="tuning database folder (default $QCC_CACHE_DIR/tune-db, else ~/.cache/qcc/tune-db)")
     _add_pipeline_flags(c)
 
     i = sub.add_parser("import", help="import an ONNX model to .qir text")
@@ -295,7 +300,8 @@ def cmd_compile(args) -> int:
                           max_error=args.max_error, min_int8_fraction=args.min_int8_fraction,
                           size_budget=args.size_budget, config=args.config,
                           plugins=args.plugin, verify_each=bool(args.verify_each),
-                          emit=args.emit, depfile=args.depfile, threads=args.threads)
+                          emit=args.emit, depfile=args.depfile, threads=args.threads,
+                          tune_budget=args.tune_budget, tune_db=args.tune_db)
     if args.emit:  # fail before the pipeline runs, not after
         from . import targets
         from .driver import CompileError

@@ -57,6 +57,11 @@ class LoweringStrategy:
     # float math between integer segments rounds exactly as the reference does.
     exact_float_multiply = True
 
+    # TIR module passes run on the fused kernels just before the schedule rules (CPU
+    # pipeline): e.g. tune.TuningPass, which schedules the kernels its database has a tuned
+    # record for and marks them `tirx.is_scheduled`, so the rules leave them alone.
+    kernel_passes: tuple = ()
+
     def base_relax_pipeline(self, target):
         """The Relax pipeline proper (a name or a pass); subclasses override this."""
         return "default"
@@ -94,7 +99,8 @@ class LoweringStrategy:
 class FusedCPUStrategy(LoweringStrategy):
     """Plain lowering, but compiled with the CPU backend pipeline (FuseOps + FuseTIR):
     elementwise epilogues are fused into their producers, fewer kernels and buffers;
-    then the stages of each fused kernel are inlined into one loop nest."""
+    then the stages of each fused kernel are inlined into one loop nest, and every kernel
+    gets a search-free schedule (cpu_rules.py: tiled + vectorized + parallel)."""
 
     name = "cpu-fused"
 
@@ -122,9 +128,22 @@ class FusedCPUStrategy(LoweringStrategy):
             with target:
                 return tvm.transform.Sequential(
                     cpu.library_dispatch_passes(target) + cpu.legalize_passes(target) + [InlineElementwise()]
-                    + schedule + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))(mod)
+                    + list(self.kernel_passes) + schedule
+                    + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))(mod)
 
         return _pipeline
+
+    # kernels with fewer loop iterations run single-threaded (None: cpu_rules' default;
+    # a huge value: no parallel loops at all, e.g. for a machine whose cores are shared)
+    parallel_min_work = None
+
+    def schedule_rules(self, target) -> list:
+        """The generic search-free CPU schedules of cpu_rules.py (tiled conv/matmul/pool,
+        row reductions, parallel + vectorized loop nests); family strategies put their own
+        kernels' rules before these."""
+        from .cpu_rules import cpu_rules
+
+        return cpu_rules(target, self.parallel_min_work)
 
 
 class CUDAStrategy(LoweringStrategy):
