@@ -1,0 +1,523 @@
+"""Search-free CPU schedules for fused kernels: dlight rules for x86 and ARM.
+
+After FuseOps/FuseTIR and `InlineElementwise` (cpu_schedule.py) a fused kernel is a
+few loop nests under one root block: an optional prologue (padding, a dequantize), at
+most a few reductions (a conv, a matmul, a pool, the rows of a softmax) and an
+epilogue (bias, requantize, activation). Unscheduled, each is a naive single-threaded
+loop nest. The rules here, tried in order on every kernel no earlier rule claimed:
+
+- `TiledReduction`: every reduction block whose innermost output axis is contiguous in
+  what it reads (conv in NCHW/OIHW incl. depthwise and int8, conv-transpose, matmul,
+  max/avg pool) gets a register tile: the output's inner axis split into vector lanes,
+  an optional second axis (one the main input does not depend on: output channels of a
+  conv, rows of a matmul) unrolled by 2-4, the reduction loops *outside* the tile, the
+  accumulators in a local buffer (cache_write + decompose_reduction), the outer tile
+  loops fused and parallel, and the epilogue computed per tile (reverse_compute_at).
+- `RowReduction`: softmax / layer norm / mean over the last axis: rows parallel, every
+  stage computed per row (dlight's own CPU `Reduction` rule was slower than no schedule
+  here: its predicated splits scalarize).
+- `LoopNests`: anything else, block by block: injective blocks get their outer loops
+  fused and parallel and their innermost loop vectorized (by LLVM, or here when it holds
+  a fenced product LLVM will not vectorize); reductions get their spatial loops parallel.
+
+Small kernels (< PARALLEL_MIN_WORK loop iterations) stay single-threaded: every parallel
+loop is a barrier of TVM's static thread pool.
+
+Exactness: moving spatial loops inside reduction loops, splitting and fusing loops,
+vectorizing over *output* elements and per-tile epilogues never change the sequence
+of operations that produces one output element, so integer results stay bit-exact and
+float reductions keep their order (no rfactor, no reassociation). Fenced products
+(exact_fp.py) keep their fence whether or not their loop vectorizes.
+
+Each rule returns None for a kernel it does not handle and never raises: a schedule
+error leaves the kernel to the next rule (the last one schedules block by block and
+skips any block it cannot schedule), so a build never fails here.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import List, Optional, Sequence
+
+from tvm import s_tir, tirx
+from tvm.s_tir import dlight
+
+from .exact_fp import FENCE
+
+# below this many loop iterations a parallel launch (a barrier of TVM's static thread
+# pool: microseconds when the cores are free, a scheduler slice when they are not)
+# costs more than it saves
+PARALLEL_MIN_WORK = 1 << 16
+# accumulator tile: at most this many vector registers (fits AVX2/NEON's 16 with room)
+MAX_ACC_VECTORS = 8
+
+
+# --- small helpers ----------------------------------------------------------------------------
+
+def vector_bits(target) -> int:
+    """The target's SIMD width in bits (128 when unknown)."""
+    try:
+        from tvm.target.codegen import llvm_get_vector_width
+
+        bits = int(llvm_get_vector_width(target))
+    except Exception:  # noqa: BLE001 - not an llvm target / no LLVM info
+        bits = 0
+    return bits if bits > 0 else 128
+
+
+def _extent(sch, loop) -> Optional[int]:
+    ext = sch.get(loop).extent
+    return int(ext) if isinstance(ext, tirx.IntImm) else None
+
+
+def _dtype_bits(dtype) -> int:
+    """Bits of one element of a TIR dtype ("float32" -> 32, "bool" -> 8)."""
+    import re
+
+    m = re.search(r"(\d+)$", str(dtype).split("x")[0])
+    return max(int(m.group(1)) if m else 32, 8)
+
+
+def _vector_factor(n: int, lanes: int) -> Optional[int]:
+    """Vector length for a loop of n iterations: the largest power of two <= lanes
+    (>= 4) dividing n. Odd lengths (v10f32) make LLVM scalarize the whole vector
+    expression, so a loop without one stays serial (LLVM's own loop vectorizer, with
+    its remainder loop, may still take it)."""
+    v = 1 << max(int(lanes).bit_length() - 1, 0)
+    while v >= 4:
+        if n % v == 0:
+            return v
+        v //= 2
+    return None
+
+
+def _divisor(n: int, hi: int, lo: int = 2) -> Optional[int]:
+    """Largest divisor of n in [lo, hi], or None."""
+    for d in range(min(hi, n), lo - 1, -1):
+        if n % d == 0:
+            return d
+    return None
+
+
+def _is_reduction(block) -> bool:
+    return any(int(iv.iter_type) != 0 for iv in block.iter_vars)
+
+
+def _root_blocks(sch) -> list:
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def _has(var, expr) -> bool:
+    """Whether an index expression uses `var`."""
+    return any(v.same_as(var) for v in tirx.analysis.undefined_vars(expr))
+
+
+def _work(sch, loops) -> int:
+    n = 1
+    for lp in loops:
+        e = _extent(sch, lp)
+        n *= e if e is not None else 1 << 20
+    return n
+
+
+def _trivial_binding(sch, block_rv, loops) -> bool:
+    """Each block iter is bound to exactly one loop var, in loop order."""
+    block = sch.get(block_rv)
+    loop_vars = [sch.get(lp).loop_var for lp in loops]
+    values = _iter_values(sch, block_rv)
+    if values is None or len(values) != len(block.iter_vars) or len(loop_vars) != len(values):
+        return False
+    return all(isinstance(v, tirx.Var) and v.same_as(lv) for v, lv in zip(values, loop_vars))
+
+
+def _iter_values(sch, block_rv):
+    """The iter_values of the block's SBlockRealize."""
+    import tvm
+
+    return list(tvm.get_global_func("s_tir.schedule.GetSBlockRealize")(sch, block_rv).iter_values)
+
+
+# --- the loop-nest schedules ------------------------------------------------------------------
+
+def _parallel(sch, loops: Sequence, total_work: int, min_work: int = PARALLEL_MIN_WORK):
+    """Fuse `loops` and mark the result parallel when the work is worth a launch."""
+    loops = list(loops)
+    if not loops:
+        return None
+    outer = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    ext = _extent(sch, outer)
+    if total_work >= min_work and (ext is None or ext > 1):
+        sch.parallel(outer)
+    return outer
+
+
+def schedule_injective(sch, block_rv, target, min_work: int = PARALLEL_MIN_WORK) -> None:
+    """Outer loops fused + parallel; the innermost loop left to LLVM's loop vectorizer,
+    or vectorized here (power-of-two lanes) when it holds a fenced product."""
+    loops = list(sch.get_loops(block_rv))
+    if not loops:
+        return
+    block = sch.get(block_rv)
+    total = _work(sch, loops)
+    # trailing unit loops ([1, C, 1, 1]) make the contiguous axis the one before them
+    while len(loops) > 1 and _extent(sch, loops[-1]) == 1:
+        loops = loops[:-2] + [sch.fuse(loops[-2], loops[-1])]
+    bits = max([_dtype_bits(w.source.dtype) for w in block.writes] + [32])
+    lanes = max(vector_bits(target) // bits, 4)
+    inner = loops[-1]
+    ext = _extent(sch, inner)
+    vec = None
+    # LLVM's loop vectorizer does better than an explicit vector loop on plain
+    # elementwise code (measured: rounding/select chains scalarized when explicit); it
+    # does not vectorize a loop holding a fenced product (exact_fp.py), so those are
+    # vectorized here
+    explicit = FENCE in str(block.body)
+    if explicit and ext is not None and ext >= 4:
+        v = _vector_factor(ext, lanes)
+        if v is not None:
+            if v < ext:
+                outer_in, vec = sch.split(inner, factors=[None, v])
+                loops = loops[:-1] + [outer_in]
+            else:
+                vec, loops = inner, loops[:-1]
+    elif ext is None:
+        return
+    if vec is None:
+        loops = loops[:-1]  # the innermost stays serial (LLVM may vectorize it)
+    _parallel(sch, loops, total, min_work)
+    if vec is not None:
+        sch.vectorize(vec)
+
+
+def schedule_reduction_plain(sch, block_rv, target, min_work: int = PARALLEL_MIN_WORK) -> None:
+    """Spatial loops fused + parallel, the reduction loops serial inside (order kept)."""
+    block = sch.get(block_rv)
+    loops = list(sch.get_loops(block_rv))
+    if not _trivial_binding(sch, block_rv, loops):
+        return
+    kinds = [int(iv.iter_type) for iv in block.iter_vars]
+    n_lead = 0
+    while n_lead < len(kinds) and kinds[n_lead] == 0:
+        n_lead += 1
+    if n_lead == 0:
+        return
+    # the innermost spatial loop stays a loop of its own (LLVM vectorizes it when the
+    # reduction is short: a strided depthwise conv); the ones outside are parallel
+    outer = loops[:n_lead - 1] if n_lead > 1 and (_extent(sch, loops[n_lead - 1]) or 0) > 1 else loops[:n_lead]
+    _parallel(sch, outer, _work(sch, loops), min_work)
+
+
+def _vector_axis(block, loops_vars) -> Optional[int]:
+    """Index of the iter to vectorize a reduction over: the innermost spatial iter that
+    indexes the last dimension of the output, and of every read that uses it (so the
+    loads are contiguous or broadcast), or None."""
+    kinds = [int(iv.iter_type) for iv in block.iter_vars]
+    spatial = [i for i, k in enumerate(kinds) if k == 0]
+    if not spatial or len(block.writes) != 1:
+        return None
+    sv = spatial[-1]
+    var = block.iter_vars[sv].var
+    w = block.writes[0]
+    if not w.region or not _has(var, w.region[-1].min):
+        return None
+    for r in block.reads:
+        if r.source.same_as(w.source):
+            continue
+        for dim in r.region[:-1]:
+            if _has(var, dim.min):
+                return None  # a strided (gather) load
+    return sv
+
+
+def _strided(block, sv) -> bool:
+    """Whether a read moves by more than one element along the vector axis (a strided conv)."""
+    var = block.iter_vars[sv].var
+    return any(r.region and _has(var, r.region[-1].min) and _stride(r.region[-1].min, var) != 1
+               for r in block.reads if not r.source.same_as(block.writes[0].source))
+
+
+def _stride(expr, var) -> Optional[int]:
+    """The coefficient of `var` in an index expression (None if not linear)."""
+    from tvm.sym.pattern import detect_linear_equation
+
+    try:
+        coef = detect_linear_equation(expr, [var])
+    except Exception:  # noqa: BLE001
+        return None
+    if not coef or not isinstance(coef[0], tirx.IntImm):
+        return None
+    return int(coef[0])
+
+
+def _register_axis(sch, block, sv, ext_of) -> Optional[int]:
+    """A spatial iter a read that holds the vector axis does not depend on: unrolling
+    it reuses each vector load of that read (a conv's output channels, matmul rows)."""
+    kinds = [int(iv.iter_type) for iv in block.iter_vars]
+    vvar = block.iter_vars[sv].var
+    vec_reads = [r for r in block.reads if not r.source.same_as(block.writes[0].source)
+                 and any(_has(vvar, d.min) for d in r.region)]
+    best = None
+    for i, k in enumerate(kinds):
+        if k != 0 or i == sv or (ext_of[i] or 0) < 2:
+            continue
+        var = block.iter_vars[i].var
+        if any(not any(_has(var, d.min) for d in r.region) for r in vec_reads):
+            if any(any(_has(var, d.min) for d in r.region) for r in block.reads
+                   if not r.source.same_as(block.writes[0].source)):
+                best = i  # innermost such axis
+    return best
+
+
+def schedule_tiled_reduction(sch, block_rv, target, fuse_epilogue: bool = True,
+                             min_work: int = PARALLEL_MIN_WORK) -> bool:
+    """Register-tiled, vectorized, parallel schedule of one reduction block (see the
+    module docstring); False when the block has no contiguous vector axis."""
+    block = sch.get(block_rv)
+    loops = list(sch.get_loops(block_rv))
+    if not _is_reduction(block) or not _trivial_binding(sch, block_rv, loops):
+        return False
+    exts = [_extent(sch, lp) for lp in loops]
+    if any(e is None for e in exts):
+        return False
+    sv = _vector_axis(block, loops)
+    if sv is None or exts[sv] < 4:
+        return False
+    acc_dtype = block.writes[0].source.dtype
+    lanes = max(vector_bits(target) // max(_dtype_bits(acc_dtype), 8), 4)
+    # a power-of-two vector, else an odd one (9 of 18) that fits one register: the
+    # multiply-accumulate body legalizes fine at odd lengths (rounding chains do not)
+    v = _vector_factor(exts[sv], lanes) or _divisor(exts[sv], lanes, 4)
+    if v is None:
+        return False
+    sr = _register_axis(sch, block, sv, exts)
+    kinds = [int(iv.iter_type) for iv in block.iter_vars]
+    mr, nv = _tile(exts[sr] if sr is not None else 1, exts[sv] // v, _max_acc(target))
+    mr = mr if mr > 1 else None
+    if mr is None and _strided(block, sv):
+        return False  # strided depthwise: LLVM's own interleaved loads do better (measured)
+    total = _work(sch, loops)
+
+    v_loops = sch.split(loops[sv], factors=[None, nv, v]) if nv > 1 else sch.split(loops[sv], factors=[None, v])
+    r_loops = sch.split(loops[sr], factors=[None, mr]) if mr else None
+    outer, reduce, inner = [], [], []
+    for i, lp in enumerate(loops):
+        if i == sv:
+            outer.append(v_loops[0])
+        elif mr and i == sr:
+            outer.append(r_loops[0])
+        elif kinds[i] == 0:
+            outer.append(lp)
+        else:
+            reduce.append(lp)
+    if mr:
+        inner.append(r_loops[1])
+    inner += list(v_loops[1:])
+    sch.reorder(*outer, *reduce, *inner)
+    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    if total >= min_work and _extent(sch, fused) != 1:
+        sch.parallel(fused)
+    consumers = list(sch.get_consumers(block_rv))
+    # accumulators in registers: a local tile, written back per tile
+    local = sch.cache_write(block_rv, 0, "local")
+    sch.reverse_compute_at(local, fused, preserve_unit_loops=True)
+    _vectorize_tile(sch, local, target)
+    sch.vectorize(inner[-1])
+    for lp in inner[:-1]:
+        sch.unroll(lp)
+    if reduce:
+        init = sch.decompose_reduction(block_rv, reduce[0])
+        init_loops = sch.get_loops(init)
+        for lp in init_loops[len(init_loops) - len(inner):-1]:
+            sch.unroll(lp)
+    if fuse_epilogue:
+        _fuse_epilogue(sch, consumers, fused, target)
+    return True
+
+
+def _max_acc(target) -> int:
+    """Accumulator vectors a register tile may hold: 12 with 32 vector registers
+    (AVX-512, AArch64), 8 with 16 (AVX2)."""
+    if vector_bits(target) >= 512 or "aarch64" in str(target.attrs.get("mtriple", "")):
+        return 12
+    return MAX_ACC_VECTORS
+
+
+def _tile(m_ext: int, n_vec: int, max_acc: int):
+    """(mr, nv): mr rows of the register axis x nv vectors of the vector axis, both
+    dividing their extents, mr*nv <= max_acc, most FMAs per load (mr*nv / (mr+nv))."""
+    best, best_score = (1, 1), -1.0
+    for mr in range(1, min(m_ext, 8) + 1):
+        if m_ext % mr:
+            continue
+        for nv in range(1, min(n_vec, 6) + 1):
+            if n_vec % nv or mr * nv > max_acc:
+                continue
+            score = mr * nv / (mr + nv) + 0.01 * mr * nv
+            if score > best_score:
+                best, best_score = (mr, nv), score
+    return best
+
+
+def _vectorize_tile(sch, block_rv, target) -> None:
+    """Vectorize the innermost loop of a per-tile stage (epilogue, accumulator write-back)."""
+    tile = [lp for lp in sch.get_loops(block_rv) if sch.get(lp).kind == tirx.ForKind.SERIAL]
+    if not tile:
+        return
+    ext = _extent(sch, tile[-1])
+    if ext is not None and ext >= 4 and (ext & (ext - 1) == 0 or ext % 8 == 0):
+        sch.vectorize(tile[-1])  # odd lengths left to LLVM (see _vector_factor)
+
+
+def _fuse_epilogue(sch, consumers, loop, target) -> None:
+    """Compute each elementwise consumer chain of the tiled block per tile (reverse_compute_at
+    at the tile loop), in order; a consumer that does not fit stays its own loop nest."""
+    pending = list(consumers)
+    seen = set()
+    while pending:
+        c = pending.pop(0)
+        name = sch.get(c).name_hint
+        if name in seen:
+            continue
+        seen.add(name)
+        block = sch.get(c)
+        if _is_reduction(block):
+            continue
+        try:
+            sch.reverse_compute_at(c, loop, preserve_unit_loops=True)
+        except Exception:  # noqa: BLE001 - not a per-tile consumer (broadcast, other shape)
+            continue
+        _vectorize_tile(sch, c, target)
+        pending += list(sch.get_consumers(c))
+
+
+def _schedule_rest(sch, target, min_work: int = PARALLEL_MIN_WORK) -> None:
+    """Every root block no loop is parallel in yet: injective or plain reduction."""
+    for b in _root_blocks(sch):
+        loops = sch.get_loops(b)
+        if any(sch.get(lp).kind != tirx.ForKind.SERIAL for lp in loops):
+            continue
+        try:
+            if _is_reduction(sch.get(b)):
+                schedule_reduction_plain(sch, b, target, min_work)
+            else:
+                schedule_injective(sch, b, target, min_work)
+        except Exception:  # noqa: BLE001 - a block this cannot schedule stays as it is
+            continue
+
+
+# --- the dlight rules -------------------------------------------------------------------------
+
+class _CPURule(dlight.ScheduleRule):
+    """A rule for llvm targets that returns None instead of raising."""
+
+    name = "cpu"
+
+    def __init__(self, parallel_min_work: int = None):
+        # loops with less work than this stay serial (None: PARALLEL_MIN_WORK)
+        self.min_work = PARALLEL_MIN_WORK if parallel_min_work is None else parallel_min_work
+
+    def apply(self, func, target, tunable):  # noqa: ARG002 - search-free
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        try:
+            sch = s_tir.Schedule(func)
+            if not self.schedule(sch, target):
+                return None
+            return sch
+        except Exception as e:  # noqa: BLE001 - leave the kernel to the next rule
+            warnings.warn(f"qcc cpu rule {self.name}: {type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}")
+            return None
+
+    def schedule(self, sch, target) -> bool:
+        raise NotImplementedError
+
+
+class TiledReduction(_CPURule):
+    """Conv / depthwise / matmul / pool: register-tiled, vectorized, parallel, epilogue per tile."""
+
+    name = "tiled-reduction"
+
+    def schedule(self, sch, target) -> bool:
+        blocks = _root_blocks(sch)
+        reductions = [b for b in blocks if _is_reduction(sch.get(b))]
+        if not reductions:
+            return False
+        done = 0
+        for b in reductions:
+            if schedule_tiled_reduction(sch, b, target, fuse_epilogue=len(reductions) == 1,
+                                        min_work=self.min_work):
+                done += 1
+        if not done:
+            return False
+        _schedule_rest(sch, target, self.min_work)
+        return True
+
+
+class RowReduction(_CPURule):
+    """Softmax / layer norm / mean over the last axis: the rows (leading spatial axes
+    every stage shares) fused and parallel, every stage computed per row (compute_at),
+    the loops inside a row left to LLVM (in order: a float row reduction keeps its
+    sequential order)."""
+
+    name = "row-reduction"
+
+    def schedule(self, sch, target) -> bool:
+        blocks = _root_blocks(sch)
+        if len(blocks) < 2 or _is_reduction(sch.get(blocks[-1])):
+            return False
+        reds = [b for b in blocks if _is_reduction(sch.get(b))]
+        if not reds or not all(_is_row_reduction(sch.get(b)) for b in reds):
+            return False
+        n_lead = None
+        for b in blocks:
+            kinds = [int(iv.iter_type) for iv in sch.get(b).iter_vars]
+            n = 0
+            while n < len(kinds) and kinds[n] == 0:
+                n += 1
+            n_lead = n if n_lead is None else min(n_lead, n)
+        if not n_lead:
+            return False
+        last = blocks[-1]
+        loops = sch.get_loops(last)
+        if not _trivial_binding(sch, last, loops):
+            return False
+        outer = sch.fuse(*loops[:n_lead]) if n_lead > 1 else loops[0]
+        work = sum(_work(sch, sch.get_loops(b)) for b in blocks)
+        if work >= self.min_work and _extent(sch, outer) != 1:
+            sch.parallel(outer)
+        for b in reversed(blocks[:-1]):
+            sch.compute_at(b, outer, preserve_unit_loops=True)
+        return True
+
+
+def _is_row_reduction(block) -> bool:
+    """A reduction over the last axis of what it reads (softmax, layer norm rows), not a
+    window (conv, pool: an output axis also moves along the reduced one)."""
+    reduce = [iv.var for iv in block.iter_vars if int(iv.iter_type) != 0]
+    spatial = [iv.var for iv in block.iter_vars if int(iv.iter_type) == 0]
+    rows = False
+    for r in block.reads:
+        if r.source.same_as(block.writes[0].source) or not r.region:
+            continue
+        for dim in r.region:
+            if any(_has(v, dim.min) for v in reduce) and any(_has(v, dim.min) for v in spatial):
+                return False  # a sliding window
+        last = r.region[-1].min
+        rows = rows or any(_has(v, last) for v in reduce)
+    return rows
+
+
+class LoopNests(_CPURule):
+    """Anything else, block by block: parallel outer loops, vectorized inner loop."""
+
+    name = "loop-nests"
+
+    def schedule(self, sch, target) -> bool:
+        _schedule_rest(sch, target, self.min_work)
+        return True
+
+
+def cpu_rules(target=None, parallel_min_work: Optional[int] = None) -> List[dlight.ScheduleRule]:
+    """The generic CPU rules, in the order they are tried. `parallel_min_work`: the loop
+    iterations below which a kernel stays single-threaded (a huge value: no threads)."""
+    return [rule(parallel_min_work) for rule in (TiledReduction, RowReduction, LoopNests)]

@@ -1,0 +1,269 @@
+"""The search-free CPU schedule rules (targets/cpu_rules.py).
+
+Per rule: a kernel scheduled by the rule computes what the unscheduled kernel computes
+(bit for bit for integers; float within rounding, and bit for bit where the rule keeps
+each output's reduction order) and the rule really applied (a parallel / vectorized loop
+in the scheduled PrimFunc). Then a whole PP-OCR model: every fused kernel scheduled.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+from tvm import te, topi  # noqa: E402
+
+from qcc.targets import cpu_rules as R  # noqa: E402
+from qcc.targets import get_target  # noqa: E402
+from qcc.targets.cpu_schedule import InlineElementwise  # noqa: E402
+from qcc.targets.exact_fp import FENCE  # noqa: E402
+
+PRESETS = ["host", "x86-avx2", "arm-a76"]
+
+
+@pytest.fixture(scope="module")
+def target():
+    return get_target("host").target()
+
+
+def _func(*tensors):
+    """A fused-kernel-like PrimFunc (elementwise stages inlined, as the pipeline does)."""
+    f = te.create_prim_func(list(tensors)).with_attr("global_symbol", "main")
+    mod = InlineElementwise()(tvm.IRModule({"main": f}))
+    return mod["main"]
+
+
+def _rand(shape, dtype, rng):
+    if dtype.startswith("float"):
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype == "int64":
+        return rng.integers(0, 16, shape).astype(dtype)
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+
+
+def _run(func, target, arrays):
+    with target:
+        lib = tvm.tirx.build(tvm.IRModule({"main": func}), target=target)
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(a, dev) for a in arrays]
+    lib["main"](*args)
+    return args[-1].numpy()
+
+
+def check_rule(rule, func, target, shapes, exact=True, seed=0):
+    """Schedule `func` with `rule`, compare with the unscheduled kernel; returns the script."""
+    sch = rule.apply(func, target, False)
+    assert sch is not None, f"{rule.name} did not apply"
+    scheduled = sch.mod["main"]
+    rng = np.random.default_rng(seed)
+    arrays = [_rand(s, d, rng) for s, d in shapes]
+    want = _run(func, target, arrays)
+    got = _run(scheduled, target, arrays)
+    if exact:
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    return scheduled.script()
+
+
+def _shapes(*ts):
+    return [([int(d) for d in t.shape], str(t.dtype)) for t in ts]
+
+
+# --- kernels like the ones qcc's lowering fuses ------------------------------------------------
+
+def requantize_te(acc, mult, shift, zp, out_dtype="uint8"):
+    lo, hi = (0, 255) if out_dtype == "uint8" else (-128, 127)
+    return te.compute(acc.shape, lambda n, c, h, w: te.max(te.min(
+        ((acc[n, c, h, w].astype("int64") * mult[c]) >> shift[c]) + zp, hi), lo).astype(out_dtype), name="requant")
+
+
+def qdepthwise(c=24, h=12, w=96, k=3, stride=1):
+    x = te.placeholder((1, c, h, w), "uint8", name="x")
+    wt = te.placeholder((c, 1, k, k), "int8", name="w")
+    mult = te.placeholder((c,), "int64", name="mult")
+    shift = te.placeholder((c,), "int64", name="shift")
+    xi = te.compute(x.shape, lambda *i: x(*i).astype("int32"), name="xi")
+    wi = te.compute(wt.shape, lambda *i: wt(*i).astype("int32"), name="wi")
+    acc = topi.nn.group_conv2d_nchw(xi, wi, stride, k // 2, 1, c, out_dtype="int32")
+    out = requantize_te(acc, mult, shift, 3)
+    return (x, wt, mult, shift, out)
+
+
+def fconv(ci=16, co=24, h=6, w=80, k=1, stride=1, fenced=True):
+    x = te.placeholder((1, ci, h, w), "float32", name="x")
+    wt = te.placeholder((co, ci, k, k), "float32", name="w")
+    s = te.placeholder((co,), "float32", name="s")
+    b = te.placeholder((co,), "float32", name="b")
+    acc = topi.nn.conv2d_nchw(x, wt, stride, k // 2, 1)
+    if fenced:
+        mul = te.compute(acc.shape, lambda n, c, i, j: tvm.tirx.call_llvm_pure_intrin(
+            "float32", FENCE, acc[n, c, i, j] * s[c]), name="T_multiply")
+    else:
+        mul = te.compute(acc.shape, lambda n, c, i, j: acc[n, c, i, j] * s[c], name="T_multiply")
+    out = te.compute(acc.shape, lambda n, c, i, j: te.max(mul[n, c, i, j] + b[c], 0.0), name="relu")
+    return (x, wt, s, b, out)
+
+
+def fmatmul(m=40, k=120, n=96):
+    a = te.placeholder((1, m, k), "float32", name="a")
+    b = te.placeholder((k, n), "float32", name="b")
+    r = te.reduce_axis((0, k), name="k")
+    return (a, b, te.compute((1, m, n), lambda z, i, j: te.sum(a[z, i, r] * b[r, j], axis=r), name="matmul"))
+
+
+# --- TiledReduction --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_tiled_int8_depthwise_is_bit_exact_and_vectorized(target, stride):
+    ts = qdepthwise(stride=stride)
+    rule = R.TiledReduction(0) if stride == 1 else R.LoopNests(0)
+    script = check_rule(rule, _func(*ts), target, _shapes(*ts))
+    assert "T.parallel" in script
+    if stride == 1:
+        assert "T.vectorized" in script and 'scope="local"' in script
+
+
+@pytest.mark.parametrize("k,stride", [(1, 1), (3, 1), (3, 2)])
+def test_tiled_float_conv_keeps_reduction_order(target, k, stride):
+    ts = fconv(k=k, stride=stride, w=160 if stride == 2 else 80)
+    script = check_rule(R.TiledReduction(0), _func(*ts), target, _shapes(*ts), exact=True)
+    assert "T.parallel" in script and "T.vectorized" in script
+    assert FENCE in script  # the fenced epilogue keeps its fence
+
+
+def test_tiled_conv_fuses_epilogue_per_tile(target):
+    ts = fconv(k=1)
+    sch = R.TiledReduction(0).apply(_func(*ts), target, False)
+    par = [lp for lp in sch.get_loops(sch.get_sblock("relu")) if sch.get(lp).kind == tvm.tirx.ForKind.PARALLEL]
+    assert par, "the epilogue is not computed inside the parallel tile loop"
+
+
+def test_tiled_matmul(target):
+    ts = fmatmul()
+    script = check_rule(R.TiledReduction(0), _func(*ts), target, _shapes(*ts), exact=True)
+    assert "T.vectorized" in script
+
+
+def test_tiled_pool_and_conv_transpose(target):
+    x = te.placeholder((1, 16, 24, 32), "float32", name="x")
+    pool = topi.nn.pool2d(x, (2, 2), (1, 1), (1, 1), (0, 0, 1, 1), "max", layout="NCHW")
+    script = check_rule(R.TiledReduction(0), _func(x, pool), target, _shapes(x, pool))
+    assert "T.vectorized" in script
+    w = te.placeholder((16, 8, 2, 2), "float32", name="w")
+    y = topi.nn.conv2d_transpose_nchw(x, w, (2, 2), (0, 0, 0, 0), "float32", (0, 0))
+    script = check_rule(R.TiledReduction(0), _func(x, w, y), target, _shapes(x, w, y), exact=True)
+    assert "T.parallel" in script
+
+
+def test_tiled_declines_row_reductions(target):
+    x = te.placeholder((4, 40, 100), "float32", name="x")
+    assert R.TiledReduction(0).apply(_func(x, topi.nn.softmax(x)), target, False) is None
+
+
+# --- RowReduction ----------------------------------------------------------------------------
+
+def test_row_reduction_softmax_and_layer_norm(target):
+    x = te.placeholder((1, 40, 6625), "float32", name="x")
+    script = check_rule(R.RowReduction(0), _func(x, topi.nn.softmax(x)), target, _shapes(x, x), exact=True)
+    assert "T.parallel" in script
+    x = te.placeholder((1, 40, 120), "float32", name="x")
+    g = te.placeholder((120,), "float32", name="g")
+    b = te.placeholder((120,), "float32", name="b")
+    ln = topi.nn.layer_norm(x, g, b, axis=[-1], epsilon=1e-5)
+    script = check_rule(R.RowReduction(0), _func(x, g, b, ln), target, _shapes(x, g, b, ln), exact=True)
+    assert "T.parallel" in script
+
+
+def test_row_reduction_declines_convolutions(target):
+    ts = fconv(k=3)
+    assert R.RowReduction(0).apply(_func(*ts), target, False) is None
+
+
+# --- LoopNests -------------------------------------------------------------------------------
+
+def test_loop_nests_requantize_bit_exact(target):
+    acc = te.placeholder((1, 64, 48, 80), "int32", name="acc")
+    mult = te.placeholder((64,), "int64", name="mult")
+    shift = te.placeholder((64,), "int64", name="shift")
+    out = requantize_te(acc, mult, shift, -5, "int8")
+    script = check_rule(R.LoopNests(0), _func(acc, mult, shift, out), target, _shapes(acc, mult, shift, out))
+    assert "T.parallel" in script
+
+
+def test_loop_nests_vectorize_fenced_multiply(target):
+    x = te.placeholder((1, 32, 24, 160), "float32", name="x")
+    s = te.placeholder((32,), "float32", name="s")
+    y = te.compute(x.shape, lambda n, c, h, w: tvm.tirx.call_llvm_pure_intrin("float32", FENCE, x[n, c, h, w] * s[c]),
+                   name="T_multiply")
+    script = check_rule(R.LoopNests(0), _func(x, s, y), target, _shapes(x, s, y))
+    assert "T.parallel" in script and "T.vectorized" in script and FENCE in script
+
+
+def test_loop_nests_global_pool(target):
+    x = te.placeholder((1, 96, 48, 72), "float32", name="x")
+    y = topi.nn.global_pool(x, "avg", layout="NCHW")
+    script = check_rule(R.LoopNests(0), _func(x, y), target, _shapes(x, y), exact=True)
+    assert "T.parallel" in script
+
+
+def test_rules_never_raise(target):
+    """A kernel the rules cannot make sense of gives None or a schedule, never an error."""
+    x = te.placeholder((7,), "float32", name="x")
+    f = _func(x, te.compute((7,), lambda i: x[6 - i] * 2.0, name="rev"))
+    for rule in R.cpu_rules(target):
+        rule.apply(f, target, False)
+    assert R.TiledReduction(0).apply(f, target, False) is None
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_rules_apply_per_target(preset):
+    """Every preset family's vector width gives a valid schedule (ARM: 128-bit NEON)."""
+    target = get_target(preset).target()
+    ts = qdepthwise()
+    sch = R.TiledReduction(0).apply(_func(*ts), target, False)
+    assert sch is not None and "T.vectorized" in sch.mod["main"].script()
+
+
+# --- a whole model ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cls_float_pipeline(ppocr_cls_path):
+    """The cls model's IRModule after the strategy's Relax pipeline (float, -O0)."""
+    import qcc
+    from qcc.targets import strategy_for
+    from qcc.targets.builder import lower_for
+
+    g = qcc.import_onnx(ppocr_cls_path, {"x": (1, 3, 48, 192)})
+    preset = get_target("host")
+    strategy = strategy_for(preset)
+    target = preset.target()
+    mod = lower_for(g, preset, strategy)
+    with target:
+        return strategy.relax_pipeline(target)(mod)
+
+
+def test_ppocr_cls_every_kernel_scheduled(cls_float_pipeline):
+    funcs = [f for _, f in cls_float_pipeline.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert funcs
+    unscheduled = [f for f in funcs if "tirx.is_scheduled" not in (f.attrs or {})]
+    assert not unscheduled, f"{len(unscheduled)} of {len(funcs)} kernels unscheduled"
+    scripts = [f.script() for f in funcs]
+    assert any("T.parallel" in s for s in scripts)  # the big ones (small ones stay serial)
+    convs = [s for s in scripts if "conv2d_nchw" in s]
+    assert convs and sum("T.vectorized" in s for s in convs) >= len(convs) // 2
+
+
+@pytest.mark.slow
+def test_ppocr_cls_float_matches_onnxruntime(ppocr_cls_path, tmp_path):
+    import onnxruntime as ort
+
+    import qcc
+
+    shape = (1, 3, 48, 192)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    qcc.compile(ppocr_cls_path, tmp_path / "f32", opt_level="O0", input_shapes={"x": shape})
+    got = list(qcc.load(tmp_path / "f32").run({"x": x}).values())[0]
+    want = ort.InferenceSession(str(ppocr_cls_path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
