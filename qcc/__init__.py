@@ -25,18 +25,22 @@ def import_onnx(model, input_shapes=None) -> Graph:
 
 def compile(model, out_dir, *, target="host", opt_level="O0", passes=None, input_shapes=None,
             calib=None, calib_method=None, precision="", max_error=None, min_int8_fraction=None,
-            plugins=(), verify_each=False, threads=None, log=None):
+            size_budget=None, config=None, plugins=(), verify_each=False, threads=None, emit=(),
+            depfile=None, tune_budget=None, tune_db=None, log=None):
     """Compile `model` (.onnx) into the artifact folder `out_dir`; returns the report dict.
 
-    Safe to call repeatedly, for several targets, from one process. `threads`: the CPU thread
-    count the artifact runs with by default (manifest.json; qcc.load/run/bench use it)."""
+    Every `qcc compile` option, by the same name (see `qcc compile --help`), so a build
+    system gets from Python what the command gives. Safe to call repeatedly, for several
+    targets, from one process. `threads`: the CPU thread count the artifact runs with by
+    default (manifest.json; qcc.load/run/bench use it)."""
     from .driver import CompileOptions, compile_model
 
     opts = CompileOptions(target=target, opt_level=opt_level, passes=passes,
                           input_shapes=dict(input_shapes or {}), calib=calib, calib_method=calib_method,
                           precision=precision, max_error=max_error, min_int8_fraction=min_int8_fraction,
-                          plugins=tuple(plugins),
-                          verify_each=verify_each, threads=threads)
+                          size_budget=size_budget, config=config, plugins=tuple(plugins),
+                          verify_each=verify_each, threads=threads, emit=tuple(emit), depfile=depfile,
+                          tune_budget=tune_budget, tune_db=tune_db)
     return compile_model(model, out_dir, opts, log=log)
 
 

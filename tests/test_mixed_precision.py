@@ -408,3 +408,20 @@ def test_cli_overrides_and_size_budget_are_honoured(tmp_path):
     # the budget is part of what the artifact was built from
     manifest = json.loads((tmp_path / "small" / "manifest.json").read_text())
     assert manifest["options"]["size_budget"] == "900"
+
+
+def test_python_api_takes_the_same_budgets_and_config(tmp_path):
+    """qcc.compile() (build systems) honours --size-budget and --config like the command,
+    and lists the config in its depfile: same report and manifest as the CLI test above."""
+    import qcc
+
+    (tmp_path / "qcc.toml").write_text('[precision]\n"*" = "float"\n')
+    out = tmp_path / "api"
+    report = qcc.compile(TINY, out, opt_level="O2", calib=str(TINY_CALIB), input_shapes={"input": (1, 3, 32, 32)},
+                         config=str(tmp_path / "qcc.toml"), depfile=str(tmp_path / "api.d"))
+    assert {v["bits"] for v in report["bitwidths"].values()} == {"float"}
+    assert str(tmp_path / "qcc.toml") in (tmp_path / "api.d").read_text()
+    report = qcc.compile(TINY, tmp_path / "small", opt_level="O2", calib=str(TINY_CALIB),
+                         input_shapes={"input": (1, 3, 32, 32)}, size_budget="900", max_error="10dB")
+    assert report["summary"]["size_bytes_quantized"] <= 900
+    assert json.loads((tmp_path / "small" / "manifest.json").read_text())["options"]["size_budget"] == "900"
