@@ -62,6 +62,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from .conv_geometry import ConvGeometry, conv_geometry
 from .strategy import FusedCPUStrategy, register_strategy
 
 PREFIX = "qcc_sdot"
@@ -94,46 +95,13 @@ def _zero_point_s8(dtype: str, zp: int) -> Optional[int]:
 # --- qconv ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class ConvPlan:
-    n: int
-    c: int
-    h: int
-    w: int
-    o: int
-    kh: int
-    kw: int
-    groups: int
-    strides: Tuple[int, int]
-    pads: Tuple[int, int, int, int]  # top, left, bottom, right
-    dilations: Tuple[int, int]
-    x_signed: bool
-    zx: int  # zero point in the int8 domain
-
-    @property
-    def cg(self):
-        return self.c // self.groups
-
-    @property
-    def og(self):
-        return self.o // self.groups
+class ConvPlan(ConvGeometry):
+    x_signed: bool = False
+    zx: int = 0  # zero point in the int8 domain
 
     @property
     def depthwise(self):
         return self.cg == 1 and self.og == 1
-
-    @property
-    def hp(self):
-        return self.h + self.pads[0] + self.pads[2]
-
-    @property
-    def wp(self):
-        return self.w + self.pads[1] + self.pads[3]
-
-    @property
-    def out_hw(self):
-        oh = (self.hp - self.dilations[0] * (self.kh - 1) - 1) // self.strides[0] + 1
-        ow = (self.wp - self.dilations[1] * (self.kw - 1) - 1) // self.strides[1] + 1
-        return oh, ow
 
     @property
     def row_taps(self) -> bool:
@@ -156,27 +124,15 @@ class ConvPlan:
 
 def conv_plan(x_shape, x_dtype: str, w_shape, attrs) -> Optional[ConvPlan]:
     """The plan for a 2-D qconv these kernels handle, else None."""
-    if len(x_shape) != 4 or len(w_shape) != 4 or x_dtype not in ("uint8", "int8"):
+    geom = conv_geometry(x_shape, w_shape, attrs)
+    if geom is None or x_dtype not in ("uint8", "int8"):
         return None
-    n, c, h, w = (int(v) for v in x_shape)
-    o, cg, kh, kw = (int(v) for v in w_shape)
-    g = int(attrs.get("group", 1))
-    if g < 1 or c % g or o % g or c // g != cg:
-        return None
-    if cg == 1 and g > 1 and o != g:  # depthwise with a channel multiplier: generic
-        return None
-    strides = tuple(int(s) for s in (attrs.get("strides") or [1, 1]))
-    pads = tuple(int(p) for p in (attrs.get("pads") or [0, 0, 0, 0]))
-    dil = tuple(int(d) for d in (attrs.get("dilations") or [1, 1]))
-    if len(strides) != 2 or len(pads) != 4 or len(dil) != 2 or min(strides + dil) < 1 or min(pads) < 0:
+    if geom.cg == 1 and geom.groups > 1 and geom.o != geom.groups:  # depthwise with a channel multiplier
         return None
     zx = _zero_point_s8(x_dtype, int(attrs.get("x_zero_point", 0)))
     if zx is None:
         return None
-    p = ConvPlan(n, c, h, w, o, kh, kw, g, strides, pads, dil, x_dtype == "int8", zx)
-    if min(p.out_hw) < 1:
-        return None
-    return p
+    return ConvPlan(**geom.fields(), x_signed=x_dtype == "int8", zx=zx)
 
 
 def conv_weights(p: ConvPlan, w: np.ndarray, bias: Optional[np.ndarray]):

@@ -50,6 +50,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from .conv_geometry import ConvGeometry, conv_geometry
 from .strategy import CUDAStrategy, register_strategy
 
 PREFIX = "qcc_dp4a"
@@ -80,30 +81,13 @@ def _shift_of(dtype: str, zp: int) -> Optional[Tuple[int, int]]:
 # --- qconv ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class ConvPlan:
-    n: int
-    c: int
-    h: int
-    w: int
-    o: int
-    kh: int
-    kw: int
-    strides: Tuple[int, int]
-    pads: Tuple[int, int, int, int]  # top, left, bottom, right
-    dilations: Tuple[int, int]
-    shift: int  # x' = x - shift (128 for uint8)
-    zx: int     # zero point of x'
+class ConvPlan(ConvGeometry):
+    shift: int = 0  # x' = x - shift (128 for uint8)
+    zx: int = 0     # zero point of x'
 
     @property
     def c4(self) -> int:
         return -(-self.c // 4)
-
-    @property
-    def out_hw(self) -> Tuple[int, int]:
-        hp, wp = self.h + self.pads[0] + self.pads[2], self.w + self.pads[1] + self.pads[3]
-        oh = (hp - self.dilations[0] * (self.kh - 1) - 1) // self.strides[0] + 1
-        ow = (wp - self.dilations[1] * (self.kw - 1) - 1) // self.strides[1] + 1
-        return oh, ow
 
     @property
     def padded_hw(self) -> Tuple[int, int]:
@@ -115,20 +99,13 @@ class ConvPlan:
 
 def conv_plan(x_shape, x_dtype: str, w_shape, attrs) -> Optional[ConvPlan]:
     """The plan of a 2-D, group-1 qconv that dp4a can run, else None."""
-    if len(x_shape) != 4 or len(w_shape) != 4 or int(attrs.get("group", 1)) != 1:
+    geom = conv_geometry(x_shape, w_shape, attrs)
+    if geom is None or geom.groups != 1:
         return None
     sz = _shift_of(x_dtype, int(attrs.get("x_zero_point", 0)))
     if sz is None:
         return None
-    n, c, h, w = (int(d) for d in x_shape)
-    o, ci, kh, kw = (int(d) for d in w_shape)
-    if ci != c:
-        return None
-    pads = tuple(int(p) for p in (attrs.get("pads") or [0] * 4))
-    plan = ConvPlan(n, c, h, w, o, kh, kw, tuple(int(s) for s in attrs.get("strides") or [1, 1]),
-                    pads, tuple(int(d) for d in attrs.get("dilations") or [1, 1]), *sz)
-    oh, ow = plan.out_hw
-    return plan if oh > 0 and ow > 0 else None
+    return ConvPlan(**geom.fields(), shift=sz[0], zx=sz[1])
 
 
 def pack_conv_weights(plan: ConvPlan, w: np.ndarray, b: Optional[np.ndarray]):

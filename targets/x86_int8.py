@@ -49,6 +49,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from .conv_geometry import ConvGeometry, conv_geometry
 from .strategy import FusedCPUStrategy, register_strategy
 
 PREFIX = "qcc_vnni"
@@ -156,47 +157,21 @@ def _pick_tile(rows: int, vecs: int, max_rows: int = _MAX_ACC) -> Tuple[int, int
 # --- qconv ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class ConvPlan:
-    n: int
-    c: int
-    h: int
-    w: int
-    o: int
-    kh: int
-    kw: int
-    groups: int
-    strides: Tuple[int, int]
-    pads: Tuple[int, int, int, int]  # top, left, bottom, right
-    dilations: Tuple[int, int]
-    x_signed: bool
-    zx: int  # zero point in the uint8 domain
-
-    @property
-    def cg(self):
-        return self.c // self.groups
-
-    @property
-    def og(self):
-        return self.o // self.groups
+class ConvPlan(ConvGeometry):
+    x_signed: bool = False
+    zx: int = 0  # zero point in the uint8 domain
 
     @property
     def cb(self):
         return -(-self.cg // 4)
 
     @property
-    def out_hw(self):
-        hp, wp = self.h + self.pads[0] + self.pads[2], self.w + self.pads[1] + self.pads[3]
-        oh = (hp - self.dilations[0] * (self.kh - 1) - 1) // self.strides[0] + 1
-        ow = (wp - self.dilations[1] * (self.kw - 1) - 1) // self.strides[1] + 1
-        return oh, ow
-
-    @property
     def wq(self):
-        return -(-(self.w + self.pads[1] + self.pads[3]) // self.strides[1])
+        return -(-self.wp // self.strides[1])
 
     @property
     def hq(self):
-        return -(-(self.h + self.pads[0] + self.pads[2]) // self.strides[0])
+        return -(-self.hp // self.strides[0])
 
     @property
     def tile(self):
@@ -231,29 +206,17 @@ class ConvPlan:
 
 def conv_plan(x_shape, x_dtype: str, w_shape, attrs) -> Optional[ConvPlan]:
     """The plan for a qconv the VNNI kernel handles, else None."""
-    if len(x_shape) != 4 or x_dtype not in ("uint8", "int8"):
+    geom = conv_geometry(x_shape, w_shape, attrs)
+    if geom is None or x_dtype not in ("uint8", "int8"):
         return None
-    n, c, h, w = (int(v) for v in x_shape)
-    o, cg, kh, kw = (int(v) for v in w_shape)
-    g = int(attrs.get("group", 1))
-    if g < 1 or c % g or o % g or c // g != cg:
-        return None
-    if cg < 4 and g > 1:  # depthwise-like: another kernel's job
-        return None
-    strides = tuple(int(s) for s in (attrs.get("strides") or [1, 1]))
-    pads = tuple(int(p) for p in (attrs.get("pads") or [0, 0, 0, 0]))
-    dil = tuple(int(d) for d in (attrs.get("dilations") or [1, 1]))
-    if len(strides) != 2 or len(pads) != 4 or len(dil) != 2 or min(strides + dil) < 1 or min(pads) < 0:
+    if geom.cg < 4 and geom.groups > 1:  # depthwise-like: another kernel's job
         return None
     zx = int(attrs.get("x_zero_point", 0)) + (128 if x_dtype == "int8" else 0)
     if not 0 <= zx <= 255:
         return None
-    if 255 * 128 * cg * kh * kw >= (1 << 31):  # the raw u8 x s8 sum must not wrap
+    if 255 * 128 * geom.cg * geom.kh * geom.kw >= (1 << 31):  # the raw u8 x s8 sum must not wrap
         return None
-    p = ConvPlan(n, c, h, w, o, kh, kw, g, strides, pads, dil, x_dtype == "int8", zx)
-    if min(p.out_hw) < 1:
-        return None
-    return p
+    return ConvPlan(**geom.fields(), x_signed=x_dtype == "int8", zx=zx)
 
 
 def pack_conv_weights(p: ConvPlan, w: np.ndarray, bias: Optional[np.ndarray]):
