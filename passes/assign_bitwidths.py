@@ -13,9 +13,10 @@ all-int8:
    byte saved goes to 4-bit weights (without calibration data: the largest first);
 2. error (`min-sqnr`, dB at the outputs): while under budget, the layer adding the
    most output noise per MAC (a knapsack ratio: cheap noisy layers before large
-   ones) is raised: to 16-bit activations when that alone brings its error well
-   under the budget (its compute stays integer), else to float; a w4 layer back to
-   w8 when the size budget allows. A raise is kept only if the whole model's
+   ones) is raised: to 16-bit activations or 16-bit weights -- whichever leaves
+   less noise -- when that alone brings its error well under the budget (its
+   compute stays integer), else to float; a w4 layer back to w8 when the size
+   budget allows. A raise is kept only if the whole model's
    output SQNR gains `min-gain-db`: when the noise comes from elsewhere, raising
    layers would only spend the int8 share (and speed). Never below `min-int8-fraction` of the MACs in
    8-bit-or-narrower integer, never over the size budget.
@@ -383,14 +384,17 @@ class _Search:
             options.append(("int8" if a == 8 else "w8a16", f"sensitive ({alone}): back to 8-bit weights"))
         if a == 8 and self.p.a16:
             options.append((f"w{w}a16" if w != 8 else "w8a16", f"sensitive ({alone}): 16-bit activations"))
+        if w == 8:  # the weights, not the activations, may be what the layer loses (few taps per channel)
+            options.append((f"w16a{a}", f"sensitive ({alone}): 16-bit weights"))
         options.append(("float", f"sensitive ({alone}): kept in float"))
-        reasons, viable = [], []
+        reasons, viable, good, float_ok = [], [], [], None
         for choice, why in options:
             if self.size_budget is not None and self.size({l: choice}) > self.size_budget \
                     and self.size({l: choice}) > self.size():
                 reasons.append(f"{choice} is over the size budget")
                 continue
-            if choice_bits(choice)[1] != 8 or choice == "float":
+            wb, ab = choice_bits(choice)
+            if choice == "float" or ab != 8 or wb == 16:
                 floor = self.ctx.options.get("min_int8_fraction", self.p.min_int8_fraction)
                 if self.narrow_fraction({l: choice}) < floor:
                     reasons.append(f"{choice} takes the int8 MAC share under {floor:g}")
@@ -398,17 +402,24 @@ class _Search:
             if choice == "float":
                 if floats >= self.p.max_float_layers:
                     reasons.append("the float layer limit")
-                    continue
-                return choice, why
+                else:
+                    float_ok = (choice, why)
+                continue
             self.measure([l], choice)
             got = self.sens[(l, choice)]
-            # take the integer option when it alone lands well inside the budget; float otherwise
+            # take an integer option when it alone lands well inside the budget; float otherwise
             better = here is None or got >= here + 3.0  # worth an integer move: at least half the noise gone
             if got >= budget + self.p.headroom and better:
-                return choice, f"{why} ({got:.1f} dB alone)"
+                good.append((got, choice, f"{why} ({got:.1f} dB alone)"))
+                continue
             reasons.append(f"{choice} alone only reaches {got:.1f} dB")
             if better:
                 viable.append(choice)
+        if good:  # the integer option that leaves the least noise
+            _, choice, why = max(good)
+            return choice, why
+        if float_ok:
+            return float_ok
         fallback = viable
         if fallback:  # float is out of reach: the best integer option within the budgets still helps
             c = max(fallback, key=lambda c: self.sens[(l, c)])

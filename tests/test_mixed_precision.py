@@ -285,6 +285,20 @@ def test_error_budget_raises_sensitive_layers_within_the_int8_floor():
     assert any("error budget 60 dB not met" in w for w in ctx.warnings)
 
 
+def test_error_search_raises_weights_to_16_bits_where_the_weights_are_the_error():
+    """A layer whose error comes from its weights gains nothing from 16-bit activations: the
+    search measures both integer raises and takes the one that leaves less noise."""
+    g, samples = _calibrated_tiny()
+    d, ctx = _assign(g, samples, min_sqnr=65.0)
+    by = ctx.report["bitwidths"]
+    w16 = [l for l, c in d.items() if c == "w16a8"]
+    assert w16, d
+    for l in w16:
+        sens = by[l]["sensitivity_db_by_choice"]
+        assert sens["w16a8"] > max(sens["int8"], sens["w8a16"]) and "16-bit weights" in by[l]["why"]
+    assert ctx.report["predicted_output_sqnr_db"]["chosen"] >= 65.0
+
+
 def test_size_budget_wins_over_the_error_budget():
     g, samples = _calibrated_tiny()
     d, ctx = _assign(g, samples, size_budget=900, min_sqnr=45.0)
