@@ -233,9 +233,9 @@ def test_quantize_with_per_layer_bits():
 
 # --- assign-bitwidths: overrides and budgets are honoured -------------------------------------------
 
-def _assign(g, samples=None, **options):
+def _assign(g, samples=None, pipeline=UPTO_BITWIDTHS, **options):
     ctx = PassContext(options={"calib": samples, **options})
-    PassManager(UPTO_BITWIDTHS).run(g.copy(), ctx)
+    PassManager(pipeline).run(g.copy(), ctx)
     return ctx.options["bitwidths"], ctx
 
 
@@ -290,6 +290,9 @@ def test_error_search_raises_weights_to_16_bits_where_the_weights_are_the_error(
     search measures both integer raises and takes the one that leaves less noise."""
     g, samples = _calibrated_tiny()
     d, ctx = _assign(g, samples, min_sqnr=65.0)
+    assert "w16a8" not in d.values()  # opt-in
+    d, ctx = _assign(g, samples, UPTO_BITWIDTHS.replace("assign-bitwidths", "assign-bitwidths{w16=true}"),
+                     min_sqnr=65.0)
     by = ctx.report["bitwidths"]
     w16 = [l for l, c in d.items() if c == "w16a8"]
     assert w16, d
