@@ -1,0 +1,403 @@
+"""round-weights: round each layer's weights to minimise its output error, not each weight's.
+
+`quantize` rounds every weight to the nearest point of its channel's grid. That is the
+best choice per weight but not per layer: the errors of one output channel's weights
+add up in its output, and a weight rounded up can make up for a neighbour rounded up
+too. What matters is the layer's output error on real inputs. For a layer computing
+y = W·x (x: the im2col'd input, K values per output of a group), a weight change dW
+adds dW·x to the output, whose energy over the calibration inputs X (rows: samples x
+positions) is tr(dW H dW^T) with H = X^T X.
+
+Method: GPTQ / Optimal Brain Quantization (Frantar et al. 2022), in numpy. The K
+columns of W are rounded one at a time; each column's rounding error is pushed onto the
+columns not yet rounded, weighted so the change minimises the quadratic error given the
+columns already fixed -- via the Cholesky factor of H^-1 (dampened by 1% of H's mean
+diagonal, so a rank-deficient H from few samples stays well posed). Columns go in
+decreasing order of H's diagonal (the inputs with the most energy first: "act-order"),
+all output channels and groups at once. It is closed-form, one pass over K, fast in
+numpy -- the alternative, AdaRound (Nagel et al. 2020: gradient descent on a soft
+rounding of the same quadratic loss), needs thousands of iterations per layer for a
+similar result, and no autograd here.
+
+The grid is exactly `quantize`'s: symmetric per output channel, scale = max|w| / qmax
+with qmax from the layer's weight bits (4, 8 or 16; ctx.options["bitwidths"]). Each
+channel's max-|w| weight stays at ±qmax, so `quantize` recomputes the same scale and
+its round-to-nearest gives back exactly the integers chosen here; the pass writes float
+weights on that grid, and `quantize` needs no change. A channel is left as it was when
+`quantize` would change its scale to fit the bias into the int32 accumulator (_fit_bias:
+near-dead channels with a real bias), and when the optimised rounding does not pay on
+calibration images it was not fitted to (two-fold cross-validation, see round_layer).
+
+The inputs are the float model's activations on --calib data (reference interpreter);
+H is accumulated per layer over batches, from at most `max-rows` sampled rows per batch,
+so memory is bounded by the layer's K x K. Float inputs, not the integer model's: an
+objective with the input's activation rounding in it (argmin ||X̃w'ᵀ - Xwᵀ||², tried)
+measured no better on PP-OCR cls and costs three K x K moments per layer.
+
+When it pays (docs/round-weights.md): where weight rounding is a large part of the
+error -- 4-bit weights (PP-OCR cls all-w4a8: 75% -> 90% agreement with float), 16-bit
+activations (all-w8a16: 98.0% -> 99.75%), weight-only int8 (+8 dB output SQNR). In a
+w8a8 layer the 8-bit activations dominate: there it measured a wash (cls, digits) or a
+loss (PP-OCR det), so w8a8 layers are rounded only with `int8=true`, and an all-int8
+model is left as it was. Without calibration data the pass does nothing. It sits after
+`assign-bitwidths` (it needs each layer's weight bits) and before `quantize`; before
+`bias-correct` if both run (that corrects the mean error of the rounding that will
+really happen).
+
+Before: %w = const @w : f32[8,3,3,3]       (quantize would round w / scale to nearest)
+        %c = qcc.conv(%x.obs, %w, %b) {...}
+After:  %w.rw = const @w.rw : f32[8,3,3,3]  (= q * scale, q the optimised integers)
+        %c = qcc.conv(%x.obs, %w.rw, %b) {...}
+"""
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from qcc.ir.graph import Graph, Node
+from qcc.ops._common import pad_spatial, windows
+from qcc.pass_manager import PassContext
+from qcc.passes.quantize import ACC_MAX, _observed, _output_end, layer_bits
+from qcc.passes_registry import Pass, register_pass
+from qcc.quantization import params_for_range, weight_qmax
+
+LAYERS = ("conv", "gemm", "matmul")
+
+
+# --- which layers, and their weights as rows of output channels ------------------------------
+
+@dataclass
+class Layer:
+    """One layer to round: its weights as [groups, output channels per group, K] in float64
+    (rows = quantize's channels, columns = the im2col'd inputs), their grid, and H = XᵀX
+    of its inputs per fold (the rows of even and of odd images): [2, G, K, K]."""
+
+    node: Node
+    bits: int
+    W: np.ndarray
+    scale: np.ndarray  # [G, R]: quantize's per-channel scale
+    frozen: np.ndarray  # [G, R]: channels to leave as they are
+    H: np.ndarray = None
+    rows: int = 0
+    images: int = 0
+
+
+def _bias(n: Node) -> Tuple[bool, Optional[np.ndarray]]:
+    """(usable, the bias per output channel as quantize folds it, or None without one)."""
+    b = n.inputs[2] if len(n.inputs) > 2 else None
+    if b is None:
+        return True, None
+    if not b.is_const:
+        return False, None
+    d = np.asarray(b.data, np.float64).reshape(-1)
+    if n.op == "gemm":
+        d = d * float(n.attrs.get("beta", 1.0))
+        N = n.output.shape[-1]
+        if d.size == 1:
+            d = np.full(N, d[0])
+        elif d.size != N:
+            return False, None  # a full-matrix bias: quantize leaves the layer float
+    return True, d
+
+
+def _as_rows(n: Node) -> Optional[np.ndarray]:
+    """The weights as quantize sees them, one row per channel: [G, R, K], or None when
+    quantize would not rewrite this layer's weights (not a float constant, a transposed
+    input, a scaled gemm, a batched matmul)."""
+    w = n.inputs[1]
+    if w is None or not w.is_const or w.dtype not in ("f32", "f16", "bf16", "f64"):
+        return None
+    d = np.asarray(w.data, np.float32).astype(np.float64)
+    if n.op == "conv":
+        G = int(n.attrs.get("group", 1))
+        return d.reshape(G, d.shape[0] // G, -1)
+    if d.ndim != 2:
+        return None
+    if n.op == "gemm":
+        if n.attrs.get("trans_a", 0) or float(n.attrs.get("alpha", 1.0)) != 1.0:
+            return None
+        return (d if n.attrs.get("trans_b", 0) else d.T)[None]
+    return d.T[None]  # matmul: x[.., K] @ W[K, N]
+
+
+def _from_rows(n: Node, rows: np.ndarray) -> np.ndarray:
+    """The inverse of _as_rows: [G, R, K] back to the weight constant's layout."""
+    if n.op == "conv":
+        return rows.reshape(n.inputs[1].shape)
+    m = rows[0]
+    return m if n.op == "gemm" and n.attrs.get("trans_b", 0) else m.T
+
+
+def _bias_fit_changes(n: Node, W: np.ndarray, scale: np.ndarray, qmax: int) -> np.ndarray:
+    """[G, R] channels whose scale quantize's _fit_bias may raise: those are re-rounded
+    there, so rounding them here is wasted. Checked for every activation format the input
+    could get (u8, symmetric i8, i16): the smallest input scale is the strictest."""
+    _, b = _bias(n)
+    if b is None:
+        return np.zeros(scale.shape, bool)
+    obs = _observed(n.inputs[0])
+    if obs is None:  # an input already quantized (a QDQ model): no range to check against
+        return np.ones(scale.shape, bool)
+    lo, hi = obs[1]
+    terms = W.shape[2]  # quantize: the products summed into one output
+    frozen = np.zeros(scale.shape, bool)
+    for dtype, sym, span in (("u8", False, 255), ("i8", True, 254), ("i16", True, 65534)):
+        sx = params_for_range(lo, hi, dtype, sym).scale[0]
+        limit = max(ACC_MAX - terms * span * qmax, ACC_MAX // 2)
+        frozen |= (np.abs(b) / (sx * limit) > scale.reshape(-1)).reshape(scale.shape)
+    return frozen
+
+
+def layers_to_round(graph: Graph, decisions: Dict[str, str], int8: bool = False
+                    ) -> Tuple[List[Layer], Dict[str, str]]:
+    """The layers `quantize` will rewrite with float weights it quantizes itself (w8a8
+    ones only with `int8`), and why the others are skipped."""
+    out, skipped = [], {}
+    for n in graph.nodes:
+        if n.op not in LAYERS:
+            continue
+        bits = layer_bits(decisions.get(n.name))
+        if bits is None:
+            skipped[n.name] = "float"
+            continue
+        if bits == (8, 8) and not int8:
+            skipped[n.name] = "w8a8 (int8=false: its 8-bit activations dominate the error)"
+            continue
+        W = _as_rows(n)
+        if W is None or not _bias(n)[0]:
+            skipped[n.name] = "weights not a float constant quantize rounds"
+            continue
+        if len(n.inputs[1].uses) != 1:
+            skipped[n.name] = "weights shared with another layer"
+            continue
+        p = n.inputs[0].producer
+        if _output_end(n, graph) is None or (_observed(n.inputs[0]) is None
+                                             and (p is None or p.op != "dequantize")):
+            skipped[n.name] = "quantize leaves it float (no observed input/output)"
+            continue
+        qmax = weight_qmax(bits[0])
+        amax = np.abs(W).max(2)
+        scale = np.where(amax > 0, amax / qmax, 1.0)  # quantize_weights, per channel
+        frozen = (amax == 0) | _bias_fit_changes(n, W, scale, qmax)
+        out.append(Layer(n, bits[0], W, scale, frozen))
+    return out, skipped
+
+
+# --- the calibration inputs ---------------------------------------------------------------
+
+def _input_rows(n: Node, x: np.ndarray) -> np.ndarray:
+    """The layer's input as im2col rows per group: [G, samples*positions, K]."""
+    x = np.asarray(x, np.float64)
+    if n.op != "conv":
+        return x.reshape(1, -1, x.shape[-1])
+    r = x.ndim - 2
+    a = n.attrs
+    k = n.inputs[1].shape[2:]
+    pads = a.get("pads") or [0] * (2 * r)
+    xp = pad_spatial(x, pads[:r], pads[r:])
+    win = windows(xp, k, a.get("strides") or [1] * r, a.get("dilations") or [1] * r)  # N,C,*out,*k
+    N, C = win.shape[:2]
+    G = int(a.get("group", 1))
+    out = win.shape[2:2 + r]
+    win = win.reshape(N, G, C // G, *out, *k)
+    perm = (1, 0, *range(3, 3 + r), 2, *range(3 + r, 3 + 2 * r))  # G, N, *out, Cg, *k
+    return win.transpose(perm).reshape(G, N * int(np.prod(out)), -1)
+
+
+def _gram(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    return np.matmul(A.transpose(0, 2, 1), B)
+
+
+def accumulate_hessians(graph: Graph, layers: List[Layer], samples, max_rows: int, seed: int = 0) -> None:
+    """H += XᵀX per layer, fold and batch, from the float model's activations (one run per
+    batch; at most `max_rows` rows of X per batch, sampled without replacement)."""
+    from qcc.interp import Interpreter
+
+    by_input: Dict[str, List[Layer]] = {}
+    for l in layers:
+        by_input.setdefault(l.node.inputs[0].name, []).append(l)
+        G, _, K = l.W.shape
+        l.H = np.zeros((2, G, K, K))
+    rng = np.random.default_rng(seed)
+
+    class _Gram(Interpreter):
+        def on_value(self, value, array):
+            for l in by_input.get(value.name, ()):
+                X = _input_rows(l.node, array)
+                per_image = max(X.shape[1] // max(array.shape[0], 1), 1)
+                idx = np.arange(X.shape[1])
+                if max_rows and X.shape[1] > max_rows:
+                    idx = np.sort(rng.choice(X.shape[1], max_rows, replace=False))
+                image = l.images + idx // per_image  # counted over all batches (batches of 1)
+                for f in (0, 1):
+                    Xf = X[:, idx[image % 2 == f]]
+                    l.H[f] += _gram(Xf, Xf)
+                l.rows += idx.size
+                l.images += array.shape[0]
+
+    it = _Gram(graph)
+    for feeds in samples:
+        it.run(feeds)
+
+
+# --- the rounding ---------------------------------------------------------------------
+
+def output_error(Wn: np.ndarray, W: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """[G, R]: each channel's output error energy tr(dW H dWᵀ) on the calibration rows."""
+    D = Wn - W
+    return np.einsum("grk,gkl,grl->gr", D, H, D)
+
+
+def nearest(W: np.ndarray, scale: np.ndarray, qmax: int) -> np.ndarray:
+    """quantize's rounding: [G, R, K] integers."""
+    return np.clip(np.rint(W / scale[..., None]), -qmax, qmax)
+
+
+def gptq(W: np.ndarray, H: np.ndarray, scale: np.ndarray, qmax: int, pinned: np.ndarray,
+         damp: float = 0.01) -> np.ndarray:
+    """[G, R, K] integers minimising tr(dW H dWᵀ) column by column (GPTQ, act-order).
+
+    `pinned` ([G, R, K], one per channel) holds each channel's max-|w| weight, kept at
+    ±qmax: the grid's scale depends on it."""
+    G, R, K = W.shape
+    order = np.argsort(-np.diagonal(H, axis1=1, axis2=2), axis=1, kind="stable")  # [G, K]
+    gi = np.arange(G)[:, None, None]
+    Hp = H[gi, order[:, :, None], order[:, None, :]]
+    Wp = np.take_along_axis(W, order[:, None, :], axis=2).copy()
+    pin = np.take_along_axis(pinned, order[:, None, :], axis=2)
+    mean = np.maximum(np.diagonal(Hp, axis1=1, axis2=2).mean(1), 1e-12)
+    eye = np.eye(K)
+    for _ in range(6):  # more damping while H^-1 is not numerically positive definite
+        try:
+            U = np.linalg.cholesky(np.linalg.inv(Hp + (damp * mean)[:, None, None] * eye))
+            U = U.transpose(0, 2, 1)  # upper: H^-1 = Uᵀ U
+            break
+        except np.linalg.LinAlgError:
+            damp *= 10
+    else:
+        return nearest(W, scale, qmax)
+    Q = np.empty_like(Wp)
+    for i in range(K):
+        w = Wp[:, :, i]
+        q = np.clip(np.rint(w / scale), -qmax, qmax)
+        if pin[:, :, i].any():
+            q = np.where(pin[:, :, i], np.sign(w) * qmax, q)
+        Q[:, :, i] = q
+        if i + 1 < K:
+            err = (w - q * scale) / U[:, i, i][:, None]  # [G, R]
+            Wp[:, :, i + 1:] -= err[:, :, None] * U[:, None, i, i + 1:]
+    return np.take_along_axis(Q, np.argsort(order, axis=1)[:, None, :], axis=2)
+
+
+def round_layer(l: Layer, damp: float) -> Dict:
+    """Choose the integers of one layer; write them as float weights on the grid. Returns
+    its report entry.
+
+    A channel takes the optimised rounding only if it also pays on data it was not fitted
+    to: rounded with the even images' H, it must beat nearest on the odd images' H, and
+    the other way round (two-fold cross-validation). Few rows against a large K (a
+    squeeze-excite layer sees one row per image) let the fit follow the calibration set's
+    noise; the check rejects what does not carry over."""
+    qmax = weight_qmax(l.bits)
+    W = l.W
+    pinned = np.zeros(W.shape, bool)
+    np.put_along_axis(pinned, np.abs(W).argmax(2)[..., None], True, axis=2)
+    sign = np.sign(W)
+    near = nearest(W, l.scale, qmax) * l.scale[..., None]
+
+    H0, H1 = l.H
+    H = H0 + H1
+
+    def solve(Hfit):
+        Q = gptq(W, Hfit, l.scale, qmax, pinned, damp)
+        return np.where(pinned, sign * qmax, Q) * l.scale[..., None]
+
+    held_near = output_error(near, W, H1) + output_error(near, W, H0)
+    held_opt = output_error(solve(H0), W, H1) + output_error(solve(H1), W, H0)
+    opt = solve(H)
+    e_near, e_opt = output_error(near, W, H), output_error(opt, W, H)
+    better = (held_opt < held_near * (1 - 1e-9)) & (e_opt < e_near * (1 - 1e-9)) & ~l.frozen  # [G, R]
+    if better.any():
+        n = l.node
+        old = n.inputs[1]
+        arr = _from_rows(n, np.where(better[..., None], opt, W)).astype(old.data.dtype)
+        name = old.name if old.name.endswith(".rw") else old.name + ".rw"
+        graph = n.graph
+        c = graph.add_const(name, arr, old.dtype)
+        n.set_input(1, c)
+        if not old.uses and old not in graph.outputs:
+            graph.remove_const(old)
+            if c.name != name and not graph.has_value(name):  # run twice: keep the name
+                graph.rename(c, name)
+    energy = float(np.einsum("grk,gkl,grl->", W, H, W)) or 1.0
+    en, eo = float(e_near.sum()), float(np.where(better, e_opt, e_near).sum())
+    # held out, over every channel it could round (unselected: selecting by it would flatter)
+    hn, ho = float(held_near[~l.frozen].sum()), float(held_opt[~l.frozen].sum())
+    return {"weight_bits": l.bits, "rows": l.rows, "channels_changed": int(better.sum()),
+            "channels": int(better.size), "nearest_rel_error": _sig(en / energy),
+            "rounded_rel_error": _sig(eo / energy), "reduction_db": _db(en, eo),
+            "held_out_reduction_db": _db(hn, ho)}
+
+
+def _db(before: float, after: float) -> float:
+    return round(float(10 * np.log10(before / after)), 2) if before > 0 and after > 0 else 0.0
+
+
+def _one_blas_thread():
+    """A context with BLAS on one thread, where threadpoolctl is installed: the matrices
+    here are small (K x K, K ~ 10..1000), and on a busy machine a multi-threaded
+    Cholesky of one 200 x 200 matrix was measured 100x slower than a single-threaded one."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1)
+
+
+def _sig(x: float) -> float:
+    return float(f"{x:.4g}")
+
+
+@register_pass
+@dataclass(frozen=True)
+class RoundWeights(Pass):
+    """Choose each layer's weight rounding to minimise its output error on calibration data (GPTQ)."""
+
+    name = "round-weights"
+    requires = frozenset({"ranged"})
+    samples: int = 0  # calibration batches used (0: all)
+    max_rows: int = 4096  # rows of each layer's im2col input sampled per batch
+    damp: float = 0.01  # H's dampening, relative to its mean diagonal
+    exclude: str = ""  # 'glob;glob' of layer names left to round-to-nearest
+    # also w8a8 layers: measured a wash on PP-OCR cls and digits and a loss on PP-OCR det,
+    # where 8-bit activation rounding dominates (docs/round-weights.md)
+    int8: bool = False
+
+    def run(self, graph: Graph, ctx: PassContext) -> bool:
+        samples = ctx.options.get("calib")
+        if not (isinstance(samples, list) and samples):
+            ctx.warn("no calibration data (--calib): round-weights left the weights to "
+                     "round-to-nearest")
+            ctx.report["round_weights"] = {"method": "none (no calibration data)"}
+            return False
+        t0 = time.perf_counter()
+        layers, skipped = layers_to_round(graph, ctx.options.get("bitwidths", {}), self.int8)
+        pats = [p for p in self.exclude.split(";") if p]
+        for l in [l for l in layers if any(fnmatch.fnmatchcase(l.node.name, p) for p in pats)]:
+            layers.remove(l)
+            skipped[l.node.name] = "excluded"
+        ctx.progress(f"round-weights: {len(layers)} layers")
+        with _one_blas_thread():
+            accumulate_hessians(graph, layers, samples[: self.samples or None], self.max_rows)
+            report = {l.node.name: round_layer(l, self.damp) for l in layers if l.rows}
+        ctx.report["round_weights"] = {
+            "method": "gptq", "layers": report, "skipped": skipped,
+            "mean_held_out_reduction_db": round(float(np.mean(
+                [r["held_out_reduction_db"] for r in report.values()])), 2) if report else 0.0,
+            "seconds": round(time.perf_counter() - t0, 3)}
+        return any(r["channels_changed"] for r in report.values())
