@@ -381,8 +381,12 @@ class RoundWeights(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         samples = ctx.options.get("calib")
         if not (isinstance(samples, list) and samples):
-            ctx.warn("no calibration data (--calib): round-weights left the weights to "
-                     "round-to-nearest")
+            # a warning only when there was something to round: in -O2 without --calib the
+            # data-free ranges already say so, and all-int8 layers are not rounded anyway
+            choices = set(ctx.options.get("bitwidths", {}).values())
+            if self.int8 or choices - {"int8", "float"}:
+                ctx.warn("no calibration data (--calib): round-weights left the weights to "
+                         "round-to-nearest")
             ctx.report["round_weights"] = {"method": "none (no calibration data)"}
             return False
         t0 = time.perf_counter()

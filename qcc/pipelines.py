@@ -8,7 +8,9 @@ equalize after fuse (it rescales the folded weights, and reads the batch-norm
 statistics fuse keeps) and before observing (the observers must see the rescaled
 channels); bias-correct, when used, after the bit widths are chosen (it quantizes a
 copy exactly as quantize will) and before quantize (the correction is a float bias);
-ranges before bit widths, bit widths before quantize; folding requantize last,
+ranges before bit widths, bit widths before quantize; round-weights between them (it
+rounds each layer on the grid its chosen bits give; by default only the 4- and 16-bit
+choices, where it measured a gain, docs/round-weights.md); folding requantize last,
 once every quantize/dequantize pair is in place.
 """
 
@@ -18,14 +20,14 @@ PIPELINES = {
     # float activations, int8 weights: no calibration data needed
     "O1": "canonicalize,fuse,quantize-weights,canonicalize",
     # the static int8 pipeline; cross-layer equalization is data-free and cheap
-    "O2": "canonicalize,fuse,equalize,insert-observers,propagate-ranges,assign-bitwidths,quantize,"
+    "O2": "canonicalize,fuse,equalize,insert-observers,propagate-ranges,assign-bitwidths,round-weights,quantize,"
           "fold-requantize,canonicalize",
     # O2 with the better calibration method (mixed-precision search joins with issue 5)
     # (bias-correct is not in: on PP-OCR cls it measured neutral to harmful, see
     # docs/equalization.md); -O3 also tunes the kernels in the back end (targets/tune.py:
     # --tune-budget, --tune-db)
     "O3": "canonicalize,fuse,equalize,insert-observers{method=mse},propagate-ranges,"
-          "assign-bitwidths,quantize,fold-requantize,canonicalize",
+          "assign-bitwidths,round-weights,quantize,fold-requantize,canonicalize",
 }
 
 

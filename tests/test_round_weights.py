@@ -152,7 +152,7 @@ def _digits_sqnr(precision: str, round_weights: bool) -> float:
     calib = [{"x": d.x_train[i:i + B]} for i in range(0, 160, B)]
     steps = f"assign-bitwidths{{precision={precision}}}," if precision else "assign-bitwidths,"
     rw = "round-weights{int8=true}," if round_weights else ""
-    pipe = PIPELINES["O2"].replace("assign-bitwidths,", steps + rw)
+    pipe = PIPELINES["O2"].replace("round-weights,", "").replace("assign-bitwidths,", steps + rw)
     g = qcc.import_onnx(d.model, {"x": (B, 1, 8, 8)})
     PassManager(pipe).run(g, PassContext(options={"calib": calib}))
     ref = qcc.import_onnx(d.model, {"x": (B, 1, 8, 8)})
@@ -180,12 +180,17 @@ def test_a_channel_whose_scale_quantize_raises_for_its_bias_is_left_alone():
 
 def test_without_calibration_data_nothing_changes_and_the_report_says_so():
     g0, ctx = prepared(mobile_block_model(), (N, 3, 8, 8), None)
-    g1, ctx1 = rounded(g0, ctx)
+    g1, ctx1 = rounded(g0, ctx, "int8=true")
     for name, n in layer_nodes(g1).items():
         assert n.inputs[1].name == layer_nodes(g0)[name].inputs[1].name
         np.testing.assert_array_equal(n.inputs[1].data, layer_nodes(g0)[name].inputs[1].data)
     assert any("round-weights" in w for w in ctx1.warnings)
     assert ctx1.report["round_weights"]["method"].startswith("none")
+    # nothing it would have rounded (all int8, the default): no warning, as in -O2 without --calib
+    g0, ctx = prepared(mobile_block_model(), (N, 3, 8, 8), None)
+    _, ctx2 = rounded(g0, ctx, "int8=false")
+    assert not any("round-weights" in w for w in ctx2.warnings)
+    assert ctx2.report["round_weights"]["method"].startswith("none")
 
 
 def test_float_layers_and_excluded_layers_are_skipped():
