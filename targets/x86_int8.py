@@ -557,7 +557,8 @@ def lower_qconv_vnni(cx, node, ins, attrs):
     wv = cx.const_value(w)
     bv = cx.const_value(b) if b is not None else None
     plan = None
-    if wv is not None and (b is None or bv is not None) and cx.dtype_of(w) == "int8":
+    if wv is not None and (b is None or bv is not None) and cx.dtype_of(w) == "int8" \
+            and attrs.get("acc") != "i64":  # the kernel accumulates in int32
         plan = conv_plan(cx.shape_of(x), cx.dtype_of(x), wv.shape, attrs)
     packed = pack_conv_weights(plan, wv, bv) if plan is not None else None
     if packed is None:
@@ -573,7 +574,8 @@ def lower_qmatmul_vnni(cx, node, ins, attrs):
     bv = cx.const_value(b)
     biv = cx.const_value(bias) if bias is not None else None
     plan = None
-    if bv is not None and (bias is None or (biv is not None and biv.ndim <= 1)):
+    if bv is not None and (bias is None or (biv is not None and biv.ndim <= 1)) \
+            and attrs.get("acc") != "i64":  # the kernel accumulates in int32
         plan = matmul_plan(cx.shape_of(a), cx.dtype_of(a), bv.shape, int(attrs.get("a_zero_point", 0)))
     packed = None
     if plan is not None:

@@ -221,3 +221,23 @@ def test_ppocr_cls_o2_vnni_bit_exact(tmp_path, ppocr_cls_path):
         x = rng.uniform(-1, 1, shape).astype(np.float32)
         ref = interp_run(g, {"x": x})
         assert_bit_equal(runner.run({"x": x}), ref, {k: 1e-6 for k in ref if k in loose})
+
+
+def test_int64_accumulators_take_the_generic_lowering():
+    """A node that asks for an int64 accumulator (`acc="i64"`: its product and bias bound can
+    pass int32) must not go through the int32 VNNI kernels; the generic lowering stays exact."""
+    rng = np.random.default_rng(11)
+    g = Graph("acc_i64")
+    x = g.add_input("x", TensorType((1, 8, 5, 5), "u8"))
+    c = g.add_node("qconv", [x, g.add_const("w", rng.integers(100, 128, (16, 8, 3, 3)).astype(np.int8)),
+                             g.add_const("b", np.full(16, 2_146_000_000, np.int64).astype(np.int32))],
+                   {"strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": 1,
+                    "x_zero_point": 0, "acc": "i64"}, names=["c"]).output
+    a = g.add_input("a", TensorType((4, 32), "u8"))
+    m = g.add_node("qmatmul", [a, g.add_const("wm", rng.integers(-128, 128, (32, 16)).astype(np.int8))],
+                   {"a_zero_point": 0, "acc": "i64"}, names=["m"]).output
+    g.set_outputs([c, m])
+    assert c.dtype == "i64" and m.dtype == "i64"
+    assert not _uses_vnni(g)
+    ref = check(g, {"x": np.full((1, 8, 5, 5), 255, np.uint8), "a": _feed(rng, (4, 32), "u8")})
+    assert ref["c"].max() > np.iinfo(np.int32).max  # the case int32 would have wrapped
