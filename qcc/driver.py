@@ -152,6 +152,8 @@ def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
     model = Path(model)
     try:
         preset = targets.get_target(opts.target)
+        if opts.threads:  # the schedules' parallel split and tuning plan for the cores it will run on
+            preset = preset.with_cores(opts.threads)
     except ValueError as e:
         raise CompileError(str(e)) from None
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir())

@@ -121,6 +121,7 @@ def test_bench_cli_errors(tiny, args, code, msg):
 def test_compile_threads_recorded_and_used(tiny_1thread, tiny):
     m = json.loads((tiny_1thread / "manifest.json").read_text())
     assert m["execution"] == {"threads": 1}
+    assert m["target"]["tvm"]["num-cores"] == 1  # the TVM target the kernels were built for says so too
     assert json.loads((tiny / "manifest.json").read_text())["execution"] == {"threads": None}
     assert qcc.load(tiny_1thread).threads == 1 and qcc.load(tiny_1thread, threads=2).threads == 2
     assert qcc.load(tiny).threads is None
