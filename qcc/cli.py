@@ -39,24 +39,21 @@ def _parse_shape_arg(text: str) -> Tuple[str, Tuple[int, ...]]:
     return name, shape
 
 
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}': expected a positive integer") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"'{text}': expected a positive integer")
-    return n
+def _int_at_least(low: int, what: str):
+    """An argparse type: an integer >= `low`, else a one-line error naming what was expected."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = low - 1
+        if n < low:
+            raise argparse.ArgumentTypeError(f"'{text}': expected {what}")
+        return n
+    return parse
 
 
-def _nonnegative_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}': expected an integer >= 0") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"'{text}': expected an integer >= 0")
-    return n
+_positive_int = _int_at_least(1, "a positive integer")
+_nonnegative_int = _int_at_least(0, "an integer >= 0")
 
 
 def _parse_emit(text: str) -> Tuple[str, ...]:
