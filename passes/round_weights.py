@@ -37,8 +37,8 @@ measured no better on PP-OCR cls and costs three K x K moments per layer.
 When it pays (docs/round-weights.md): where weight rounding is a large part of the
 error -- 4-bit weights (PP-OCR cls all-w4a8: 75% -> 90% agreement with float), 16-bit
 activations (all-w8a16: 98.0% -> 99.75%), weight-only int8 (+8 dB output SQNR). In a
-w8a8 layer the 8-bit activations dominate: there it measured a wash (cls, digits) or a
-loss (PP-OCR det), so w8a8 layers are rounded only with `int8=true`, and an all-int8
+w8a8 layer the 8-bit activations dominate: there it measured a wash (PP-OCR cls and det,
+digits: within the noise of the rounding pattern), so w8a8 layers are rounded only with `int8=true`, and an all-int8
 model is left as it was. Without calibration data the pass does nothing. It sits after
 `assign-bitwidths` (it needs each layer's weight bits) and before `quantize`; before
 `bias-correct` if both run (that corrects the mean error of the rounding that will
@@ -166,7 +166,7 @@ def layers_to_round(graph: Graph, decisions: Dict[str, str], int8: bool = False
             skipped[n.name] = "float"
             continue
         if bits == (8, 8) and not int8:
-            skipped[n.name] = "w8a8 (int8=false: its 8-bit activations dominate the error)"
+            skipped[n.name] = "w8a8 (int8=false)"
             continue
         W = _as_rows(n)
         if W is None or not _bias(n)[0]:
@@ -374,8 +374,8 @@ class RoundWeights(Pass):
     max_rows: int = 4096  # rows of each layer's im2col input sampled per batch
     damp: float = 0.01  # H's dampening, relative to its mean diagonal
     exclude: str = ""  # 'glob;glob' of layer names left to round-to-nearest
-    # also w8a8 layers: measured a wash on PP-OCR cls and digits and a loss on PP-OCR det,
-    # where 8-bit activation rounding dominates (docs/round-weights.md)
+    # also w8a8 layers: measured a wash on PP-OCR cls/det and digits, where 8-bit
+    # activation rounding dominates (docs/round-weights.md)
     int8: bool = False
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
