@@ -424,8 +424,7 @@ class _Search:
             return choice, why
         if float_ok:
             return float_ok
-        fallback = viable
-        if fallback:  # float is out of reach: the best integer option within the budgets still helps
-            c = max(fallback, key=lambda c: self.sens[(l, c)])
+        if viable:  # float is out of reach: the best integer option within the budgets still helps
+            c = max(viable, key=lambda c: self.sens[(l, c)])
             return c, f"sensitive ({alone}): {c}, float being out of reach ({'; '.join(reasons)})"
         return None, "; ".join(reasons) or "no option"

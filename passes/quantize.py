@@ -99,6 +99,13 @@ def _multiplier(real: float) -> Tuple[int, int]:
     return m, s
 
 
+def bias_fit_scale(bias: np.ndarray, sx: float, terms: int, x_span: int, qmax: int) -> np.ndarray:
+    """The smallest weight scale per channel at which its bias (at scale sx·scale_w) still
+    fits the int32 accumulator next to the worst-case sum of `terms` products."""
+    limit = max(ACC_MAX - terms * x_span * qmax, ACC_MAX // 2)
+    return np.abs(bias) / (sx * limit)
+
+
 def _fit_bias(wq: np.ndarray, ws: np.ndarray, axis: int, bias, sx: float, x_span: int, qmax: int = 127):
     """Raise the weight scale of any channel whose bias would not fit the int32 accumulator
     (next to the worst-case sum of products), and re-round that channel's weights.
@@ -107,12 +114,10 @@ def _fit_bias(wq: np.ndarray, ws: np.ndarray, axis: int, bias, sx: float, x_span
     bias -- a dead unit, a pruned filter -- gets a weight scale of ~1e-20, so its bias would
     be billions of steps: saturated, then overflowing the accumulator. A coarser scale costs
     that channel nothing: its weights are negligible next to its bias."""
-    b = np.abs(np.asarray(bias, np.float64).reshape(-1))
+    b = np.asarray(bias, np.float64).reshape(-1)
     if b.size != ws.size:
         return wq, ws
-    terms = wq.size // max(wq.shape[axis], 1)
-    limit = max(ACC_MAX - terms * x_span * qmax, ACC_MAX // 2)
-    need = b / (sx * limit)
+    need = bias_fit_scale(b, sx, wq.size // max(wq.shape[axis], 1), x_span, qmax)
     if not (need > ws).any():
         return wq, ws
     new = np.maximum(ws, need)

@@ -62,9 +62,9 @@ import numpy as np
 from qcc.ir.graph import Graph, Node
 from qcc.ops._common import pad_spatial, windows
 from qcc.pass_manager import PassContext
-from qcc.passes.quantize import ACC_MAX, _observed, _output_end, layer_bits
+from qcc.passes.quantize import _observed, _output_end, bias_fit_scale, layer_bits
 from qcc.passes_registry import Pass, register_pass
-from qcc.quantization import params_for_range, weight_qmax
+from qcc.quantization import params_for_range, quantize_weights, weight_qmax
 
 LAYERS = ("conv", "gemm", "matmul")
 
@@ -144,12 +144,10 @@ def _bias_fit_changes(n: Node, W: np.ndarray, scale: np.ndarray, qmax: int) -> n
     if obs is None:  # an input already quantized (a QDQ model): no range to check against
         return np.ones(scale.shape, bool)
     lo, hi = obs[1]
-    terms = W.shape[2]  # quantize: the products summed into one output
     frozen = np.zeros(scale.shape, bool)
     for dtype, sym, span in (("u8", False, 255), ("i8", True, 254), ("i16", True, 65534)):
         sx = params_for_range(lo, hi, dtype, sym).scale[0]
-        limit = max(ACC_MAX - terms * span * qmax, ACC_MAX // 2)
-        frozen |= (np.abs(b) / (sx * limit) > scale.reshape(-1)).reshape(scale.shape)
+        frozen |= (bias_fit_scale(b, sx, W.shape[2], span, qmax) > scale.reshape(-1)).reshape(scale.shape)
     return frozen
 
 
@@ -181,9 +179,9 @@ def layers_to_round(graph: Graph, decisions: Dict[str, str], int8: bool = False
             skipped[n.name] = "quantize leaves it float (no observed input/output)"
             continue
         qmax = weight_qmax(bits[0])
-        amax = np.abs(W).max(2)
-        scale = np.where(amax > 0, amax / qmax, 1.0)  # quantize_weights, per channel
-        frozen = (amax == 0) | _bias_fit_changes(n, W, scale, qmax)
+        G, R, K = W.shape
+        scale = quantize_weights(W.reshape(G * R, K), 0, bits[0])[1].reshape(G, R)  # quantize's grid
+        frozen = (np.abs(W).max(2) == 0) | _bias_fit_changes(n, W, scale, qmax)
         out.append(Layer(n, bits[0], W, scale, frozen))
     return out, skipped
 
@@ -395,6 +393,10 @@ class RoundWeights(Pass):
         for l in [l for l in layers if any(fnmatch.fnmatchcase(l.node.name, p) for p in pats)]:
             layers.remove(l)
             skipped[l.node.name] = "excluded"
+        if not layers:  # the default -O2 on an all-int8 model: no float run for nothing
+            ctx.report["round_weights"] = {"method": "gptq", "layers": {}, "skipped": skipped,
+                                           "mean_held_out_reduction_db": 0.0, "seconds": 0.0}
+            return False
         ctx.progress(f"round-weights: {len(layers)} layers")
         with _one_blas_thread():
             accumulate_hessians(graph, layers, samples[: self.samples or None], self.max_rows)

@@ -220,3 +220,18 @@ def test_w8a8_layers_are_left_to_nearest_unless_asked():
     rw = ctx1.report["round_weights"]
     assert set(rw["layers"]) == {"c2", "y"}
     assert set(rw["skipped"]) == {"c1", "cd"} and "w8a8" in rw["skipped"]["c1"]
+
+
+def test_an_all_int8_model_costs_no_float_run_by_default(monkeypatch):
+    """-O2 runs round-weights on every calibrated compile: with nothing to round (all w8a8,
+    the default) it must not run the model over the calibration data."""
+    import qcc.passes.round_weights as rw_mod
+
+    def fail(*a, **k):
+        raise AssertionError("a float run for no layer")
+
+    monkeypatch.setattr(rw_mod, "accumulate_hessians", fail)
+    g0, ctx = prepared(mobile_block_model(), (N, 3, 8, 8), CALIB)
+    g1, ctx1 = rounded(g0, ctx, "")
+    assert ctx1.report["round_weights"]["layers"] == {}
+    assert set(ctx1.report["round_weights"]["skipped"]) == {"c1", "c2", "cd", "y"}
