@@ -47,19 +47,27 @@ def _conv_out(n, k, s, d, pb, pe):
 
 
 def _im2col(xp, w, G, Og, strides, dilations):
-    """Grouped conv as one batched matmul over im2col columns: (G, N*P, Cg*K) @ (G, Cg*K, Og)."""
+    """Grouped conv as one batched matmul: (G, Og, Cg*K) @ (N, G, Cg*K, P) -> (N, G, Og, P).
+
+    Columns are laid out with the output pixels innermost, so the copy reads whole
+    rows of the input and the product comes out in NC... order with no transpose; a
+    1x1 conv with unit strides needs no copy at all.
+    """
     r = xp.ndim - 2
     N = xp.shape[0]
     Cg, k = w.shape[1], w.shape[2:]
-    win = windows(xp, k, strides, dilations)  # N, C, *out, *k  (a view)
-    out = win.shape[2:2 + r]
-    P, K = int(np.prod(out)), int(np.prod(k))
-    win = win.reshape(N, G, Cg, *out, *k)
-    perm = (1, 0, *range(3, 3 + r), 2, *range(3 + r, 3 + 2 * r))
-    cols = win.transpose(perm).reshape(G, N * P, Cg * K)  # the one im2col copy
-    y = _mm(cols, w.reshape(G, Og, Cg * K).transpose(0, 2, 1))  # G, N*P, Og
-    return y.reshape(G, N, *out, Og).transpose(1, 0, 2 + r, *range(2, 2 + r)) \
-        .reshape(N, G * Og, *out)
+    K = int(np.prod(k))
+    if K == 1:
+        xs = xp[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides)]
+        out = xs.shape[2:]
+        cols = xs.reshape(N, G, Cg, int(np.prod(out)))  # a view when unstrided
+    else:
+        win = windows(xp, k, strides, dilations)  # N, C, *out, *k  (a view)
+        out = win.shape[2:2 + r]
+        perm = (0, 1, *range(2 + r, 2 + 2 * r), *range(2, 2 + r))
+        cols = win.transpose(perm).reshape(N, G, Cg * K, int(np.prod(out)))  # the one im2col copy
+    y = _mm(w.reshape(G, Og, Cg * K), cols)  # N, G, Og, P
+    return y.reshape(N, G * Og, *out)
 
 
 def _depthwise(xp, w, G, Og, strides, dilations):
@@ -73,15 +81,16 @@ def _depthwise(xp, w, G, Og, strides, dilations):
     k = w.shape[2:]
     out = [(xp.shape[2 + i] - ((k[i] - 1) * dilations[i] + 1)) // strides[i] + 1 for i in range(r)]
     wg = w.reshape(G, Og, *k)
-    y = None
-    for tap in itertools.product(*(range(kk) for kk in k)):
+    dtype = np.result_type(xp.dtype, w.dtype)
+    y = np.empty((N, G, Og, *out), dtype)
+    term = np.empty_like(y)  # one scratch buffer: a fresh array per tap costs page faults
+    for i, tap in enumerate(itertools.product(*(range(kk) for kk in k))):
         sl = xp[(slice(None), slice(None)) + tuple(
             slice(t * d, t * d + (o - 1) * s + 1, s)
             for t, d, o, s in zip(tap, dilations, out, strides))]
-        term = sl[:, :, None] * wg[(slice(None), slice(None)) + tap].reshape((1, G, Og) + (1,) * r)
-        if y is None:
-            y = term
-        else:
+        np.multiply(sl[:, :, None], wg[(slice(None), slice(None)) + tap].reshape((1, G, Og) + (1,) * r),
+                    out=y if i == 0 else term)
+        if i:
             y += term
     return y.reshape(N, G * Og, *out)
 

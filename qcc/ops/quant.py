@@ -79,8 +79,12 @@ def quantize(x, *, scale, zero_point, axis, dtype):
     s = _per_axis(scale, x.ndim, axis, np.float32)
     z = _per_axis(zero_point, x.ndim, axis, np.int32)
     lo, hi = int_range(dtype)
-    q = np.rint(x.astype(np.float32) / s).astype(np.float32)
-    q = np.clip(np.nan_to_num(q, nan=0.0, posinf=hi, neginf=lo), -2.0 ** 31, 2.0 ** 31 - 1).astype(np.int64) + z
+    q = np.rint(x.astype(np.float32, copy=False) / s).astype(np.float32, copy=False)
+    np.nan_to_num(q, copy=False, nan=0.0, posinf=hi, neginf=lo)
+    if hi - lo < 1 << 17:  # float32 holds q + z exactly below 2^24, and anything above clamps alike
+        q += z.astype(np.float32)
+        return np.clip(q, lo, hi, out=q).astype(to_numpy_dtype(dtype))
+    q = np.clip(q, -2.0 ** 31, 2.0 ** 31 - 1).astype(np.int64) + z
     return np.clip(q, lo, hi).astype(to_numpy_dtype(dtype))
 
 
@@ -151,8 +155,10 @@ def qconv(x, w, b=None, *, strides, pads, dilations, group, x_zero_point, acc="i
     Padding contributes zero *real* value, i.e. pads with zx; subtracting zx first
     and padding with 0 is the same thing. Weights are symmetric (no zero point).
     """
-    xs = x.astype(np.int64) - np.int64(x_zero_point)
-    total = _conv_kernel(xs, w.astype(np.int64), None, strides=strides, pads=pads, dilations=dilations, group=group)
+    ft = exact_float_dtype(_span(x, x_zero_point), _abs_row_sums(w.reshape(w.shape[0], -1), axis=1))
+    xs = x.astype(ft) - ft(x_zero_point)
+    total = _conv_kernel(xs, w.astype(ft), None, strides=strides, pads=pads, dilations=dilations, group=group)
+    total = total.astype(np.int64)
     if b is not None:
         total = total + b.astype(np.int64).reshape((1, -1) + (1,) * (x.ndim - 2))
     return _accumulate(total, acc)
@@ -183,10 +189,42 @@ def _qmatmul_infer(types, attrs):
 def qmatmul(a, b, bias=None, *, a_zero_point, b_zero_point, acc="i32"):
     """Integer matmul into int32 (int64 with acc="i64"): (a - za) @ (b - zb) + bias
     (bias along the last axis)."""
-    total = np.matmul(a.astype(np.int64) - a_zero_point, b.astype(np.int64) - b_zero_point)
+    bs = b.astype(np.int64) - b_zero_point
+    ft = exact_float_dtype(_span(a, a_zero_point), _abs_row_sums(bs.reshape(-1, *bs.shape[-2:]), axis=-2)
+                           if bs.ndim > 1 else np.abs(bs).sum())
+    total = np.matmul(a.astype(ft) - ft(a_zero_point), bs.astype(ft)).astype(np.int64)
     if bias is not None:
         total = total + bias.astype(np.int64)
     return _accumulate(total, acc)
+
+
+def exact_float_dtype(x_span: int, w_abs_sums) -> type:
+    """The narrowest dtype whose arithmetic is exact for sum(x * w) over one output.
+
+    Every partial sum of one output, in whatever order BLAS adds, is bounded by
+    max|x| * sum|w| over that output's weights, and every integer up to 2^24 (float32)
+    or 2^53 (float64) is exactly representable: under that bound a float conv or
+    matmul computes the integer result exactly, with BLAS and a quarter of int64's
+    memory traffic. Quantized layers land in float32 (255 * sum|w| stays far under
+    2^24 for real weights); int64 is left for bounds float64 cannot hold.
+    """
+    bound = float(x_span) * float(np.max(w_abs_sums, initial=0))
+    if bound < 2.0 ** 24:
+        return np.float32
+    if bound < 2.0 ** 53:
+        return np.float64
+    return np.int64
+
+
+def _span(x: np.ndarray, zero_point: int) -> int:
+    """max |x - zero_point| over x."""
+    if not x.size:
+        return 0
+    return max(abs(int(x.max()) - int(zero_point)), abs(int(x.min()) - int(zero_point)))
+
+
+def _abs_row_sums(w: np.ndarray, axis: int) -> np.ndarray:
+    return np.abs(w.astype(np.int64)).sum(axis=axis)
 
 
 def _accumulate(total: np.ndarray, acc: str) -> np.ndarray:

@@ -1,0 +1,67 @@
+"""qcc.sensitivity: runs that reuse cached activations give exactly what a full run gives,
+and recompute only what lies downstream of a change (the cost assign-bitwidths pays per
+candidate on large models)."""
+from __future__ import annotations
+
+import numpy as np
+
+import qcc
+from qcc.interp import Interpreter
+from qcc.pass_manager import PassContext, PassManager
+from qcc.sensitivity import FloatCache, layer_sensitivity, output_sqnr, quantized_copy, run_reusing
+
+from test_round_weights import PREPARE, mobile_block_model, smooth_images
+
+LAYERS = ("c1", "cd", "c2", "y")  # layers are named by their outputs
+
+
+def calibrated():
+    g = qcc.import_onnx(mobile_block_model(), {"x": (8, 3, 8, 8)})
+    calib = [{"x": smooth_images(8, seed)} for seed in (1, 2)]
+    PassManager(PREPARE).run(g, PassContext(options={"calib": calib}))
+    return g, calib
+
+
+def full_run(g, feeds):
+    return list(Interpreter(g).run(feeds).values())
+
+
+def test_reusing_runs_equal_full_runs_for_mixed_assignments():
+    g, calib = calibrated()
+    cache = FloatCache(g, calib)
+    for decisions in ({l: "int8" for l in LAYERS}, {"c1": "float", "cd": "w8a16", "c2": "int8", "y": "w4a8"},
+                      {l: "float" for l in LAYERS}):
+        q = quantized_copy(g, decisions)
+        for i, feeds in enumerate(calib):
+            for got, want in zip(run_reusing(q, cache, i), full_run(q, feeds)):
+                np.testing.assert_array_equal(got, want)
+        output_sqnr(cache, q, keep=True)
+        cache.accept()  # the next assignment reuses this one's arrays: still exact
+
+
+def test_a_change_recomputes_only_what_is_downstream():
+    g, calib = calibrated()
+    cache = FloatCache(g, calib)
+    all_int8 = {l: "int8" for l in LAYERS}
+    base = quantized_copy(g, all_int8)
+    fresh = {}
+    run_reusing(base, cache, 0, store=fresh)  # nothing cached for an int8 graph but its input
+    output_sqnr(cache, base, keep=True)
+    cache.accept()
+    again = {}
+    run_reusing(quantized_copy(g, all_int8), cache, 0, store=again)
+    assert not again  # the same assignment again: every value comes from the kept run
+    tail = {}
+    q = quantized_copy(g, {**all_int8, "y": "float"})
+    outs = run_reusing(q, cache, 0, store=tail)
+    assert 0 < len(tail) < len(fresh) / 3, (len(tail), len(fresh))
+    np.testing.assert_array_equal(outs[0], full_run(q, calib[0])[0])
+
+
+def test_layer_sensitivity_ranks_w4_below_int8_and_float_is_exact():
+    g, calib = calibrated()
+    cache = FloatCache(g, calib)
+    int8 = layer_sensitivity(g, cache, list(LAYERS), choice="int8")
+    w4 = layer_sensitivity(g, cache, list(LAYERS), choice="w4a8")
+    assert all(w4[l] < int8[l] for l in LAYERS), (w4, int8)
+    assert output_sqnr(cache, quantized_copy(g, {l: "float" for l in LAYERS})) == float("inf")
