@@ -165,7 +165,9 @@ def test_model_output_sqnr_is_no_worse_and_gains_most_at_4_bits():
     """On held-out digits (the calibration batches are training images)."""
     gain8 = _digits_sqnr("", True) - _digits_sqnr("", False)
     gain4 = _digits_sqnr("*:w4a8", True) - _digits_sqnr("*:w4a8", False)
-    assert gain8 >= -0.1, gain8  # int8 weights were already close: about even
+    # int8 weights were already close: about even (+0.0 dB on Zen 4, -0.3 dB on Zen 3, where
+    # BLAS sums the float reference in another order)
+    assert gain8 >= -0.5, gain8
     assert gain4 >= 3.0, gain4  # measured +4.7 dB (26.4 -> 31.2 dB)
     assert gain4 > gain8
 
