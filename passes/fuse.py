@@ -6,9 +6,11 @@ its own (losing accuracy) and a GELU spelled as six elementwise ops would get si
 sets of ranges. So before observing:
   * batch_norm(conv/conv_transpose/gemm) -> the layer with scaled weights and bias
     (the BN statistics are kept in the value's scratch meta for data-free ranges);
-  * add(conv(x, w), c) with c per output channel -> conv(x, w, c); same for gemm;
+  * add(conv(x, w, b), c) with c per output channel -> conv(x, w, b + c), and
+    mul(conv(x, w, b), k) -> conv(x, w·k, b·k) (PP-LCNet's learnable affine blocks);
     a 2-D matmul with a constant right side plus a bias becomes gemm;
-  * x * hard_sigmoid(x) -> hard_swish(x); 0.5·x·(1 + erf(x/√2)) -> gelu(x);
+  * x * hard_sigmoid(x) and x * clip(x + 3, 0, 6) / 6 -> hard_swish(x);
+    0.5·x·(1 + erf(x/√2)) -> gelu(x);
     the ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div(/Mul/Add) chain -> layer_norm.
 Activations after a layer (relu, clip) are fused at quantization time, into the
 requantize clamp, and by TVM's operator fusion in float.
@@ -96,12 +98,11 @@ def _fold_bias(add: Node, g: Graph) -> bool:
     layer = a.producer if a is not None else None
     if cd is None or layer is None or _single_user(a, g) is not add:
         return False
-    if layer.op == "conv" and (len(layer.inputs) < 3 or layer.inputs[2] is None):
-        C = layer.output.shape[1]
-        rank = layer.output.type.rank
-        if cd.ndim > rank or cd.size != C or (cd.ndim >= rank - 1 and cd.shape[-(rank - 1)] != C):
+    if layer.op == "conv" and _layer_bias(layer) is not None:
+        per_channel = _per_channel(cd, layer)
+        if per_channel is None or add.output.type != layer.output.type:
             return False
-        bc = g.add_const(c.name + ".bias", cd.reshape(C).astype(np.float32))
+        bc = g.add_const(c.name + ".bias", (_layer_bias(layer) + per_channel).astype(np.float32))
         _replace_layer(g, add.output, "conv", [layer.inputs[0], layer.inputs[1], bc], dict(layer.attrs), layer)
         return True
     if layer.op == "matmul" and layer.inputs[0].type.rank == 2 and _const(layer.inputs[1]) is not None:
@@ -112,6 +113,80 @@ def _fold_bias(add: Node, g: Graph) -> bool:
         _replace_layer(g, add.output, "gemm", [layer.inputs[0], layer.inputs[1], bc],
                        {"alpha": 1.0, "beta": 1.0, "trans_a": 0, "trans_b": 0}, layer)
         return True
+    return False
+
+
+def _layer_bias(layer: Node) -> Optional[np.ndarray]:
+    """A conv's bias as float64 [C] (zeros when it has none), None when it is not constant."""
+    C = layer.output.shape[1]
+    b = layer.inputs[2] if len(layer.inputs) > 2 else None
+    if b is None:
+        return np.zeros(C)
+    return None if not b.is_const or b.data.size not in (1, C) else np.broadcast_to(
+        b.data.astype(np.float64).reshape(-1), (C,)).copy()
+
+
+def _per_channel(c: np.ndarray, layer: Node) -> Optional[np.ndarray]:
+    """A constant that broadcasts against the conv's output along its channels only (a scalar
+    or [C, 1, ...] shaped), as float64 [C]; None for anything else."""
+    C, rank = layer.output.shape[1], layer.output.type.rank
+    if c.ndim > rank:
+        return None
+    full = (1,) * (rank - c.ndim) + c.shape
+    if any(d != 1 for i, d in enumerate(full) if i != 1) or full[1] not in (1, C):
+        return None
+    return np.broadcast_to(c.astype(np.float64).reshape(-1), (C,)).copy()
+
+
+def _fold_scale(mul: Node, g: Graph) -> bool:
+    """conv(x, w, b) * k, k a constant per output channel (or a scalar) -> conv(x, w·k, b·k).
+
+    PP-LCNetV3 (PP-OCRv4) follows every conv with a learnable affine y = a·x + b of
+    scalars: left standing, the two ops run on full activation maps between the dequantize
+    and the next quantize; folded, the add then folds into the bias as well."""
+    a, c = mul.inputs
+    if _const(a) is not None:
+        a, c = c, a
+    cd = _const(c)
+    layer = a.producer if a is not None else None
+    if cd is None or layer is None or layer.op != "conv" or _single_user(a, g) is not mul \
+            or mul.output.type != layer.output.type:
+        return False
+    w, b = _const(layer.inputs[1]), _layer_bias(layer)
+    k = _per_channel(cd, layer)
+    if w is None or b is None or k is None or not np.all(np.isfinite(k)):
+        return False
+    wc = g.add_const(layer.inputs[1].name + ".scaled", (w * k.reshape((-1,) + (1,) * (w.ndim - 1))).astype(w.dtype))
+    has_bias = len(layer.inputs) > 2 and layer.inputs[2] is not None
+    bc = g.add_const(layer.inputs[2].name + ".scaled", (b * k).astype(w.dtype)) if has_bias else None
+    _replace_layer(g, mul.output, "conv", [layer.inputs[0], wc, bc], dict(layer.attrs), layer)
+    return True
+
+
+def _hard_swish_by_clip(div: Node, g: Graph) -> bool:
+    """x * clip(x + 3, 0, 6) / 6 (or * 1/6, in either operand order) -> hard_swish(x): how
+    paddle2onnx spells HardSwish."""
+    if div.op == "div" and not _is_scalar(div.inputs[1], 6.0, 1e-6):
+        return False
+    if div.op == "mul":
+        num = next((v for v in div.inputs if not _is_scalar(v, 1 / 6, 1e-6)), None)
+        if num is None or _other(div, num) is None or not _is_scalar(_other(div, num), 1 / 6, 1e-6):
+            return False
+    else:
+        num = div.inputs[0]
+    m = num.producer if num is not None else None
+    if m is None or m.op != "mul" or _single_user(num, g) is not div:
+        return False
+    for x, h in (_operands(m), _operands(m)[::-1]):
+        clip = h.producer if h is not None else None
+        if clip is None or clip.op != "clip" or float(clip.attrs.get("min", 0)) != 0.0 \
+                or float(clip.attrs.get("max", 0)) != 6.0:
+            continue
+        add = clip.inputs[0].producer
+        if add is not None and add.op == "add" and x in add.inputs and _is_scalar(_other(add, x), 3.0, 1e-6):
+            new = g.add_node("hard_swish", [x], {}, names=[div.output.name + ".hs"], before=div)
+            g.replace_value(div.output, new.output)
+            return True
     return False
 
 
@@ -224,9 +299,9 @@ def _layer_norm(div: Node, g: Graph) -> bool:
 PATTERNS: Dict[str, List[Callable[[Node, Graph], bool]]] = {
     "batch_norm": [_fold_bn],
     "add": [_fold_bias],
-    "mul": [_hard_swish],
+    "mul": [_hard_swish, _fold_scale, _hard_swish_by_clip],
     "erf": [_gelu],
-    "div": [_layer_norm],
+    "div": [_layer_norm, _hard_swish_by_clip],
 }
 
 
@@ -248,9 +323,10 @@ class Fuse(Pass):
 
 def _restore_names(g: Graph) -> None:
     """`conv.fused` goes back to the name of the value it replaced, once that one is gone."""
+    suffixes = (".fused", ".hs", ".gelu", ".ln")
     for v in g.values():
-        for suffix in (".fused", ".hs", ".gelu", ".ln"):
-            if v.name.endswith(suffix) and v.producer is not None:
-                base = v.name[: -len(suffix)]
-                if not g.has_value(base):
-                    g.rename(v, base)
+        base = v.name
+        while v.producer is not None and base.endswith(suffixes):  # a layer fused twice: c.fused.fused
+            base = base[: base.rindex(".")]
+        if base != v.name and not g.has_value(base):
+            g.rename(v, base)
