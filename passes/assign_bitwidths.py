@@ -18,8 +18,14 @@ all-int8:
    compute stays integer), else to float; a w4 layer back to w8 when the size
    budget allows. A raise is kept only if the whole model's
    output SQNR gains `min-gain-db`: when the noise comes from elsewhere, raising
-   layers would only spend the int8 share (and speed). Never below `min-int8-fraction` of the MACs in
-   8-bit-or-narrower integer, never over the size budget.
+   layers would only spend the int8 share (and speed). A layer whose own noise is too
+   small a share of the output's for its removal to gain that much is passed over without
+   a model run (`screen`); `patience=N` also stops the search after N raises in a row that
+   did not pay. Never below `min-int8-fraction` of the MACs in 8-bit-or-narrower integer,
+   never over the size budget.
+
+Measurements run on the first calibration batches (`samples`, fewer for large inputs:
+`sample_values`); each candidate recomputes only what lies downstream of its layer.
 
 User rules (`precision=head.*:float;conv1:int16;op:matmul=w4`, `--precision`, or
 qcc.toml's [precision]) are honoured first and never overridden: GLOB=CHOICE by
@@ -184,7 +190,18 @@ class AssignBitwidths(Pass):
     min_sqnr: float = 30.0  # dB at the model's outputs; 0 disables the error budget
     min_int8_fraction: float = 0.0
     size_budget: str = ""  # bytes of constants, e.g. 2MB; '' = none
-    samples: int = 4  # calibration batches used for the measurements
+    samples: int = 4  # calibration batches used for the measurements, at most ...
+    # ... and no more than hold this many input values (at least one batch): each candidate
+    # costs a model run per batch, and one 384x576 detector image already holds 221k outputs
+    sample_values: int = 1_500_000
+    # stop the error search after this many raises in a row measured and undone (0: never):
+    # the greedy order puts the noisiest layers per MAC first, so after a run of raises that
+    # bought nothing the rest are unlikely to, and each costs a model run
+    patience: int = 0
+    # skip, without a model run, a layer whose own noise is under this fraction of what it
+    # would have to remove to gain min-gain-db (its noise share under 0.5 x 5.6% at 0.25 dB):
+    # noise adds up only roughly, hence the margin
+    screen: float = 0.5
     max_float_layers: int = 16
     a16: bool = True  # the error search may raise layers to 16-bit activations
     # ... and to 16-bit weights: off by default, on PP-OCR rec it measured worse (58.3% exact
@@ -213,7 +230,8 @@ class AssignBitwidths(Pass):
         budget_text = ctx.options.get("size_budget") or self.size_budget
         size_budget = parse_size(budget_text) if budget_text else None
         samples = ctx.options.get("calib")
-        samples = samples[: self.samples] if self.search and samples and isinstance(samples, list) else None
+        samples = self._measurement_batches(samples) if self.search and samples and isinstance(samples, list) \
+            else None
         s = _Search(self, graph, ctx, layers, by_name, decisions, report, pinned, layer_macs, samples, size_budget)
         if size_budget is not None:
             s.fit_size()
@@ -229,6 +247,12 @@ class AssignBitwidths(Pass):
         ctx.options["bitwidths"] = decisions
         ctx.report["bitwidths"] = report
         return False
+
+
+    def _measurement_batches(self, batches: List[Dict[str, np.ndarray]]) -> List[Dict[str, np.ndarray]]:
+        """The first calibration batches, up to `samples` of them and `sample_values` input values."""
+        per = max(sum(int(np.asarray(a).size) for a in batches[0].values()), 1)
+        return batches[: max(1, min(self.samples, self.sample_values // per))]
 
 
 class _Search:
@@ -260,9 +284,14 @@ class _Search:
         return self._cache
 
     def output_sqnr(self) -> float:
+        """The model's output SQNR with the current decisions; `keep()` makes that run the
+        one later candidates reuse."""
         from qcc.sensitivity import output_sqnr, quantized_copy
 
-        return output_sqnr(self.cache(), quantized_copy(self.graph, self.decisions))
+        return output_sqnr(self.cache(), quantized_copy(self.graph, self.decisions), keep=True)
+
+    def keep(self) -> None:
+        self.cache().accept()
 
     def measure(self, names: List[str], choice: str) -> None:
         """Output SQNR with only that layer at `choice` (the rest float), for each name."""
@@ -322,6 +351,7 @@ class _Search:
     # --- 2. the error budget ----------------------------------------------------------------
     def meet_error(self, budget: float) -> None:
         current = self.output_sqnr()
+        self.keep()
         label = "all_int8" if all(c == "int8" for c in self.decisions.values()) else "start"
         self.ctx.report["predicted_output_sqnr_db"] = {label: round(current, 2)}
         if current >= budget or not self.free:
@@ -333,7 +363,13 @@ class _Search:
             self.measure([l for l in self.free if self.decisions[l] == c], c)
         floats = sum(1 for l in self.free if self.decisions[l] == "float")
         tried, blocked = set(), {}
+        misses = 0  # raises in a row measured and undone
         while current < budget:
+            if self.p.patience and misses >= self.p.patience:
+                self.ctx.warn(f"error budget {budget:g} dB not met ({current:.1f} dB): the search stopped "
+                              f"after {misses} raises in a row did not pay (the report says why: not_raised)")
+                self.ctx.report["bitwidth_search_stopped"] = f"{misses} raises in a row did not pay"
+                break
             movable = [l for l in self.free if self.decisions[l] != "float" and l not in tried]
             if not movable:
                 stuck = ", ".join(list(blocked)[:4]) + (f" and {len(blocked) - 4} more" if len(blocked) > 4 else "")
@@ -342,6 +378,13 @@ class _Search:
                 break
             l = max(movable, key=self._noise_per_mac)
             tried.add(l)
+            share = self._noise_share(l, current)
+            if share < self.p.screen * (1 - 10 ** (-self.p.min_gain_db / 10)):
+                # no model run: even removing all of its noise would not pass the gain test
+                blocked[l] = self.report[l]["not_raised"] = \
+                    f"alone it makes {100 * share:.1f}% of the output noise: raising it cannot gain " \
+                    f"{self.p.min_gain_db:g} dB"
+                continue
             move, why = self._raise(l, budget, floats)
             if move is None:
                 blocked[l] = why
@@ -359,15 +402,27 @@ class _Search:
                 self.decisions[l] = before
                 blocked[l] = self.report[l]["not_raised"] = \
                     f"{move} did not pay: output SQNR {current:.1f} -> {now:.1f} dB"
+                misses += 1
                 continue
+            misses = 0
             floats += move == "float"
             self.report[l]["why"] = why
             current = now
+            self.keep()
             self.ctx.progress(f"{l}: {before} -> {move}: output SQNR now {current:.1f} dB")
             if move != "float":
                 tried.discard(l)  # it may need raising again (to float)
                 self.sens[(l, move)] = self.sens.get((l, move), float("inf"))
         self.ctx.report["predicted_output_sqnr_db"]["chosen"] = round(current, 2)
+
+    def _noise_share(self, l: str, current_db: float) -> float:
+        """The layer's noise on its own (measured with the rest in float) as a share of the
+        model's output noise now: with noise that adds up, raising the layer to float removes
+        at most that share, a gain of -10·log10(1 - share) dB."""
+        alone = self.sens.get((l, self.decisions[l]))
+        if alone is None:
+            return 1.0
+        return 10 ** (-alone / 10) / 10 ** (-current_db / 10)
 
     def _noise_per_mac(self, l: str) -> Tuple[float, float]:
         """The greedy order of the error search: the output noise a layer adds on its own

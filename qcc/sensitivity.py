@@ -3,11 +3,13 @@
 A candidate precision assignment is evaluated for real: a copy of the calibrated
 graph is quantized by the `quantize` and `fold-requantize` passes with just that
 assignment, and run on calibration batches. Only nodes downstream of a change are
-recomputed; every other activation is reused from one float run, so measuring
-the sensitivity of all N layers costs about N half-model runs, not N full ones.
+recomputed; every other activation is reused from one float run (and from the
+search's current assignment), so measuring the sensitivity of all N layers costs
+about N half-model runs, not N full ones.
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -17,38 +19,101 @@ from .ir.opdef import opaque_runner
 
 
 class FloatCache:
-    """The float graph's activations on a few batches, by value name."""
+    """The float graph's activations on a few batches, and what later runs can reuse.
+
+    Every value is numbered by what computes it -- op, attributes, the numbers of its
+    operands, the bytes of a constant -- not by its name, so two graphs that agree up
+    to some node share its number and its array. A run looks its values up in the
+    float run and in the run `accept()` kept (the search's current assignment), so a
+    candidate that changes one layer recomputes only what lies downstream of it.
+    """
 
     def __init__(self, graph: Graph, samples: Sequence[Mapping[str, np.ndarray]]):
         from .interp import Interpreter
 
         self.samples = list(samples)
-        self.ops = {o.name: n.op for n in graph.nodes for o in n.outputs}
-        self.consts = {name: _identity(c.data) for name, c in graph.constants.items()}
-        self.envs: List[Dict[str, np.ndarray]] = []
+        self._ids: Dict[tuple, int] = {}
         self.outputs: List[List[np.ndarray]] = []
+        keys = self.numbers(graph)
+        self.memos: List[List[Dict[int, np.ndarray]]] = [[] for _ in self.samples]
+        self.last: Optional[List[Dict[int, np.ndarray]]] = None
         it = Interpreter(graph, keep=True)
-        for feeds in self.samples:
+        for i, feeds in enumerate(self.samples):
             outs = it.run(feeds)
-            self.envs.append({v.name: a for v, a in it.env.items()})
+            self.memos[i].append({keys[id(v)]: a for v, a in it.env.items()})
             self.outputs.append(list(outs.values()))
 
+    def numbers(self, g: Graph) -> Dict[int, int]:
+        """{id(value): its number} for every input and node result of `g`."""
+        num: Dict[int, int] = {}
+        for v in g.inputs:
+            num[id(v)] = self._intern(("input", v.name))
 
-def run_reusing(g: Graph, cache: FloatCache, i: int) -> List[np.ndarray]:
-    """Outputs of `g` on batch i, recomputing only what differs from the float run."""
-    base = cache.envs[i]
+        def of(v):
+            if v is None:
+                return -1
+            if v.is_const:
+                a = np.ascontiguousarray(v.data)
+                return self._intern(("const", a.shape, a.dtype.str, hashlib.blake2b(a.tobytes(), digest_size=16).digest()))
+            return num[id(v)]
+
+        for n in g.nodes:
+            key = (n.op, _freeze(n.attrs), tuple(of(v) for v in n.inputs))
+            for k, o in enumerate(n.outputs):
+                num[id(o)] = self._intern((key, k))
+        return num
+
+    def _intern(self, key) -> int:
+        return self._ids.setdefault(key, len(self._ids))
+
+    def accept(self) -> None:
+        """Keep the last `output_sqnr` run's arrays for later runs to reuse (one kept at a time)."""
+        if self.last is not None:
+            for i, memo in enumerate(self.last):
+                del self.memos[i][1:]
+                self.memos[i].append(memo)
+            self.last = None
+
+
+def _freeze(v):
+    """Attributes as a hashable key."""
+    if isinstance(v, dict):
+        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
+    if isinstance(v, (list, tuple)):
+        return tuple(_freeze(x) for x in v)
+    if isinstance(v, np.ndarray):
+        return ("array", v.shape, v.dtype.str, v.tobytes())
+    try:
+        hash(v)
+        return v
+    except TypeError:
+        return repr(v)
+
+
+def run_reusing(g: Graph, cache: FloatCache, i: int, numbers: Optional[Dict[int, int]] = None,
+                store: Optional[Dict[int, np.ndarray]] = None) -> List[np.ndarray]:
+    """Outputs of `g` on batch i, computing only the values no cached run has (into `store`)."""
+    num = numbers if numbers is not None else cache.numbers(g)
+    memos = cache.memos[i]
     env: Dict[int, np.ndarray] = {}
-    dirty = set()
-    for v in g.inputs:
-        env[id(v)] = base[v.name]
+
+    def cached(key):
+        for m in memos:
+            a = m.get(key)
+            if a is not None:
+                return a
+        return None
 
     def read(v):
         return None if v is None else (v.data if v.is_const else env[id(v)])
 
+    for v in g.inputs:
+        env[id(v)] = cached(num[id(v)])
     for n in g.nodes:
-        if _reusable(n, cache, base, dirty):
-            for o in n.outputs:
-                env[id(o)] = base[o.name]
+        hits = [cached(num[id(o)]) for o in n.outputs]
+        if all(a is not None for a in hits):
+            for o, a in zip(n.outputs, hits):
+                env[id(o)] = a
             continue
         args = [read(v) for v in n.inputs]
         d = n.opdef
@@ -61,37 +126,20 @@ def run_reusing(g: Graph, cache: FloatCache, i: int) -> List[np.ndarray]:
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
         for o, a in zip(n.outputs, outs):
             env[id(o)] = np.asarray(a)
-            dirty.add(id(o))
+            if store is not None:
+                store[num[id(o)]] = env[id(o)]
     return [read(v) for v in g.outputs]
 
 
-def _identity(a: np.ndarray):
-    """Same buffer, shape and dtype: graph copies share constant arrays through views."""
-    return a.__array_interface__["data"][0], a.shape, a.dtype.str
-
-
-def _reusable(n, cache: FloatCache, base, dirty) -> bool:
-    """Same op, same result names, same constants and clean operands as in the float run."""
-    for o in n.outputs:
-        if cache.ops.get(o.name) != n.op or o.name not in base:
-            return False
-    for v in n.inputs:
-        if v is None:
-            continue
-        if v.is_const:
-            if cache.consts.get(v.name) != _identity(v.data):
-                return False
-        elif id(v) in dirty or v.name not in base:
-            return False
-    return True
-
-
-def output_sqnr(cache: FloatCache, g: Graph) -> float:
-    """The worst output's SQNR (dB) of `g` against float over the cached batches."""
+def output_sqnr(cache: FloatCache, g: Graph, keep: bool = False) -> float:
+    """The worst output's SQNR (dB) of `g` against float over the cached batches; with
+    `keep`, its arrays stay as `cache.last` for `cache.accept()`."""
     refs: Dict[int, List[np.ndarray]] = {}
     gots: Dict[int, List[np.ndarray]] = {}
+    numbers = cache.numbers(g)
+    cache.last = [{} for _ in cache.samples] if keep else None
     for i in range(len(cache.samples)):
-        outs = run_reusing(g, cache, i)
+        outs = run_reusing(g, cache, i, numbers, cache.last[i] if keep else None)
         for k, (r, o) in enumerate(zip(cache.outputs[i], outs)):
             refs.setdefault(k, []).append(np.asarray(r, np.float64).ravel())
             gots.setdefault(k, []).append(np.asarray(o, np.float64).ravel())

@@ -302,6 +302,48 @@ def test_error_search_raises_weights_to_16_bits_where_the_weights_are_the_error(
     assert ctx.report["predicted_output_sqnr_db"]["chosen"] >= 65.0
 
 
+def test_error_search_stops_after_raises_in_a_row_that_do_not_pay():
+    g, samples = _calibrated_tiny()
+    pipe = UPTO_BITWIDTHS.replace("assign-bitwidths", "assign-bitwidths{min-gain-db=100 patience=2 screen=0}")
+    d, ctx = _assign(g, samples, pipe, min_sqnr=90.0)
+
+    def undone(ctx):
+        return sum("did not pay" in r.get("not_raised", "") for r in ctx.report["bitwidths"].values())
+
+    assert set(d.values()) == {"int8"}
+    assert ctx.report["bitwidth_search_stopped"] == "2 raises in a row did not pay"
+    assert undone(ctx) == 2
+    assert any("stopped after 2 raises in a row" in w for w in ctx.warnings)
+    d, ctx = _assign(g, samples, pipe.replace("patience=2", "patience=0"), min_sqnr=90.0)
+    assert "bitwidth_search_stopped" not in ctx.report and undone(ctx) > 2
+
+
+def test_error_search_passes_over_layers_too_quiet_to_matter():
+    g, samples = _calibrated_tiny()
+    pipe = UPTO_BITWIDTHS.replace("assign-bitwidths", "assign-bitwidths{min-gain-db=3}")
+    d, ctx = _assign(g, samples, pipe, min_sqnr=90.0)
+    by = ctx.report["bitwidths"]
+    quiet = [l for l, r in by.items() if "cannot gain" in r.get("not_raised", "")]
+    assert quiet and all(d[l] == "int8" for l in quiet)
+    start = ctx.report["predicted_output_sqnr_db"]["all_int8"]
+    for l in quiet:
+        assert set(by[l]["sensitivity_db_by_choice"]) == {"int8"}  # no candidate was run
+        share = 10 ** ((start - by[l]["sensitivity_db"]) / 10)  # of the noise it started with
+        assert share < 0.5 * (1 - 10 ** -0.3) * 1.01  # under the screen (the total only falls)
+    _, ctx0 = _assign(g, samples, pipe.replace("min-gain-db=3", "min-gain-db=3 screen=0"), min_sqnr=90.0)
+    assert not any("cannot gain" in r.get("not_raised", "") for r in ctx0.report["bitwidths"].values())
+
+
+def test_measurements_use_fewer_batches_when_inputs_are_large():
+    from qcc.passes.assign_bitwidths import AssignBitwidths
+
+    batches = [{"x": np.zeros((1, 3, 384, 576), np.float32)} for _ in range(6)]
+    assert len(AssignBitwidths()._measurement_batches(batches)) == 2  # 663k values each
+    assert len(AssignBitwidths(sample_values=10)._measurement_batches(batches)) == 1
+    small = [{"x": np.zeros((1, 3, 48, 192), np.float32)} for _ in range(6)]
+    assert len(AssignBitwidths()._measurement_batches(small)) == 4
+
+
 def test_size_budget_wins_over_the_error_budget():
     g, samples = _calibrated_tiny()
     d, ctx = _assign(g, samples, size_budget=900, min_sqnr=45.0)
