@@ -14,6 +14,7 @@ VNNI micro-kernel where the CPU has it, else computed from the clock, and said s
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import statistics
 import sys
@@ -90,7 +91,13 @@ def ort_int8(path, shape, calib, work: Path):
             return next(self.it, None)
 
     out = work / "int8.onnx"
-    quantize_static(str(fixed), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_static warns once per initializer it cannot use as a bias
+    try:
+        quantize_static(str(fixed), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+    finally:
+        root.setLevel(level)
     return out
 
 
