@@ -575,7 +575,9 @@ def test_ppocr_cls_o2_end_to_end(tmp_path, ppocr_cls_path):
     float_left = sorted(n.outputs[0].name for n in g.nodes if n.op in INEXACT_FLOAT_OPS)
     print(f"PP-OCR cls: {n_exact} values bit-exact; graph cut at {n_cuts} inexact float ops left by -O2: "
           f"{float_left}")
-    assert n_exact > 200
+    # fuse now recognises paddle2onnx's hard-swish (x*clip(x+3,0,6)/6: four values -> one), so
+    # the graph has fewer values to compare: 185 measured (over 200 before)
+    assert n_exact > 150
     assert sum(n.op == "qconv" for n in g.nodes) > 40
 
 
