@@ -1,10 +1,19 @@
-"""x86 int8 kernels: qconv and qmatmul on AVX-512 VNNI, search-free and bit-exact.
+"""x86 int8 kernels: qconv and qmatmul on AVX-512 VNNI and AVX2, search-free and bit-exact.
 
 `X86Strategy` (registered for the "x86" family) replaces the lowering of `qconv`
 (2-D, not depthwise) and `qmatmul` (constant 2-D right operand) with TE kernels
-built around `vpdpbusd` (u8 x s8 -> int32, four products per lane), and schedules
-the fused functions that contain them with its own dlight rule. Presets without
-AVX-512 VNNI keep the generic lowering of `FusedCPUStrategy`.
+built around one multiply-accumulate instruction, and schedules the fused
+functions that contain them with its own dlight rule. Two instruction sets share
+every line of it but the packed dtypes and the intrinsic (`Isa`):
+
+- AVX-512 VNNI: `vpdpbusd` (u8 x s8 -> int32, 16 lanes x 4 products, accumulating).
+- AVX2: `vpmaddwd` (s16 x s16 -> int32, 8 lanes x 2 products) plus `vpaddd`. The
+  operands are packed as int16 (activations widened once by the pack stage,
+  weights at compile time). `vpmaddubsw` would take bytes directly but saturates
+  its int16 pair sums (255*127*2 > 32767), so it is not exact on u8 x s8.
+
+The rest of this docstring is written for VNNI; on AVX2 read 8 for 16 (lanes) and
+2 for 4 (channels interleaved per lane).
 
 Exactness. VNNI multiplies *unsigned* activations by *signed* weights, so the
 activation stays raw uint8 (int8 activations are shifted by +128, zero point too)
@@ -52,8 +61,6 @@ import numpy as np
 from .conv_geometry import ConvGeometry, conv_geometry
 from .strategy import FusedCPUStrategy, register_strategy
 
-PREFIX = "qcc_vnni"
-_MAX_ACC = 24  # accumulator registers of one tile (of 32 zmm)
 _I32 = (-(1 << 31), (1 << 31) - 1)
 # Below these sizes a stage runs on one thread: a parallel launch costs microseconds (far
 # more when the cores are shared), more than a small kernel's whole work.
@@ -62,81 +69,119 @@ _PAR_BYTES = 1 << 18
 _PAR_ELEMS = 1 << 15
 
 
-# --- tensor intrinsics -------------------------------------------------------------------
+# --- instruction sets -----------------------------------------------------------------------
 
-CONV_INTRIN = "qcc_vnni_16x4_lanes_u8"   # C[16] += A[16, 4] (u8) . B[4] (s8, broadcast)
-MM_INTRIN = "qcc_vnni_16x4_lanes_s8"     # C[16] += A[4] (u8, broadcast) . B[16, 4] (s8)
-_registered = False
+@dataclass(frozen=True)
+class Isa:
+    """What a kernel needs to know of its multiply-accumulate instruction."""
+    name: str
+    lanes: int        # int32 accumulator lanes of one vector register
+    group: int        # products summed into each lane (reduction elements interleaved)
+    act: str          # packed activation dtype
+    wt: str           # packed weight dtype
+    registers: int    # vector registers
+    scratch: int      # registers an inner step needs besides accumulators and loaded vectors
+    max_acc: int      # accumulator registers of one tile
+
+    @property
+    def prefix(self) -> str:
+        return f"qcc_{self.name}"
+
+    @property
+    def conv_intrin(self) -> str:
+        return f"qcc_{self.name}_{self.lanes}x{self.group}_lanes_act"
+
+    @property
+    def mm_intrin(self) -> str:
+        return f"qcc_{self.name}_{self.lanes}x{self.group}_lanes_wt"
 
 
-def register_intrinsics() -> None:
-    """Register the two VNNI tensor intrinsics (once). TVM's own `dot_16x4_vnni` passes
-    i32 vectors to `vpdpbusd.512`, which LLVM 22 rejects; these pass byte vectors."""
-    global _registered
-    if _registered:
+VNNI = Isa("vnni", 16, 4, "uint8", "int8", 32, 1, 24)  # scratch: the broadcast
+AVX2 = Isa("avx2", 8, 2, "int16", "int16", 16, 2, 12)  # the broadcast and vpmaddwd's product
+ISAS = {i.name: i for i in (VNNI, AVX2)}
+ANN = "qcc_x86"  # block annotation: which stage of a kernel a block is
+_registered = set()
+
+
+def _mac(isa: Isa, acc, a, b):
+    """acc + a . b for one vector of lanes (a, b: byte/int16 vectors of lanes*group)."""
+    from tvm.script import tirx as T
+
+    if isa is VNNI:
+        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                                       acc, a, b, dtype="int32x16")
+    return acc + T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                                         a, b, dtype="int32x8")
+
+
+def register_intrinsics(isa: Isa) -> None:
+    """Register the two tensor intrinsics of `isa` (once): C[lanes] += A[lanes, group] . B[group]
+    (activations in lanes, one weight group broadcast) and C[lanes] += A[group] . B[lanes, group]
+    (matmul: lanes along N). TVM's own `dot_16x4_vnni` passes i32 vectors to
+    `vpdpbusd.512`, which LLVM 22 rejects; these pass byte vectors."""
+    if isa.name in _registered:
         return
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
-    vpdpbusd = "llvm.x86.avx512.vpdpbusd.512"
+    L, G, ad, wd = isa.lanes, isa.group, isa.act, isa.wt
 
     @T.prim_func(s_tir=True)
-    def conv_desc(A: T.Buffer((16, 4), "uint8", offset_factor=1), B: T.Buffer((4,), "int8", offset_factor=1),
-                  C: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
+    def conv_desc(A: T.Buffer((L, G), ad, offset_factor=1), B: T.Buffer((G,), wd, offset_factor=1),
+                  C: T.Buffer((L,), "int32", offset_factor=1, scope="local")) -> None:
         with T.sblock("root"):
-            T.reads(C[0:16], A[0:16, 0:4], B[0:4])
-            T.writes(C[0:16])
-            for i in T.serial(0, 16):
-                for k in T.serial(0, 4):
+            T.reads(C[0:L], A[0:L, 0:G], B[0:G])
+            T.writes(C[0:L])
+            for i in T.serial(0, L):
+                for k in T.serial(0, G):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
                         C[vi] = C[vi] + T.cast(A[vi, vk], "int32") * T.cast(B[vk], "int32")
 
     @T.prim_func(s_tir=True)
-    def conv_impl(A: T.Buffer((16, 4), "uint8", offset_factor=1), B: T.Buffer((4,), "int8", offset_factor=1),
-                  C: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
+    def conv_impl(A: T.Buffer((L, G), ad, offset_factor=1), B: T.Buffer((G,), wd, offset_factor=1),
+                  C: T.Buffer((L,), "int32", offset_factor=1, scope="local")) -> None:
         with T.sblock("root"):
-            T.reads(C[0:16], A[0:16, 0:4], B[0:4])
-            T.writes(C[0:16])
-            a = A.vload([0, 0], dtype="uint8x64")
-            b = T.reinterpret(T.broadcast(T.reinterpret(B.vload([0], dtype="int8x4"), dtype="int32"), 16),
-                              dtype="int8x64")
-            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id(vpdpbusd), C.vload([0], dtype="int32x16"), a, b, dtype="int32x16")
+            T.reads(C[0:L], A[0:L, 0:G], B[0:G])
+            T.writes(C[0:L])
+            a = A.vload([0, 0], dtype=f"{ad}x{L * G}")
+            b = T.reinterpret(T.broadcast(T.reinterpret(B.vload([0], dtype=f"{wd}x{G}"), dtype="int32"), L),
+                              dtype=f"{wd}x{L * G}")
+            C[T.ramp(T.int32(0), 1, L)] = _mac(isa, C.vload([0], dtype=f"int32x{L}"), a, b)
 
     @T.prim_func(s_tir=True)
-    def mm_desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
-                C: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
+    def mm_desc(A: T.Buffer((G,), ad, offset_factor=1), B: T.Buffer((L, G), wd, offset_factor=1),
+                C: T.Buffer((L,), "int32", offset_factor=1, scope="local")) -> None:
         with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            for i in T.serial(0, 16):
-                for k in T.serial(0, 4):
+            T.reads(C[0:L], A[0:G], B[0:L, 0:G])
+            T.writes(C[0:L])
+            for i in T.serial(0, L):
+                for k in T.serial(0, G):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
                         C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
-    def mm_impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
-                C: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
+    def mm_impl(A: T.Buffer((G,), ad, offset_factor=1), B: T.Buffer((L, G), wd, offset_factor=1),
+                C: T.Buffer((L,), "int32", offset_factor=1, scope="local")) -> None:
         with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], dtype="uint8x4"), dtype="int32"), 16),
-                              dtype="uint8x64")
-            b = B.vload([0, 0], dtype="int8x64")
-            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id(vpdpbusd), C.vload([0], dtype="int32x16"), a, b, dtype="int32x16")
+            T.reads(C[0:L], A[0:G], B[0:L, 0:G])
+            T.writes(C[0:L])
+            a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], dtype=f"{ad}x{G}"), dtype="int32"), L),
+                              dtype=f"{ad}x{L * G}")
+            b = B.vload([0, 0], dtype=f"{wd}x{L * G}")
+            C[T.ramp(T.int32(0), 1, L)] = _mac(isa, C.vload([0], dtype=f"int32x{L}"), a, b)
 
-    TensorIntrin.register(CONV_INTRIN, conv_desc, conv_impl, override=True)
-    TensorIntrin.register(MM_INTRIN, mm_desc, mm_impl, override=True)
-    _registered = True
+    TensorIntrin.register(isa.conv_intrin, conv_desc, conv_impl, override=True)
+    TensorIntrin.register(isa.mm_intrin, mm_desc, mm_impl, override=True)
+    _registered.add(isa.name)
 
 
 # --- tile choice ---------------------------------------------------------------------------
 
-def _pick_tile(rows: int, vecs: int, max_rows: int = _MAX_ACC) -> Tuple[int, int]:
-    """(mr, nr): mr rows x nr 16-lane vectors per register tile, mr*nr <= 24.
+def _pick_tile(isa: Isa, rows: int, vecs: int, max_rows: int = 24) -> Tuple[int, int]:
+    """(mr, nr): mr rows x nr vectors per register tile, mr*nr <= isa.max_acc, and the
+    accumulators, nr loaded vectors and one broadcast in the register file.
 
     Cost model (measured on Zen 4, 40x120x6625 matmul: 4x4 516 GOP/s, 5x4 486, 4x3 443,
     8x2 403, 8x1 310): padded work times the load/broadcast overhead per vpdpbusd, each
@@ -145,7 +190,7 @@ def _pick_tile(rows: int, vecs: int, max_rows: int = _MAX_ACC) -> Tuple[int, int
     for nr in (4, 3, 2, 1):
         if nr > max(1, vecs) and nr > 1:
             continue
-        cap = min(max_rows, _MAX_ACC // nr)
+        cap = min(max_rows, isa.max_acc // nr, (isa.registers - isa.scratch - nr) // nr)
         for mr in range(min(cap, rows), 0, -1):
             work = math.ceil(rows / mr) * mr * math.ceil(vecs / nr) * nr
             key = (work * (1 + 0.8 / nr + 0.3 / mr), -nr)
@@ -160,10 +205,11 @@ def _pick_tile(rows: int, vecs: int, max_rows: int = _MAX_ACC) -> Tuple[int, int
 class ConvPlan(ConvGeometry):
     x_signed: bool = False
     zx: int = 0  # zero point in the uint8 domain
+    isa: Isa = VNNI
 
     @property
     def cb(self):
-        return -(-self.cg // 4)
+        return -(-self.cg // self.isa.group)
 
     @property
     def wq(self):
@@ -176,7 +222,7 @@ class ConvPlan(ConvGeometry):
     @property
     def tile(self):
         oh, _ = self.out_hw
-        return _pick_tile(self.og, -(-oh * self.wq // 16))
+        return _pick_tile(self.isa, self.og, -(-oh * self.wq // self.isa.lanes))
 
     @property
     def ogp(self):
@@ -185,10 +231,10 @@ class ConvPlan(ConvGeometry):
 
     @property
     def vecs(self):
-        """16-pixel vectors of the flattened output, padded to the tile."""
+        """Vectors (of isa.lanes pixels) of the flattened output, padded to the tile."""
         oh, _ = self.out_hw
         _, nr = self.tile
-        return -(-(-(-oh * self.wq // 16)) // nr) * nr
+        return -(-(-(-oh * self.wq // self.isa.lanes)) // nr) * nr
 
     def offset(self, kh: int, kw: int) -> Tuple[int, int]:
         """(phase, flat offset) of tap (kh, kw)."""
@@ -200,38 +246,39 @@ class ConvPlan(ConvGeometry):
     def flat(self):
         """Length of each flattened phase plane: every read in bounds, a whole number of rows."""
         max_off = max(self.offset(i, j)[1] for i in range(self.kh) for j in range(self.kw))
-        need = self.vecs * 16 + max_off
+        need = self.vecs * self.isa.lanes + max_off
         return -(-need // self.wq) * self.wq
 
 
-def conv_plan(x_shape, x_dtype: str, w_shape, attrs) -> Optional[ConvPlan]:
-    """The plan for a qconv the VNNI kernel handles, else None."""
+def conv_plan(x_shape, x_dtype: str, w_shape, attrs, isa: Isa = VNNI) -> Optional[ConvPlan]:
+    """The plan for a qconv the kernel handles, else None."""
     geom = conv_geometry(x_shape, w_shape, attrs)
     if geom is None or x_dtype not in ("uint8", "int8"):
         return None
-    if geom.cg < 4 and geom.groups > 1:  # depthwise-like: another kernel's job
+    if geom.cg < isa.group and geom.groups > 1:  # depthwise-like: another kernel's job
         return None
     zx = int(attrs.get("x_zero_point", 0)) + (128 if x_dtype == "int8" else 0)
     if not 0 <= zx <= 255:
         return None
     if 255 * 128 * geom.cg * geom.kh * geom.kw >= (1 << 31):  # the raw u8 x s8 sum must not wrap
         return None
-    return ConvPlan(**geom.fields(), x_signed=x_dtype == "int8", zx=zx)
+    return ConvPlan(**geom.fields(), x_signed=x_dtype == "int8", zx=zx, isa=isa)
 
 
 def pack_conv_weights(p: ConvPlan, w: np.ndarray, bias: Optional[np.ndarray]):
-    """(packed weights [g, ogp/mr, cb, kh, kw, mr, 4] int8, bias' [o] int32) or None when
-    the folded bias does not fit int32."""
+    """(packed weights [g, ogp/mr, cb, kh, kw, mr, group] (isa.wt), bias' [o] int32) or None
+    when the folded bias does not fit int32."""
     mr, _ = p.tile
+    G = p.isa.group
     wg = w.astype(np.int64).reshape(p.groups, p.og, p.cg, p.kh, p.kw)
-    full = np.zeros((p.groups, p.ogp, p.cb * 4, p.kh, p.kw), np.int64)
+    full = np.zeros((p.groups, p.ogp, p.cb * G, p.kh, p.kw), np.int64)
     full[:, :p.og, :p.cg] = wg
-    packed = full.reshape(p.groups, p.ogp // mr, mr, p.cb, 4, p.kh, p.kw).transpose(0, 1, 3, 5, 6, 2, 4)
+    packed = full.reshape(p.groups, p.ogp // mr, mr, p.cb, G, p.kh, p.kw).transpose(0, 1, 3, 5, 6, 2, 4)
     b = np.zeros(p.o, np.int64) if bias is None else bias.astype(np.int64).reshape(p.o)
     folded = b - p.zx * wg.sum(axis=(2, 3, 4)).reshape(p.o)
     if folded.min() < _I32[0] or folded.max() > _I32[1]:
         return None
-    return np.ascontiguousarray(packed).astype(np.int8), folded.astype(np.int32)
+    return np.ascontiguousarray(packed).astype(p.isa.wt), folded.astype(np.int32)
 
 
 def conv_te(p: ConvPlan, x, wpk, bias):
@@ -239,6 +286,8 @@ def conv_te(p: ConvPlan, x, wpk, bias):
     from tvm import te, tirx
 
     mr, nr = p.tile
+    isa = p.isa
+    L, G = isa.lanes, isa.group
     (sh, sw), (dh, dw) = p.strides, p.dilations
     pt, pl = p.pads[0], p.pads[1]
     wq, cg, zx = p.wq, p.cg, p.zx
@@ -248,37 +297,37 @@ def conv_te(p: ConvPlan, x, wpk, bias):
         r, col = f // wq, f % wq
         hh = r * sh + ph // sw - pt
         ww = col * sw + ph % sw - pl
-        ch = cb * 4 + ci
+        ch = cb * G + ci
         inside = tirx.all(hh >= 0, hh < p.h, ww >= 0, ww < p.w, ch < cg)
         v = x[n, g * cg + ch, hh, ww]
         if p.x_signed:
-            v = (v.astype("int32") + 128).astype("uint8")
-        return tirx.if_then_else(inside, v, tirx.const(zx, "uint8"))
+            v = v.astype("int32") + 128
+        return tirx.if_then_else(inside, v.astype(isa.act), tirx.const(zx, isa.act))
 
-    xq = te.compute((p.n, p.groups, p.cb, nph, p.flat, 4), pack, name=f"{PREFIX}_pack",
-                    attrs={"qcc_vnni": "pack", "qcc_vnni_wq": wq})
+    xq = te.compute((p.n, p.groups, p.cb, nph, p.flat, G), pack, name=f"{isa.prefix}_pack",
+                    attrs={ANN: "pack", "qcc_x86_wq": wq, "qcc_x86_isa": isa.name})
 
     rc = te.reduce_axis((0, p.cb), "rc")
     rh = te.reduce_axis((0, p.kh), "rh")
     rw = te.reduce_axis((0, p.kw), "rw")
-    ri = te.reduce_axis((0, 4), "ri")
+    ri = te.reduce_axis((0, G), "ri")
 
     def conv(n, g, oc, v, lane):
         ph = ((rh * dh) % sh) * sw + (rw * dw) % sw
         off = ((rh * dh) // sh) * wq + (rw * dw) // sw
-        return te.sum(xq[n, g, rc, ph, v * 16 + lane + off, ri].astype("int32")
+        return te.sum(xq[n, g, rc, ph, v * L + lane + off, ri].astype("int32")
                       * wpk[g, oc // mr, rc, rh, rw, oc % mr, ri].astype("int32"), axis=[rc, rh, rw, ri])
 
-    acc = te.compute((p.n, p.groups, p.ogp, p.vecs, 16), conv, name=f"{PREFIX}_conv",
-                     attrs={"qcc_vnni": "conv", "qcc_vnni_mr": mr, "qcc_vnni_nr": nr})
+    acc = te.compute((p.n, p.groups, p.ogp, p.vecs, L), conv, name=f"{isa.prefix}_conv",
+                     attrs={ANN: "conv", "qcc_x86_mr": mr, "qcc_x86_nr": nr, "qcc_x86_isa": isa.name})
     oh_n, ow_n = p.out_hw
     og = p.og
 
     def out(n, o, oh, ow):
         f = oh * wq + ow
-        return acc[n, o // og, o % og, f // 16, f % 16] + bias[o]
+        return acc[n, o // og, o % og, f // L, f % L] + bias[o]
 
-    return te.compute((p.n, p.o, oh_n, ow_n), out, name=f"{PREFIX}_out")
+    return te.compute((p.n, p.o, oh_n, ow_n), out, name=f"{isa.prefix}_out")
 
 
 # --- qmatmul -------------------------------------------------------------------------------
@@ -292,6 +341,7 @@ class MatmulPlan:
     a_signed: bool
     za: int  # uint8 domain
     vector: bool  # a is 1-D
+    isa: Isa = VNNI
 
     @property
     def rows(self):
@@ -299,11 +349,11 @@ class MatmulPlan:
 
     @property
     def kb(self):
-        return -(-self.k // 4)
+        return -(-self.k // self.isa.group)
 
     @property
     def tile(self):
-        return _pick_tile(self.rows, -(-self.n // 16), max_rows=8)
+        return _pick_tile(self.isa, self.rows, -(-self.n // self.isa.lanes), max_rows=8)
 
     @property
     def rows_p(self):
@@ -313,10 +363,11 @@ class MatmulPlan:
     @property
     def cols_p(self):
         _, nr = self.tile
-        return -(-self.n // (16 * nr)) * 16 * nr
+        L = self.isa.lanes
+        return -(-self.n // (L * nr)) * L * nr
 
 
-def matmul_plan(a_shape, a_dtype: str, b_shape, za: int) -> Optional[MatmulPlan]:
+def matmul_plan(a_shape, a_dtype: str, b_shape, za: int, isa: Isa = VNNI) -> Optional[MatmulPlan]:
     if a_dtype not in ("uint8", "int8") or len(b_shape) != 2 or len(a_shape) < 1:
         return None
     k, n = int(b_shape[0]), int(b_shape[1])
@@ -328,22 +379,23 @@ def matmul_plan(a_shape, a_dtype: str, b_shape, za: int) -> Optional[MatmulPlan]
     vector = len(a_shape) == 1
     batch = tuple(int(d) for d in a_shape[:-2])
     m = 1 if vector else int(a_shape[-2])
-    return MatmulPlan(batch, m, k, n, a_dtype == "int8", za, vector)
+    return MatmulPlan(batch, m, k, n, a_dtype == "int8", za, vector, isa)
 
 
 def pack_matmul_weights(p: MatmulPlan, b: np.ndarray, bias: Optional[np.ndarray]):
-    """(packed [cols_p/16, kb, 16, 4] int8, bias' [n] int32) or None."""
+    """(packed [cols_p/lanes, kb, lanes, group] (isa.wt), bias' [n] int32) or None."""
+    L, G = p.isa.lanes, p.isa.group
     bi = b.astype(np.int64)
     if bi.min() < -128 or bi.max() > 127:
         return None
-    full = np.zeros((p.kb * 4, p.cols_p), np.int64)
+    full = np.zeros((p.kb * G, p.cols_p), np.int64)
     full[:p.k, :p.n] = bi
-    packed = full.reshape(p.kb, 4, p.cols_p // 16, 16).transpose(2, 0, 3, 1)
+    packed = full.reshape(p.kb, G, p.cols_p // L, L).transpose(2, 0, 3, 1)
     bb = np.zeros(p.n, np.int64) if bias is None else np.broadcast_to(bias.astype(np.int64), (p.n,))
     folded = bb - p.za * bi.sum(axis=0)
     if folded.min() < _I32[0] or folded.max() > _I32[1]:
         return None
-    return np.ascontiguousarray(packed).astype(np.int8), folded.astype(np.int32)
+    return np.ascontiguousarray(packed).astype(p.isa.wt), folded.astype(np.int32)
 
 
 def matmul_te(p: MatmulPlan, a, bpk, bias):
@@ -351,6 +403,8 @@ def matmul_te(p: MatmulPlan, a, bpk, bias):
 
     mr, nr = p.tile
     nb = len(p.batch)
+    isa = p.isa
+    L, G = isa.lanes, isa.group
 
     def a_at(r, kk):
         if p.vector:
@@ -365,18 +419,19 @@ def matmul_te(p: MatmulPlan, a, bpk, bias):
         inside = tirx.all(r < p.rows, kk < p.k)
         v = a_at(r, kk)
         if p.a_signed:
-            v = (v.astype("int32") + 128).astype("uint8")
-        return tirx.if_then_else(inside, v, tirx.const(0, "uint8"))
+            v = v.astype("int32") + 128
+        return tirx.if_then_else(inside, v.astype(isa.act), tirx.const(0, isa.act))
 
-    ap = te.compute((p.rows_p, p.kb * 4), pack, name=f"{PREFIX}_mm_pack")
+    ap = te.compute((p.rows_p, p.kb * G), pack, name=f"{isa.prefix}_mm_pack")
     rk = te.reduce_axis((0, p.kb), "rk")
-    ri = te.reduce_axis((0, 4), "ri")
-    acc = te.compute((p.rows_p, p.cols_p // 16, 16),
-                     lambda r, j, lane: te.sum(ap[r, rk * 4 + ri].astype("int32")
+    ri = te.reduce_axis((0, G), "ri")
+    acc = te.compute((p.rows_p, p.cols_p // L, L),
+                     lambda r, j, lane: te.sum(ap[r, rk * G + ri].astype("int32")
                                                * bpk[j, rk, lane, ri].astype("int32"), axis=[rk, ri]),
-                     name=f"{PREFIX}_mm", attrs={"qcc_vnni": "matmul", "qcc_vnni_mr": mr, "qcc_vnni_nr": nr})
+                     name=f"{isa.prefix}_mm", attrs={ANN: "matmul", "qcc_x86_mr": mr, "qcc_x86_nr": nr,
+                                                     "qcc_x86_isa": isa.name})
     if p.vector:
-        return te.compute((p.n,), lambda j: acc[0, j // 16, j % 16] + bias[j], name=f"{PREFIX}_mm_out")
+        return te.compute((p.n,), lambda j: acc[0, j // L, j % L] + bias[j], name=f"{isa.prefix}_mm_out")
     shape = p.batch + (p.m, p.n)
 
     def out(*idx):
@@ -385,16 +440,16 @@ def matmul_te(p: MatmulPlan, a, bpk, bias):
             r = r * d + i
         r = r * p.m + idx[nb]
         j = idx[nb + 1]
-        return acc[r, j // 16, j % 16] + bias[j]
+        return acc[r, j // L, j % L] + bias[j]
 
-    return te.compute(shape, out, name=f"{PREFIX}_mm_out")
+    return te.compute(shape, out, name=f"{isa.prefix}_mm_out")
 
 
 # --- schedule --------------------------------------------------------------------------------
 
 def _block_kind(sch, block) -> Optional[str]:
     ann = sch.get(block).annotations
-    return str(ann["qcc_vnni"]) if "qcc_vnni" in ann else None
+    return str(ann[ANN]) if ANN in ann else None
 
 
 def _extent(sch, loops) -> int:
@@ -422,7 +477,7 @@ def _parallel_outer(sch, block) -> None:
 
 def _schedule_pack(sch, block) -> None:
     """Rows in parallel; along a row, the four interleaved channels unrolled."""
-    wq = int(sch.get(block).annotations["qcc_vnni_wq"])
+    wq = int(sch.get(block).annotations["qcc_x86_wq"])
     n, g, cb, ph, f, ci = sch.get_loops(block)
     r, col = sch.split(f, [None, wq])
     rows = sch.fuse(n, g, cb, ph, r)
@@ -433,7 +488,8 @@ def _schedule_pack(sch, block) -> None:
 
 def _schedule_conv(sch, block) -> None:
     ann = sch.get(block).annotations
-    mr, nr = int(ann["qcc_vnni_mr"]), int(ann["qcc_vnni_nr"])
+    mr, nr = int(ann["qcc_x86_mr"]), int(ann["qcc_x86_nr"])
+    isa = ISAS[str(ann["qcc_x86_isa"])]
     n, g, oc, v, lane, rc, rh, rw, ri = sch.get_loops(block)
     oco, oci = sch.split(oc, [None, mr])
     vo, vi = sch.split(v, [None, nr])
@@ -441,12 +497,13 @@ def _schedule_conv(sch, block) -> None:
     tile = sch.fuse(n, g, oco, vo)
     if _extent(sch, sch.get_loops(block)) >= _PAR_MACS:
         sch.parallel(tile)
-    _register_tile(sch, block, tile, rc, oci, vi, lane, CONV_INTRIN)
+    _register_tile(sch, block, tile, rc, oci, vi, lane, isa.conv_intrin)
 
 
 def _schedule_matmul(sch, block) -> None:
     ann = sch.get(block).annotations
-    mr, nr = int(ann["qcc_vnni_mr"]), int(ann["qcc_vnni_nr"])
+    mr, nr = int(ann["qcc_x86_mr"]), int(ann["qcc_x86_nr"])
+    isa = ISAS[str(ann["qcc_x86_isa"])]
     r, j, lane, rk, ri = sch.get_loops(block)
     ro, rI = sch.split(r, [None, mr])
     jo, ji = sch.split(j, [None, nr])
@@ -454,11 +511,11 @@ def _schedule_matmul(sch, block) -> None:
     tile = sch.fuse(ro, jo)
     if _extent(sch, sch.get_loops(block)) >= _PAR_MACS:
         sch.parallel(tile)
-    _register_tile(sch, block, tile, rk, rI, ji, lane, MM_INTRIN)
+    _register_tile(sch, block, tile, rk, rI, ji, lane, isa.mm_intrin)
 
 
 def _register_tile(sch, block, tile, k_outer, rows, vecs, lane, intrin) -> None:
-    """Accumulate the tile in a local buffer (registers), tensorize the 16x4 step."""
+    """Accumulate the tile in a local buffer (registers), tensorize the lanes x group step."""
     wb = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(wb, tile)
     wl = sch.get_loops(wb)
@@ -473,7 +530,7 @@ def _register_tile(sch, block, tile, k_outer, rows, vecs, lane, intrin) -> None:
     sch.unroll(rows)
 
 
-def _schedule_vnni(func) -> Optional[object]:
+def _schedule_kernels(func) -> Optional[object]:
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
@@ -485,7 +542,8 @@ def _schedule_vnni(func) -> Optional[object]:
     kinds = [_block_kind(sch, b) for b in blocks]
     if not any(kinds):
         return None
-    register_intrinsics()
+    for isa in ISAS.values():
+        register_intrinsics(isa)
     try:
         for b, kind in zip(blocks, kinds):
             if kind == "conv":
@@ -495,7 +553,7 @@ def _schedule_vnni(func) -> Optional[object]:
             elif kind == "matmul":
                 _schedule_matmul(sch, b)
     except Exception as e:  # noqa: BLE001 - a kernel this rule cannot schedule: leave it to the others
-        warnings.warn(f"qcc x86: VNNI schedule failed, kernel left unscheduled: {type(e).__name__}: "
+        warnings.warn(f"qcc x86: int8 kernel schedule failed, kernel left unscheduled: {type(e).__name__}: "
                       f"{str(e).splitlines()[-1] if str(e) else ''}")
         return None
     for b, kind in zip(blocks, kinds):
@@ -507,41 +565,49 @@ def _schedule_vnni(func) -> Optional[object]:
     return sch
 
 
-def vnni_rule():
-    """The dlight rule: schedules every fused function holding a VNNI kernel."""
+def int8_rule(isa: Isa):
+    """The dlight rule: schedules every fused function holding one of these kernels."""
     from tvm.s_tir import dlight
 
-    class VNNIRule(dlight.ScheduleRule):
+    class X86Int8Rule(dlight.ScheduleRule):
         def apply(self, func, target, tunable):
             import tvm
 
             if not isinstance(func, tvm.tirx.PrimFunc):
                 return None
-            return _schedule_vnni(func)
+            return _schedule_kernels(func)
 
-    return VNNIRule()
+    X86Int8Rule.__name__ = X86Int8Rule.__qualname__ = {"vnni": "VNNIRule", "avx2": "AVX2Rule"}[isa.name]
+    return X86Int8Rule()
 
 
 # --- the strategy ----------------------------------------------------------------------------
 
-def _has_vnni(preset) -> bool:
+def isa_for(preset) -> Optional[Isa]:
+    """The best int8 instruction set of a preset, or None (generic lowering)."""
     caps = getattr(preset, "capabilities", frozenset())
-    return "vnni" in caps and "avx512" in caps
+    if "vnni" in caps and "avx512" in caps:
+        return VNNI
+    if "avx2" in caps:
+        return AVX2
+    return None
 
 
 class X86Strategy(FusedCPUStrategy):
-    """FusedCPUStrategy plus VNNI qconv/qmatmul kernels on presets with AVX-512 VNNI."""
+    """FusedCPUStrategy plus int8 qconv/qmatmul kernels on presets with AVX2 or AVX-512 VNNI."""
 
     name = "x86"
 
     def __init__(self, preset=None):
         super().__init__(preset)
-        if _has_vnni(preset):
-            self.overrides["qconv"] = lower_qconv_vnni
-            self.overrides["qmatmul"] = lower_qmatmul_vnni
+        self.isa = isa_for(preset)
+        if self.isa is not None:
+            isa = self.isa
+            self.overrides["qconv"] = lambda cx, node, ins, attrs: lower_qconv_x86(isa, cx, node, ins, attrs)
+            self.overrides["qmatmul"] = lambda cx, node, ins, attrs: lower_qmatmul_x86(isa, cx, node, ins, attrs)
 
     def schedule_rules(self, target) -> list:
-        mine = [vnni_rule()] if _has_vnni(self.preset) else []
+        mine = [int8_rule(self.isa)] if self.isa is not None else []
         return mine + list(super().schedule_rules(target))
 
 
@@ -551,32 +617,32 @@ def _generic(op: str):
     return {"qconv": lower_quant.lower_qconv, "qmatmul": lower_quant.lower_qmatmul}[op]
 
 
-def lower_qconv_vnni(cx, node, ins, attrs):
-    """qconv through the VNNI kernel when it applies, else the generic lowering."""
+def lower_qconv_x86(isa: Isa, cx, node, ins, attrs):
+    """qconv through the `isa` kernel when it applies, else the generic lowering."""
     x, w, b = (list(ins) + [None])[:3]
     wv = cx.const_value(w)
     bv = cx.const_value(b) if b is not None else None
     plan = None
     if wv is not None and (b is None or bv is not None) and cx.dtype_of(w) == "int8" \
             and attrs.get("acc") != "i64":  # the kernel accumulates in int32
-        plan = conv_plan(cx.shape_of(x), cx.dtype_of(x), wv.shape, attrs)
+        plan = conv_plan(cx.shape_of(x), cx.dtype_of(x), wv.shape, attrs, isa)
     packed = pack_conv_weights(plan, wv, bv) if plan is not None else None
     if packed is None:
         return _generic("qconv")(cx, node, ins, attrs)
     wpk, folded = packed
-    return cx.emit_te(lambda xt, wt, bt: conv_te(plan, xt, wt, bt), x, cx.const(wpk, "int8"),
-                      cx.const(folded, "int32"), primfunc_name_hint=f"{PREFIX}_conv")
+    return cx.emit_te(lambda xt, wt, bt: conv_te(plan, xt, wt, bt), x, cx.const(wpk, isa.wt),
+                      cx.const(folded, "int32"), primfunc_name_hint=f"{isa.prefix}_conv")
 
 
-def lower_qmatmul_vnni(cx, node, ins, attrs):
-    """qmatmul by a constant 2-D matrix through the VNNI kernel, else the generic lowering."""
+def lower_qmatmul_x86(isa: Isa, cx, node, ins, attrs):
+    """qmatmul by a constant 2-D matrix through the `isa` kernel, else the generic lowering."""
     a, b, bias = (list(ins) + [None])[:3]
     bv = cx.const_value(b)
     biv = cx.const_value(bias) if bias is not None else None
     plan = None
     if bv is not None and (bias is None or (biv is not None and biv.ndim <= 1)) \
             and attrs.get("acc") != "i64":  # the kernel accumulates in int32
-        plan = matmul_plan(cx.shape_of(a), cx.dtype_of(a), bv.shape, int(attrs.get("a_zero_point", 0)))
+        plan = matmul_plan(cx.shape_of(a), cx.dtype_of(a), bv.shape, int(attrs.get("a_zero_point", 0)), isa)
     packed = None
     if plan is not None:
         centred = bv.astype(np.int64) - int(attrs.get("b_zero_point", 0))
@@ -584,8 +650,8 @@ def lower_qmatmul_vnni(cx, node, ins, attrs):
     if packed is None:
         return _generic("qmatmul")(cx, node, ins, attrs)
     bpk, folded = packed
-    return cx.emit_te(lambda at, bt, ct: matmul_te(plan, at, bt, ct), a, cx.const(bpk, "int8"),
-                      cx.const(folded, "int32"), primfunc_name_hint=f"{PREFIX}_matmul")
+    return cx.emit_te(lambda at, bt, ct: matmul_te(plan, at, bt, ct), a, cx.const(bpk, isa.wt),
+                      cx.const(folded, "int32"), primfunc_name_hint=f"{isa.prefix}_matmul")
 
 
 register_strategy("x86", X86Strategy)

@@ -160,8 +160,34 @@ def g_conv_transpose():
     w1 = g.add_const("w1", _w(rng, 3, 2, 3))
     y1 = g.add_node("conv_transpose", [x1, w1], {"strides": [2], "pads": [1, 1], "dilations": [1],
                                                  "output_padding": [1], "group": 1}).output
-    g.set_outputs([y, yg, y1])
+    # kernel == stride: lowered as a 1x1 conv and a pixel shuffle (g_upsample_heads)
+    ys = _upsample_heads(g, x, rng)
+    g.set_outputs([y, yg, y1] + ys)
     return g
+
+
+def _upsample_heads(g, x, rng):
+    """conv_transposes whose kernel equals their stride (det's heads), with and without bias."""
+    w2 = g.add_const("w2", _w(rng, 4, 5, 2, 2))
+    y2 = g.add_node("conv_transpose", [x, w2, g.add_const("b2", _w(rng, 5))],
+                    {"strides": [2, 2], "pads": [0, 0, 0, 0], "dilations": [1, 1], "output_padding": [0, 0],
+                     "group": 1}).output
+    w3 = g.add_const("w3", _w(rng, 4, 2, 3, 1))
+    y3 = g.add_node("conv_transpose", [x, w3], {"strides": [3, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1],
+                                                "output_padding": [0, 0], "group": 1}).output
+    return [y2, y3]
+
+
+def test_upsampling_conv_transpose_lowers_to_a_conv():
+    from qcc.targets import lower_for
+
+    rng = np.random.default_rng(9)
+    g = Graph("heads")
+    x = g.add_input("x", TensorType((2, 4, 5, 6), "f32"))
+    g.set_outputs(_upsample_heads(g, x, rng))
+    script = lower_for(g, "host").script(show_meta=False)
+    assert "conv2d_transpose" not in script and "conv2d" in script
+    check_graph(g, feeds_for(g, np.random.default_rng(RNG_SEED)), rtol_range=1e-4)
 
 
 def g_gemm_matmul():

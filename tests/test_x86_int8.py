@@ -1,9 +1,12 @@
-"""x86 VNNI int8 kernels (targets/x86_int8.py): bit-identical to qcc.interp, really VNNI.
+"""x86 int8 kernels (targets/x86_int8.py), AVX-512 VNNI and AVX2: bit-identical to
+qcc.interp, and really using their instruction.
 
 Random qconv / qmatmul graphs (each followed by per-channel requantizes, as -O2 emits
-them) are compiled for `host` and compared with the reference interpreter with
-np.array_equal, the int32 accumulators included. Each case also checks which lowering
-it took (the VNNI kernel, or the generic one it must fall back to).
+them) are compiled and compared with the reference interpreter with np.array_equal,
+the int32 accumulators included. Each case also checks which lowering it took (the
+kernel, or the generic one it must fall back to). AVX2 cases build for the
+`x86-avx2` preset (Haswell: runs on every AVX2 machine, VNNI ones included); VNNI
+cases build for `host` and skip where the host has no AVX-512 VNNI.
 """
 from __future__ import annotations
 
@@ -20,8 +23,19 @@ from qcc.targets.presets import get_target  # noqa: E402
 from qcc.targets.strategy import strategy_for  # noqa: E402
 
 HOST = get_target("host")
-pytestmark = pytest.mark.skipif(not ({"vnni", "avx512"} <= HOST.capabilities and HOST.family == "x86"),
-                                reason="the host has no AVX-512 VNNI")
+_HAS = {"vnni": {"vnni", "avx512"} <= HOST.capabilities and HOST.family == "x86",
+        "avx2": "avx2" in HOST.capabilities and HOST.family == "x86"}
+PRESET = {"vnni": "host", "avx2": "x86-avx2"}
+# each ISA's assembly mnemonic of its multiply-accumulate
+MNEMONIC = {"vnni": "vpdpbusd", "avx2": "vpmaddwd"}
+
+
+def _isas(*names):
+    return pytest.mark.parametrize("isa", [pytest.param(n, marks=pytest.mark.skipif(
+        not _HAS[n], reason=f"the host has no {n.upper()}")) for n in names])
+
+
+ISAS = _isas("vnni", "avx2")
 
 _BOUNDS = {"u8": (0, 255), "i8": (-128, 127)}
 
@@ -97,19 +111,21 @@ def check(g, feeds, preset="host"):
     return ref
 
 
-def _uses_vnni(g, preset="host") -> bool:
-    return "qcc_vnni" in lower_for(g, preset).script(show_meta=False)
+def _uses(g, isa, preset) -> bool:
+    return f"qcc_{isa}" in lower_for(g, preset).script(show_meta=False)
 
 
+@ISAS
 @pytest.mark.parametrize("name", sorted(CONV_CASES))
-def test_qconv_vnni_bit_exact(name):
+def test_qconv_bit_exact(isa, name):
     g, feeds = g_conv(name)
-    assert _uses_vnni(g)
-    ref = check(g, feeds)
+    assert _uses(g, isa, PRESET[isa])
+    ref = check(g, feeds, PRESET[isa])
     assert len(np.unique(ref["rq_u8"])) > 5  # not all clamped: the comparison means something
 
 
-def test_qconv_fallbacks_stay_exact():
+@ISAS
+def test_qconv_fallbacks_stay_exact(isa):
     """Depthwise (another kernel's job), i16 activations and non-constant weights take the
     generic lowering, and stay exact."""
     rng = np.random.default_rng(5)
@@ -123,8 +139,9 @@ def test_qconv_fallbacks_stay_exact():
                      {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1,
                       "x_zero_point": -300}, names=["c16"]).output
     g.set_outputs([dw, c16])
-    assert not _uses_vnni(g)
-    check(g, {"x": _feed(rng, (1, 8, 6, 7), "u8"), "x16": rng.integers(-999, 999, (1, 3, 5, 5)).astype(np.int16)})
+    assert not _uses(g, isa, PRESET[isa])
+    check(g, {"x": _feed(rng, (1, 8, 6, 7), "u8"), "x16": rng.integers(-999, 999, (1, 3, 5, 5)).astype(np.int16)},
+          PRESET[isa])
 
 
 def g_matmuls(seed=3):
@@ -155,55 +172,85 @@ def g_matmuls(seed=3):
     return g, feeds
 
 
-def test_qmatmul_vnni_bit_exact():
+@ISAS
+def test_qmatmul_bit_exact(isa):
     g, feeds = g_matmuls()
-    text = lower_for(g, "host").script(show_meta=False)
-    assert text.count("qcc_vnni_matmul") >= 4, "every qmatmul here takes the VNNI kernel"
-    ref = check(g, feeds)
+    text = lower_for(g, PRESET[isa]).script(show_meta=False)
+    assert text.count(f"qcc_{isa}_matmul") >= 4, "every qmatmul here takes the kernel"
+    ref = check(g, feeds, PRESET[isa])
     assert len(np.unique(ref["rq_u8"])) > 5
 
 
-def test_qmatmul_two_activations_falls_back():
+@ISAS
+def test_qmatmul_two_activations_falls_back(isa):
     rng = np.random.default_rng(8)
     g = Graph("mm_act")
     a = g.add_input("a", TensorType((2, 5, 16), "u8"))
     b = g.add_input("b", TensorType((2, 16, 6), "u8"))
     g.set_outputs([g.add_node("qmatmul", [a, b], {"a_zero_point": 3, "b_zero_point": 120}).output])
-    assert not _uses_vnni(g)
-    check(g, {"a": _feed(rng, (2, 5, 16), "u8"), "b": _feed(rng, (2, 16, 6), "u8")})
+    assert not _uses(g, isa, PRESET[isa])
+    check(g, {"a": _feed(rng, (2, 5, 16), "u8"), "b": _feed(rng, (2, 16, 6), "u8")}, PRESET[isa])
 
 
-def test_vpdpbusd_in_generated_code():
+def _asm(ex) -> str:
+    return "\n".join(m.inspect_source("asm") for m in ex.mod.imports if m.kind == "llvm")
+
+
+@ISAS
+def test_instruction_in_generated_code(isa):
     g, feeds = g_conv("3x3_s1")
-    ex = compile_graph(g, "host")
-    asm = "\n".join(m.inspect_source("asm") for m in ex.mod.imports if m.kind == "llvm")
-    assert asm.count("vpdpbusd") >= 8, "the conv's inner loop is VNNI"
+    asm = _asm(compile_graph(g, PRESET[isa]))
+    assert asm.count(MNEMONIC[isa]) >= 8, f"the conv's inner loop is {isa}"
 
 
-def test_presets_without_vnni_keep_the_generic_lowering():
+def test_avx2_tile_fits_the_register_file():
+    """No accumulator spills: an AVX2 tile leaves room in 16 ymm registers for its loaded
+    pixel vectors, the broadcast weights and vpmaddwd's product."""
+    from qcc.targets.x86_int8 import AVX2, _pick_tile
+
+    for rows, vecs in [(24, 200), (96, 1500), (8, 3), (5, 40), (3, 1)]:
+        mr, nr = _pick_tile(AVX2, rows, vecs)
+        assert mr * nr <= AVX2.max_acc and mr * nr + nr + 2 <= 16, (rows, vecs, mr, nr)
+
+
+def test_each_preset_takes_its_best_kernel():
+    """x86-avx512 builds VNNI kernels, x86-avx2 AVX2 ones, an x86 preset with neither the
+    generic lowering; all stay exact where they run."""
+    from qcc.targets.presets import TargetPreset
+
+    plain = TargetPreset("x86-sse-test", {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64"},
+                         "x86", None, frozenset(), "x86-64 without AVX2")
     g, feeds = g_conv("1x1_odd_channels")
-    assert not _uses_vnni(g, "x86-avx2")
-    assert _uses_vnni(g, "x86-avx512")
+    assert _uses(g, "avx2", "x86-avx2") and not _uses(g, "vnni", "x86-avx2")
+    assert _uses(g, "vnni", "x86-avx512") and not _uses(g, "avx2", "x86-avx512")
+    assert not _uses(g, "avx2", plain) and not _uses(g, "vnni", plain)
     avx2 = get_target("x86-avx2")
-    assert not any(type(r).__name__ == "VNNIRule" for r in strategy_for(avx2).schedule_rules(avx2.target()))
-    check(g, feeds, "x86-avx2")
+    rules = [type(r).__name__ for r in strategy_for(avx2).schedule_rules(avx2.target())]
+    assert "AVX2Rule" in rules and "VNNIRule" not in rules
+    assert not any(n in ("AVX2Rule", "VNNIRule") for n in
+                   (type(r).__name__ for r in strategy_for(plain).schedule_rules(plain.target())))
+    check(g, feeds, plain)
+    if _HAS["avx2"]:
+        check(g, feeds, "x86-avx2")
 
 
 def test_avx512_preset_builds_vnni_for_cascadelake():
     """x86-avx512 (cascadelake) emits the same VNNI kernels (built, not run: Zen 4 runs them too)."""
     g, feeds = g_conv("grouped")
     ex = compile_graph(g, "x86-avx512")
-    asm = "\n".join(m.inspect_source("asm") for m in ex.mod.imports if m.kind == "llvm")
-    assert "vpdpbusd" in asm
+    assert "vpdpbusd" in _asm(ex)
+    if not _HAS["vnni"]:
+        return
     got = runner_from_executable(ex, g).run(feeds)
     ref = interp_run(g, feeds)
     assert all(np.array_equal(got[k], ref[k]) for k in ref)
 
 
 @pytest.mark.slow
-def test_ppocr_cls_o2_vnni_bit_exact(tmp_path, ppocr_cls_path):
-    """The PP-OCR direction classifier at -O2 on host: every output identical to the
-    interpreter, and its pointwise convs run as VNNI kernels."""
+@ISAS
+def test_ppocr_cls_o2_bit_exact(isa, tmp_path, ppocr_cls_path):
+    """The PP-OCR direction classifier at -O2: every output identical to the interpreter,
+    and its pointwise convs run as the ISA's kernels."""
     import qcc
     from qcc.ir.parser import load as load_qir
     from test_targets_int import assert_bit_equal, inexact_values
@@ -212,9 +259,10 @@ def test_ppocr_cls_o2_vnni_bit_exact(tmp_path, ppocr_cls_path):
     rng = np.random.default_rng(0)
     calib = tmp_path / "calib.npz"
     np.savez(calib, x=rng.uniform(-1, 1, (4,) + shape[1:]).astype(np.float32))
-    qcc.compile(ppocr_cls_path, tmp_path / "cls", opt_level="O2", calib=calib, input_shapes={"x": shape})
+    qcc.compile(ppocr_cls_path, tmp_path / "cls", target=PRESET[isa], opt_level="O2", calib=calib,
+                input_shapes={"x": shape})
     g = load_qir(tmp_path / "cls" / "model.qir")
-    assert "qcc_vnni_conv" in lower_for(g, "host").script(show_meta=False)
+    assert f"qcc_{isa}_conv" in lower_for(g, PRESET[isa]).script(show_meta=False)
     runner = qcc.load(tmp_path / "cls")
     loose = inexact_values(g)  # downstream of softmax: 1e-6
     for _ in range(2):
@@ -223,9 +271,10 @@ def test_ppocr_cls_o2_vnni_bit_exact(tmp_path, ppocr_cls_path):
         assert_bit_equal(runner.run({"x": x}), ref, {k: 1e-6 for k in ref if k in loose})
 
 
-def test_int64_accumulators_take_the_generic_lowering():
+@ISAS
+def test_int64_accumulators_take_the_generic_lowering(isa):
     """A node that asks for an int64 accumulator (`acc="i64"`: its product and bias bound can
-    pass int32) must not go through the int32 VNNI kernels; the generic lowering stays exact."""
+    pass int32) must not go through the int32 kernels; the generic lowering stays exact."""
     rng = np.random.default_rng(11)
     g = Graph("acc_i64")
     x = g.add_input("x", TensorType((1, 8, 5, 5), "u8"))
@@ -238,6 +287,6 @@ def test_int64_accumulators_take_the_generic_lowering():
                    {"a_zero_point": 0, "acc": "i64"}, names=["m"]).output
     g.set_outputs([c, m])
     assert c.dtype == "i64" and m.dtype == "i64"
-    assert not _uses_vnni(g)
-    ref = check(g, {"x": np.full((1, 8, 5, 5), 255, np.uint8), "a": _feed(rng, (4, 32), "u8")})
+    assert not _uses(g, isa, PRESET[isa])
+    ref = check(g, {"x": np.full((1, 8, 5, 5), 255, np.uint8), "a": _feed(rng, (4, 32), "u8")}, PRESET[isa])
     assert ref["c"].max() > np.iinfo(np.int32).max  # the case int32 would have wrapped
