@@ -11,7 +11,7 @@ loop nest. The rules here, tried in order on every kernel no earlier rule claime
   max/avg pool) gets a register tile: the output's inner axis split into vector lanes,
   an optional second axis (one the main input does not depend on: output channels of a
   conv, rows of a matmul) unrolled by 2-4, the reduction loops *outside* the tile, the
-  accumulators in a local buffer (cache_write + decompose_reduction), the outer tile
+  accumulators in a small tile buffer (cache_write + decompose_reduction), the outer tile
   loops fused and parallel, and the epilogue computed per tile (reverse_compute_at).
 - `RowReduction`: softmax / layer norm / mean over the last axis: rows parallel, every
   stage computed per row (dlight's own CPU `Reduction` rule was slower than no schedule
@@ -316,8 +316,10 @@ def schedule_tiled_reduction(sch, block_rv, target, fuse_epilogue: bool = True,
     if total >= min_work and _extent(sch, fused) != 1:
         sch.parallel(fused)
     consumers = list(sch.get_consumers(block_rv))
-    # accumulators in registers: a local tile, written back per tile
-    local = sch.cache_write(block_rv, 0, "local")
+    # accumulators in registers: a small tile buffer, written back per tile. Scope "global",
+    # not "local": TVM 0.27 heap-allocates every "local" buffer through the workspace pool
+    # (an alloc/free pair per tile); small global ones go on the stack (x86_int8.py)
+    local = sch.cache_write(block_rv, 0, "global")
     sch.reverse_compute_at(local, fused, preserve_unit_loops=True)
     _vectorize_tile(sch, local, target)
     sch.vectorize(inner[-1])

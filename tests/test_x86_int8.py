@@ -203,6 +203,25 @@ def test_instruction_in_generated_code(isa):
     assert asm.count(MNEMONIC[isa]) >= 8, f"the conv's inner loop is {isa}"
 
 
+@ISAS
+def test_no_workspace_allocation_inside_parallel_tiles(isa):
+    """The accumulator tile lives on the stack: no parallel task body (where the tiles run)
+    calls TVMBackendAllocWorkspace. A "local" tile buffer would (TVM 0.27), once per tile."""
+    import re
+
+    rng = np.random.default_rng(2)
+    g = Graph("big_1x1")
+    x = g.add_input("x", TensorType((1, 32, 40, 60), "u8"))  # 3.7M MACs: parallel tiles
+    w = g.add_const("w", rng.integers(-128, 128, (48, 32, 1, 1)).astype(np.int8))
+    g.set_outputs([g.add_node("qconv", [x, w], {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1],
+                                               "group": 1, "x_zero_point": 3}).output])
+    ex = compile_graph(g, PRESET[isa])
+    ll = "\n".join(m.inspect_source("ll") for m in ex.mod.imports if m.kind == "llvm")
+    lambdas = re.findall(r"^define [^\n]*@__tvm_parallel_lambda[^\n]*\{\n(.*?)^\}", ll, re.S | re.M)
+    assert lambdas, "the kernel has parallel tasks"
+    assert not any("TVMBackendAllocWorkspace" in body for body in lambdas)
+
+
 def test_avx2_tile_fits_the_register_file():
     """No accumulator spills: an AVX2 tile leaves room in 16 ymm registers for its loaded
     pixel vectors, the broadcast weights and vpmaddwd's product."""
