@@ -1,7 +1,8 @@
 """x86 int8 kernels: qconv and qmatmul on AVX-512 VNNI and AVX2, search-free and bit-exact.
 
 `X86Strategy` (registered for the "x86" family) replaces the lowering of `qconv`
-(2-D, not depthwise) and `qmatmul` (constant 2-D right operand) with TE kernels
+(2-D; depthwise-like ones go to x86_depthwise.py's exact float32 kernel, scheduled by
+the same rule) and `qmatmul` (constant 2-D right operand) with TE kernels
 built around one multiply-accumulate instruction, and schedules the fused
 functions that contain them with its own dlight rule. Two instruction sets share
 every line of it but the packed dtypes and the intrinsic (`Isa`):
@@ -59,6 +60,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from .conv_geometry import ConvGeometry, conv_geometry
+from .x86_depthwise import dw_plan, dw_te, pack_dw_weights, schedule_dw_conv, schedule_dw_pack
 from .strategy import FusedCPUStrategy, register_strategy
 
 _I32 = (-(1 << 31), (1 << 31) - 1)
@@ -561,6 +563,10 @@ def _schedule_kernels(func) -> Optional[object]:
                 _schedule_pack(sch, b)
             elif kind == "matmul":
                 _schedule_matmul(sch, b)
+            elif kind == "dwconv":
+                schedule_dw_conv(sch, b)
+            elif kind == "dwpack":
+                schedule_dw_pack(sch, b)
     except Exception as e:  # noqa: BLE001 - a kernel this rule cannot schedule: leave it to the others
         warnings.warn(f"qcc x86: int8 kernel schedule failed, kernel left unscheduled: {type(e).__name__}: "
                       f"{str(e).splitlines()[-1] if str(e) else ''}")
@@ -637,10 +643,28 @@ def lower_qconv_x86(isa: Isa, cx, node, ins, attrs):
         plan = conv_plan(cx.shape_of(x), cx.dtype_of(x), wv.shape, attrs, isa)
     packed = pack_conv_weights(plan, wv, bv) if plan is not None else None
     if packed is None:
-        return _generic("qconv")(cx, node, ins, attrs)
+        return _lower_qconv_few_channels(isa, cx, node, ins, attrs)
     wpk, folded = packed
     return cx.emit_te(lambda xt, wt, bt: conv_te(plan, xt, wt, bt), x, cx.const(wpk, isa.wt),
                       cx.const(folded, "int32"), primfunc_name_hint=f"{isa.prefix}_conv")
+
+
+def _lower_qconv_few_channels(isa: Isa, cx, node, ins, attrs):
+    """A depthwise-like qconv through the exact float32 kernel (x86_depthwise.py), else the
+    generic lowering."""
+    x, w, b = (list(ins) + [None])[:3]
+    wv = cx.const_value(w)
+    bv = cx.const_value(b) if b is not None else None
+    plan = None
+    if wv is not None and (b is None or bv is not None) and cx.dtype_of(w) == "int8" \
+            and attrs.get("acc") != "i64":
+        plan = dw_plan(cx.shape_of(x), cx.dtype_of(x), wv.shape, attrs, 16 if isa is VNNI else 8)
+    packed = pack_dw_weights(plan, wv, bv) if plan is not None else None
+    if packed is None:
+        return _generic("qconv")(cx, node, ins, attrs)
+    wf, bias = packed
+    return cx.emit_te(lambda xt, wt, bt: dw_te(plan, xt, wt, bt), x, cx.const(wf, "float32"),
+                      cx.const(bias, "int32"), primfunc_name_hint=f"{isa.prefix}_dwconv")
 
 
 def lower_qmatmul_x86(isa: Isa, cx, node, ins, attrs):

@@ -80,8 +80,21 @@ CONV_CASES = {
 }
 
 
+# depthwise-like convs (<= 4 input channels per group): the exact float32 kernel
+DW_CASES = {
+    "dw_3x3_s1": ("u8", (1, 16, 12, 18), 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 16, True, 128),
+    "dw_3x3_s2": ("u8", (2, 24, 11, 13), 24, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 24, True, 3),
+    "dw_5x5_i8": ("i8", (1, 8, 9, 20), 8, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 8, True, -5),
+    "dw_5x5_s2_wide": ("u8", (1, 4, 6, 70), 4, (5, 5), (2, 2), (2, 2, 2, 2), (1, 1), 4, True, 255),
+    "dw_multiplier_2": ("u8", (1, 6, 7, 9), 12, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 6, False, 0),
+    "groups_of_3": ("u8", (1, 12, 8, 8), 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 4, True, 60),
+    "dw_dilated_asym": ("u8", (1, 5, 10, 11), 5, (3, 2), (1, 2), (2, 0, 1, 1), (2, 1), 5, True, 77),
+    "dw_one_pixel": ("i8", (1, 8, 1, 1), 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 8, True, 127),
+}
+
+
 def g_conv(name, seed=0):
-    xdt, xshape, oc, (kh, kw), strides, pads, dil, group, bias, zx = CONV_CASES[name]
+    xdt, xshape, oc, (kh, kw), strides, pads, dil, group, bias, zx = {**CONV_CASES, **DW_CASES}[name]
     rng = np.random.default_rng(seed)
     g = Graph(f"vnni_conv_{name}")
     x = g.add_input("x", TensorType(xshape, xdt))
@@ -125,22 +138,47 @@ def test_qconv_bit_exact(isa, name):
 
 
 @ISAS
+@pytest.mark.parametrize("name", sorted(DW_CASES))
+def test_depthwise_qconv_bit_exact(isa, name):
+    """Depthwise convs run as float32 multiply-adds and still equal the int32 reference."""
+    g, feeds = g_conv(name)
+    text = lower_for(g, PRESET[isa]).script(show_meta=False)
+    if name == "groups_of_3" and isa == "avx2":  # 3 channels a group: AVX2's pairs take it
+        assert f"qcc_{isa}_conv" in text
+    else:
+        assert f"qcc_{isa}_dwconv" in text
+    ref = check(g, feeds, PRESET[isa])
+    assert len(np.unique(ref["rq_u8"])) > 2
+
+
+@pytest.mark.parametrize("preset,register", [("x86-avx2", "ymm"), ("x86-avx512", "zmm")])
+def test_depthwise_inner_loop_is_vector_fma(preset, register):
+    """Built, not run (AVX-512 may be absent): the taps are full-width float multiply-adds."""
+    import re
+
+    g, _ = g_conv("dw_3x3_s1")
+    fma = re.findall(rf"\tvfmadd\d+ps\s[^\n]*{register}", _asm(compile_graph(g, preset)))
+    assert len(fma) >= 16, f"{len(fma)} {register} FMAs"
+
+
+@ISAS
 def test_qconv_fallbacks_stay_exact(isa):
-    """Depthwise (another kernel's job), i16 activations and non-constant weights take the
-    generic lowering, and stay exact."""
+    """A depthwise conv whose sums could pass 2^24 (float32 would round them), i16
+    activations and non-constant weights take the generic lowering, and stay exact."""
     rng = np.random.default_rng(5)
     g = Graph("fallbacks")
-    x = g.add_input("x", TensorType((1, 8, 6, 7), "u8"))
-    dw = g.add_node("qconv", [x, g.add_const("wd", rng.integers(-128, 128, (8, 1, 3, 3)).astype(np.int8))],
-                    {"strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": 8,
-                     "x_zero_point": 4}, names=["dw"]).output
+    x = g.add_input("x", TensorType((1, 2, 24, 24), "u8"))
+    big = np.where(rng.random((2, 1, 23, 23)) < 0.5, -128, 127).astype(np.int8)  # 255 * 128 * 529 > 2^24
+    dw = g.add_node("qconv", [x, g.add_const("wd", big)],
+                    {"strides": [1, 1], "pads": [11, 11, 11, 11], "dilations": [1, 1], "group": 2,
+                     "x_zero_point": 0}, names=["dw"]).output
     x16 = g.add_input("x16", TensorType((1, 3, 5, 5), "i16"))
     c16 = g.add_node("qconv", [x16, g.add_const("w16", rng.integers(-128, 128, (4, 3, 1, 1)).astype(np.int8))],
                      {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1,
                       "x_zero_point": -300}, names=["c16"]).output
     g.set_outputs([dw, c16])
     assert not _uses(g, isa, PRESET[isa])
-    check(g, {"x": _feed(rng, (1, 8, 6, 7), "u8"), "x16": rng.integers(-999, 999, (1, 3, 5, 5)).astype(np.int16)},
+    check(g, {"x": np.full((1, 2, 24, 24), 255, np.uint8), "x16": rng.integers(-999, 999, (1, 3, 5, 5)).astype(np.int16)},
           PRESET[isa])
 
 

@@ -1,0 +1,215 @@
+"""x86 int8 depthwise convs (and any conv with a few input channels per group), exact in float32.
+
+The integer kernels of x86_int8.py reduce over input channels, four (VNNI) or two
+(AVX2) per instruction; a depthwise conv has one input channel per group, so they
+would multiply padding. TVM's generic lowering of it ran at 2-7 GMAC/s here.
+
+This kernel does the integer arithmetic in float32 instead, where a vector
+multiply-add takes eight (AVX2) or sixteen (AVX-512) products per instruction and
+the whole sum is *exact*: every operand is an integer, |x - zx| <= 255, |w| <= 128,
+and the lowering only takes a conv when, for every output channel, 255 * sum|w|
+over its taps stays below 2^24. Every product and every partial sum is then an
+integer a float32 holds exactly, so the order of the additions does not matter and
+the result equals the reference's int32 accumulator bit for bit (a 5x5 depthwise
+conv of full-range weights needs 255 * 128 * 25 = 816000).
+
+Layout ("pixels in lanes", as the int8 conv of x86_int8.py; the graph stays NCHW):
+
+1. pack: x[n, c, h, w] -> xf[n, c, phase, f] float32 = x - zx, the padding written as
+   0, the padded image split into stride phases and flattened with row pitch
+   Wq = ceil(Wp / sw), so tap (kh, kw) of output pixel f = oh*Wq + ow reads
+   xf[.., f + off(kh, kw)]: a vector of consecutive output pixels reads one
+   contiguous run whatever the stride or dilation.
+2. conv: acc[n, o, f] = sum over (ci, kh, kw) of xf[n, g*cg + ci, ph, f + off] * w[o, ci, kh, kw]:
+   a register tile of nr vectors of one output channel, each tap one broadcast weight
+   and nr multiply-adds; tiles parallel.
+3. epilogue: y[n, o, oh, ow] = int32(acc[n, o, oh*Wq + ow]) + bias[o]; the requantize and
+   activation FuseOps put after it are inlined into this stage.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+
+from .conv_geometry import ConvGeometry, conv_geometry
+
+ANN = "qcc_x86"  # the same block annotation as x86_int8.py: its rule schedules these kernels
+# above this many input channels per group the channel-interleaved int8 kernels do better
+MAX_GROUP_CHANNELS = 4
+# accumulator vectors of one tile: AVX2 has 16 registers, one holds the broadcast weight
+MAX_TILE_VECTORS = 12
+_EXACT = 1 << 24  # float32 holds every integer below this exactly
+_PAR_MACS = 1 << 21  # below this a kernel runs on one thread (as x86_int8)
+
+
+def lanes_for(preset) -> Optional[int]:
+    """float32 lanes of the preset's widest vector (16 AVX-512, 8 AVX2), or None."""
+    caps = getattr(preset, "capabilities", frozenset())
+    if "avx512" in caps:
+        return 16
+    if "avx2" in caps:
+        return 8
+    return None
+
+
+def _pick_vectors(total: int) -> int:
+    """Vectors per tile: the count in [4, MAX_TILE_VECTORS] that pads `total` least (the
+    larger on a tie), or all of them when there are fewer than 4."""
+    if total <= 4:
+        return max(total, 1)
+    return min(range(4, MAX_TILE_VECTORS + 1), key=lambda nr: (-(-total // nr) * nr, -nr))
+
+
+@dataclass(frozen=True)
+class DwPlan(ConvGeometry):
+    zx: int = 0       # activation zero point, in x's own dtype
+    x_signed: bool = False
+    lanes: int = 8
+
+    @property
+    def wq(self) -> int:
+        return -(-self.wp // self.strides[1])
+
+    @property
+    def nr(self) -> int:
+        oh, _ = self.out_hw
+        return _pick_vectors(-(-oh * self.wq // self.lanes))
+
+    @property
+    def vecs(self) -> int:
+        """Vectors of the flattened output, padded to whole tiles."""
+        oh, _ = self.out_hw
+        return -(-(-(-oh * self.wq // self.lanes)) // self.nr) * self.nr
+
+    @property
+    def x_range(self) -> int:
+        """The largest |x - zx|."""
+        lo, hi = (-128, 127) if self.x_signed else (0, 255)
+        return max(self.zx - lo, hi - self.zx)
+
+    def offset(self, kh: int, kw: int) -> Tuple[int, int]:
+        """(phase, flat offset) of tap (kh, kw)."""
+        (sh, sw), (dh, dw) = self.strides, self.dilations
+        ph, pw = (kh * dh) % sh, (kw * dw) % sw
+        return ph * sw + pw, ((kh * dh) // sh) * self.wq + (kw * dw) // sw
+
+    @property
+    def flat(self) -> int:
+        """Length of each flattened phase plane: every read in bounds, whole rows."""
+        max_off = max(self.offset(i, j)[1] for i in range(self.kh) for j in range(self.kw))
+        need = self.vecs * self.lanes + max_off
+        return -(-need // self.wq) * self.wq
+
+
+def dw_plan(x_shape, x_dtype: str, w_shape, attrs, lanes: int) -> Optional[DwPlan]:
+    """The plan for a qconv with at most MAX_GROUP_CHANNELS input channels per group, else None."""
+    geom = conv_geometry(x_shape, w_shape, attrs)
+    if geom is None or x_dtype not in ("uint8", "int8") or geom.cg > MAX_GROUP_CHANNELS:
+        return None
+    zx = int(attrs.get("x_zero_point", 0))
+    lo, hi = (-128, 127) if x_dtype == "int8" else (0, 255)
+    if not lo <= zx <= hi:
+        return None
+    return DwPlan(**geom.fields(), zx=zx, x_signed=x_dtype == "int8", lanes=lanes)
+
+
+def pack_dw_weights(p: DwPlan, w: np.ndarray, bias: Optional[np.ndarray]):
+    """(weights [o, cg, kh, kw] float32, bias [o] int32), or None when some output channel's
+    sum could leave the integers float32 holds exactly."""
+    wi = w.astype(np.int64)
+    if int(np.abs(wi).reshape(p.o, -1).sum(axis=1).max(initial=0)) * p.x_range >= _EXACT:
+        return None
+    b = np.zeros(p.o, np.int32) if bias is None else bias.astype(np.int32).reshape(p.o)
+    return wi.astype(np.float32), b
+
+
+def dw_te(p: DwPlan, x, wf, bias):
+    """The three TE stages (see the module docstring); returns y [n, o, oh, ow] int32."""
+    from tvm import te, tirx
+
+    (sh, sw), (dh, dw) = p.strides, p.dilations
+    pt, pl = p.pads[0], p.pads[1]
+    wq, cg, og, L = p.wq, p.cg, p.og, p.lanes
+
+    def pack(n, c, ph, f):
+        r, col = f // wq, f % wq
+        hh = r * sh + ph // sw - pt
+        ww = col * sw + ph % sw - pl
+        inside = tirx.all(hh >= 0, hh < p.h, ww >= 0, ww < p.w)
+        v = x[n, c, hh, ww].astype("int32") - p.zx
+        return tirx.if_then_else(inside, v.astype("float32"), tirx.const(0.0, "float32"))
+
+    # the columns every phase reads inside the image: the schedule gives them a loop of
+    # their own, free of the padding test, which LLVM vectorizes
+    lo = min(-(-pl // sw), wq)
+    hi = max(min((p.w + pl - sw) // sw + 1, wq), lo)
+    xf = te.compute((p.n, p.c, sh * sw, p.flat), pack, name="qcc_dw_pack",
+                    attrs={ANN: "dwpack", "qcc_x86_wq": wq, "qcc_x86_cols": [lo, hi]})
+    ri = te.reduce_axis((0, cg), "ri")
+    rh = te.reduce_axis((0, p.kh), "rh")
+    rw = te.reduce_axis((0, p.kw), "rw")
+
+    def conv(n, o, f):
+        ph = ((rh * dh) % sh) * sw + (rw * dw) % sw
+        off = ((rh * dh) // sh) * wq + (rw * dw) // sw
+        return te.sum(xf[n, (o // og) * cg + ri, ph, f + off] * wf[o, ri, rh, rw], axis=[ri, rh, rw])
+
+    acc = te.compute((p.n, p.o, p.vecs * L), conv, name="qcc_dw_conv",
+                     attrs={ANN: "dwconv", "qcc_x86_nr": p.nr, "qcc_x86_lanes": L})
+    oh_n, ow_n = p.out_hw
+
+    def out(n, o, oh, ow):
+        return acc[n, o, oh * wq + ow].astype("int32") + bias[o]
+
+    return te.compute((p.n, p.o, oh_n, ow_n), out, name="qcc_dw_out")
+
+
+# --- schedule (called by x86_int8's rule for the blocks annotated above) ---------------------
+
+def _extent(sch, loops) -> int:
+    return int(np.prod([int(sch.get(lp).extent) for lp in loops], dtype=np.int64))
+
+
+def schedule_dw_pack(sch, block) -> None:
+    """Rows in parallel when there are enough of them."""
+    ann = sch.get(block).annotations
+    wq = int(ann["qcc_x86_wq"])
+    lo, hi = (int(v) for v in ann["qcc_x86_cols"])
+    n, c, ph, f = sch.get_loops(block)
+    r, col = sch.split(f, [None, wq])
+    sch.reorder(n, c, r, ph, col)
+    rows = sch.fuse(n, c, r)
+    if _extent(sch, [rows, ph]) * wq * 4 >= 1 << 18:
+        sch.parallel(rows)
+    parts = [v for v in (lo, hi - lo, wq - hi) if v > 0]
+    if len(parts) > 1:
+        sch.loop_partition(col, parts[:-1] + [None])
+    if _extent(sch, [ph]) > 1:  # each phase's column offset a constant: strided loads LLVM vectorizes
+        sch.unroll(ph)
+
+
+def schedule_dw_conv(sch, block) -> None:
+    """Tiles of nr vectors of one output channel, parallel; the taps outside the tile, the
+    accumulators in a small stack buffer (see x86_int8._register_tile for why "global")."""
+    ann = sch.get(block).annotations
+    nr, L = int(ann["qcc_x86_nr"]), int(ann["qcc_x86_lanes"])
+    n, o, f, ri, rh, rw = sch.get_loops(block)
+    v, lane = sch.split(f, [None, L])
+    vo, vi = sch.split(v, [None, nr])
+    sch.reorder(n, o, vo, ri, rh, rw, vi, lane)
+    tile = sch.fuse(n, o, vo)
+    if _extent(sch, sch.get_loops(block)) >= _PAR_MACS:
+        sch.parallel(tile)
+    wb = sch.cache_write(block, 0, "global")
+    sch.reverse_compute_at(wb, tile)
+    sch.vectorize(sch.get_loops(wb)[-1])
+    sch.vectorize(lane)  # before decompose_reduction: vectorize wants a block with its init
+    sch.unroll(vi)
+    sch.unroll(rw)
+    sch.unroll(rh)
+    init = sch.decompose_reduction(block, ri)
+    il = sch.get_loops(init)
+    sch.vectorize(il[-1])
+    sch.unroll(il[-2])
