@@ -54,12 +54,19 @@ def lanes_for(preset) -> Optional[int]:
     return None
 
 
+# a multiply-add's latency over its issue interval (Zen 3, Skylake: 4 cycles, 2 a cycle): a
+# tile with fewer independent accumulators waits on them
+MIN_BUSY_VECTORS = 8
+
+
 def _pick_vectors(total: int) -> int:
-    """Vectors per tile: the count in [4, MAX_TILE_VECTORS] that pads `total` least (the
-    larger on a tie), or all of them when there are fewer than 4."""
-    if total <= 4:
-        return max(total, 1)
-    return min(range(4, MAX_TILE_VECTORS + 1), key=lambda nr: (-(-total // nr) * nr, -nr))
+    """Vectors per tile, for `total` vectors of output: the count up to MAX_TILE_VECTORS with
+    the least cycles, each tile costing max(nr, MIN_BUSY_VECTORS) per tap (the larger on a
+    tie): few accumulators stall on the multiply-add's latency, many pad the last tile."""
+    if total <= 1:
+        return 1
+    return min(range(1, min(total, MAX_TILE_VECTORS) + 1),
+               key=lambda nr: (-(-total // nr) * max(nr, MIN_BUSY_VECTORS), -nr))
 
 
 @dataclass(frozen=True)

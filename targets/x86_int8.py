@@ -60,6 +60,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from .conv_geometry import ConvGeometry, conv_geometry
+from .cpu_rules import _is_reduction, schedule_injective
 from .x86_depthwise import dw_plan, dw_te, pack_dw_weights, schedule_dw_conv, schedule_dw_pack
 from .strategy import FusedCPUStrategy, register_strategy
 
@@ -541,7 +542,7 @@ def _register_tile(sch, block, tile, k_outer, rows, vecs, lane, intrin) -> None:
     sch.unroll(rows)
 
 
-def _schedule_kernels(func) -> Optional[object]:
+def _schedule_kernels(func, target) -> Optional[object]:
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
@@ -572,9 +573,12 @@ def _schedule_kernels(func) -> Optional[object]:
                       f"{str(e).splitlines()[-1] if str(e) else ''}")
         return None
     for b, kind in zip(blocks, kinds):
-        if kind is None:  # prologue/epilogue stages FuseOps added: parallel outer loops
+        if kind is None:  # prologue/epilogue stages FuseOps added
             try:
-                _parallel_outer(sch, b)
+                if _is_reduction(sch.get(b)):
+                    _parallel_outer(sch, b)
+                else:  # outer loops parallel, and a fenced product (exact_fp.py) vectorized
+                    schedule_injective(sch, b, target, min_work=_PAR_ELEMS)
             except Exception:  # noqa: BLE001 - stays serial, still correct
                 pass
     return sch
@@ -590,7 +594,7 @@ def int8_rule(isa: Isa):
 
             if not isinstance(func, tvm.tirx.PrimFunc):
                 return None
-            return _schedule_kernels(func)
+            return _schedule_kernels(func, target)
 
     X86Int8Rule.__name__ = X86Int8Rule.__qualname__ = {"vnni": "VNNIRule", "avx2": "AVX2Rule"}[isa.name]
     return X86Int8Rule()

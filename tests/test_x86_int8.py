@@ -162,6 +162,34 @@ def test_depthwise_inner_loop_is_vector_fma(preset, register):
 
 
 @ISAS
+def test_float_epilogue_is_vectorized_and_exact(isa):
+    """A kernel's dequantize -> hard_swish -> add epilogue (as cls and rec have them): the
+    fenced dequantize product (exact_fp.py) runs as vectors, not one float at a time, and the
+    result still equals the interpreter's."""
+    import re
+
+    rng = np.random.default_rng(4)
+    g = Graph("dw_hswish")
+    x = g.add_input("x", TensorType((1, 16, 12, 16), "u8"))
+    outs = []
+    for group, name in ((16, "dw"), (1, "conv")):
+        acc = g.add_node("qconv", [x, g.add_const(f"w_{name}", rng.integers(-128, 128, (16, 16 // group, 3, 3))
+                                                 .astype(np.int8))],
+                         {"strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": group,
+                          "x_zero_point": 7}).output
+        dq = g.add_node("dequantize", [acc], {"axis": 1, "scale": [float(v) for v in rng.uniform(1e-4, 3e-4, 16)],
+                                              "zero_point": [0]}).output
+        hs = g.add_node("hard_swish", [dq]).output
+        outs.append(g.add_node("add", [hs, g.add_const(f"c_{name}", np.array([0.1], np.float32))],
+                               names=[name]).output)
+    g.set_outputs(outs)
+    ex = compile_graph(g, PRESET[isa])
+    ll = "\n".join(m.inspect_source("ll") for m in ex.mod.imports if m.kind == "llvm")
+    assert re.search(r"llvm\.arithmetic\.fence\.v\d+f32", ll), "the fenced dequantize is scalar"
+    check(g, {"x": _feed(rng, (1, 16, 12, 16), "u8")}, PRESET[isa])
+
+
+@ISAS
 def test_qconv_fallbacks_stay_exact(isa):
     """A depthwise conv whose sums could pass 2^24 (float32 would round them), i16
     activations and non-constant weights take the generic lowering, and stay exact."""
