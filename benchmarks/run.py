@@ -8,8 +8,11 @@ each per round — with the same thread count, and prints medians and ratios. Th
 machine is noisy: only ratios from one interleaved run mean anything.
 
 After the table: the three largest conv/matmul layers (by MACs) of each qcc int8 build with
-their kernel's time and achieved GMAC/s, against the machine's int8 peak (measured with a
-VNNI micro-kernel where the CPU has it, else computed from the clock, and said so).
+their kernel's time and achieved GMAC/s, against the machine's int8 peak (measured with
+the multiply-accumulate loop of qcc's kernels, VNNI or AVX2, where the CPU has one, else
+computed from the clock, and said so). Depthwise layers run as float32 multiply-adds
+(targets/x86_depthwise.py) and float layers as float: their share of the int8 peak is
+only a yardstick.
 """
 from __future__ import annotations
 
@@ -122,7 +125,32 @@ long long qcc_vnni_loop(long long iters) {
   return iters;
 }
 """
-MACS_PER_ITER = 12 * 64
+_AVX2_LOOP = r"""
+/* what qcc's AVX2 int8 kernels issue per 16 products: vpmaddwd (8 lanes x 2 int16 products) and
+   a vpaddd into the accumulator; 8 independent accumulators: 128 MACs an iteration */
+long long qcc_avx2_loop(long long iters) {
+  long long n = iters;
+  __asm__ volatile(
+    "vpxor %%ymm0,%%ymm0,%%ymm0\n\tvpxor %%ymm1,%%ymm1,%%ymm1\n\tvpxor %%ymm2,%%ymm2,%%ymm2\n\t"
+    "vpxor %%ymm3,%%ymm3,%%ymm3\n\tvpxor %%ymm4,%%ymm4,%%ymm4\n\tvpxor %%ymm5,%%ymm5,%%ymm5\n\t"
+    "vpxor %%ymm6,%%ymm6,%%ymm6\n\tvpxor %%ymm7,%%ymm7,%%ymm7\n\t"
+    "1:\n\t"
+    "vpmaddwd %%ymm12,%%ymm13,%%ymm8\n\tvpaddd %%ymm8,%%ymm0,%%ymm0\n\t"
+    "vpmaddwd %%ymm12,%%ymm13,%%ymm9\n\tvpaddd %%ymm9,%%ymm1,%%ymm1\n\t"
+    "vpmaddwd %%ymm12,%%ymm13,%%ymm10\n\tvpaddd %%ymm10,%%ymm2,%%ymm2\n\t"
+    "vpmaddwd %%ymm12,%%ymm13,%%ymm11\n\tvpaddd %%ymm11,%%ymm3,%%ymm3\n\t"
+    "vpmaddwd %%ymm12,%%ymm13,%%ymm8\n\tvpaddd %%ymm8,%%ymm4,%%ymm4\n\t"
+    "vpmaddwd %%ymm12,%%ymm13,%%ymm9\n\tvpaddd %%ymm9,%%ymm5,%%ymm5\n\t"
+    "vpmaddwd %%ymm12,%%ymm13,%%ymm10\n\tvpaddd %%ymm10,%%ymm6,%%ymm6\n\t"
+    "vpmaddwd %%ymm12,%%ymm13,%%ymm11\n\tvpaddd %%ymm11,%%ymm7,%%ymm7\n\t"
+    "dec %0\n\tjnz 1b\n\t"
+    : "+r"(n) : : "ymm0","ymm1","ymm2","ymm3","ymm4","ymm5","ymm6","ymm7","ymm8","ymm9","ymm10","ymm11","cc");
+  return iters;
+}
+"""
+# (C source, symbol, MACs an iteration, what it is) per instruction set, best first
+_PEAK_LOOPS = [("avx512_vnni", _VNNI_LOOP, "qcc_vnni_loop", 12 * 64, "vpdpbusd zmm loop"),
+               ("avx2", _AVX2_LOOP, "qcc_avx2_loop", 8 * 16, "vpmaddwd+vpaddd ymm loop")]
 
 
 def _cpu_flags():
@@ -136,21 +164,25 @@ def _cpu_flags():
 
 
 def int8_peak(threads, rounds=30, iters=2_000_000):
-    """(GMAC/s, how it was found). With AVX-512 VNNI and a C compiler: the best of `rounds` bursts of
-    a vpdpbusd loop (12 independent zmm accumulators) on `threads` threads at once — best, not median,
-    because the machine is shared and the peak is what the core can do. Otherwise computed from
-    the clock (lscpu's max MHz, else /proc/cpuinfo) and an assumed ops/cycle, and said so."""
+    """(GMAC/s, how it was found). With a C compiler and AVX-512 VNNI or AVX2: the best of `rounds`
+    bursts of the multiply-accumulate loop qcc's int8 kernels use (independent accumulators) on
+    `threads` threads at once — best, not median, because the machine is shared and the peak is
+    what the core can do. Otherwise computed from the clock (lscpu's max MHz, else
+    /proc/cpuinfo) and an assumed ops/cycle, and said so."""
     import ctypes
     import shutil
     import subprocess
     import threading
 
-    if "avx512_vnni" in _cpu_flags() and shutil.which("cc"):
+    flags = _cpu_flags()
+    loop = next((lp for lp in _PEAK_LOOPS if lp[0] in flags), None)
+    if loop is not None and shutil.which("cc"):
+        _, src_text, symbol, macs_per_iter, what = loop
         with tempfile.TemporaryDirectory() as td:
             src, so = Path(td) / "peak.c", Path(td) / "peak.so"
-            src.write_text(_VNNI_LOOP)
+            src.write_text(src_text)
             subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(so), str(src)], check=True)
-            f = ctypes.CDLL(str(so)).qcc_vnni_loop  # ctypes drops the GIL: threads run in parallel
+            f = getattr(ctypes.CDLL(str(so)), symbol)  # ctypes drops the GIL: threads run in parallel
             f.argtypes, f.restype = [ctypes.c_longlong], ctypes.c_longlong
             f(10_000)
             best = 0.0
@@ -161,9 +193,8 @@ def int8_peak(threads, rounds=30, iters=2_000_000):
                     t.start()
                 for t in ts:
                     t.join()
-                best = max(best, threads * iters * MACS_PER_ITER / (time.perf_counter() - t0) / 1e9)
-        return best, (f"measured: vpdpbusd zmm loop, {threads} thread{'s' if threads > 1 else ''}, "
-                      f"best of {rounds} bursts")
+                best = max(best, threads * iters * macs_per_iter / (time.perf_counter() - t0) / 1e9)
+        return best, f"measured: {what}, {threads} thread{'s' if threads > 1 else ''}, best of {rounds} bursts"
     mhz = None
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -174,8 +205,7 @@ def int8_peak(threads, rounds=30, iters=2_000_000):
         try:
             mhz = max(float(ln.split(":")[1]) for ln in open("/proc/cpuinfo") if ln.startswith("cpu MHz"))
         except (OSError, ValueError):
-            return None, "unknown (no VNNI to measure, no clock to compute from)"
-    flags = _cpu_flags()
+            return None, "unknown (no C compiler to measure with, no clock to compute from)"
     per_cycle, how = ((64, "AVX-512 (vpmaddubsw+vpmaddwd, 2 ports)") if "avx512bw" in flags
                       else (32, "AVX2 (vpmaddubsw+vpmaddwd, 2 ports)") if "avx2" in flags
                       else (8, "SSE"))
@@ -186,11 +216,47 @@ def int8_peak(threads, rounds=30, iters=2_000_000):
 COMPUTE_KERNELS = ("conv", "matmul", "dense", "gemm")
 
 
+def _fits(layer, kernel) -> bool:
+    """Whether `kernel` (a profile entry) can be `layer`'s: the same output size, the layer's
+    input among its arguments, and an argument the size of the layer's weights (or up to 4x:
+    kernels pack and pad them). A squeeze-excite conv fused into the multiply by the big
+    tensor has the big tensor's output size but not the next conv's weights."""
+    shapes = kernel["shapes"]
+    if not shapes or int(np.prod(shapes[-1])) != layer["size"]:
+        return False
+    args = [int(np.prod(s)) for s in shapes[:-1]]
+    x, w = (layer["operands"] + [0, 0])[:2]
+    return x in args and any(w <= a < 4 * w for a in args)
+
+
+def _align(layers, kernels):
+    """(layer, kernel) pairs: the longest order-preserving matching of the two lists under
+    _fits (both follow the graph's order: the VM calls kernels as the lowering emitted them),
+    so one kernel without a layer (or layer without a kernel) does not shift every later
+    match onto the wrong layer, as a greedy first-fit does."""
+    n, m = len(layers), len(kernels)
+    best = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n - 1, -1, -1):
+        for j in range(m - 1, -1, -1):
+            best[i][j] = max(best[i + 1][j], best[i][j + 1],
+                             best[i + 1][j + 1] + 1 if _fits(layers[i], kernels[j]) else 0)
+    pairs, i, j = [], 0, 0
+    while i < n and j < m:
+        if _fits(layers[i], kernels[j]) and best[i][j] == best[i + 1][j + 1] + 1:
+            pairs.append((layers[i], kernels[j]))
+            i, j = i + 1, j + 1
+        elif best[i + 1][j] >= best[i][j + 1]:
+            i += 1
+        else:
+            j += 1
+    return pairs
+
+
 def layer_throughput(artifact: Path, feeds, threads, top=3, repeat=10):
     """The `top` largest (by MACs) layers of the artifact with their kernel's median time: the
     VM's per-call instrument (targets.builder.Runner.profile), kernels matched to layers in call
     order by output size (kernel names carry no layer names; destination-passing kernels take
-    their output last)."""
+    their output last). A match above the peak is printed but flagged, not hidden."""
     from qcc.analysis import macs
     from qcc.ir.parser import load as load_qir
     from qcc.report import layer_name
@@ -198,19 +264,13 @@ def layer_throughput(artifact: Path, feeds, threads, top=3, repeat=10):
 
     graph = load_qir(artifact / "model.qir")
     layers = [{"name": layer_name(n), "op": n.op, "macs": macs(n), "size": int(np.prod(n.outputs[0].shape)),
+               "operands": [int(np.prod(v.shape)) for v in n.inputs[:2]],
                "precision": "int" if n.outputs[0].dtype.startswith(("i", "u")) else "float"}
               for n in graph.nodes if macs(n)]
     runner = load_lib(artifact / "model.so", num_threads=threads)
     kernels = [k for k in runner.profile(feeds, repeat=repeat) if any(c in k["kernel"] for c in COMPUTE_KERNELS)]
-    free = list(range(len(layers)))
-    for k in kernels:
-        out = k["shapes"][-1] if k["shapes"] else []
-        size = int(np.prod(out)) if out else 0
-        for j, li in enumerate(free):
-            if layers[li]["size"] == size:
-                layers[li].update(kernel=k["kernel"], seconds=k["seconds"])
-                del free[j]
-                break
+    for l, k in _align(layers, kernels):
+        l.update(kernel=k["kernel"], seconds=k["seconds"])
     timed = [l for l in layers if "seconds" in l]
     return sorted(timed, key=lambda l: -l["macs"])[:top], len(timed), len(layers)
 
@@ -223,6 +283,8 @@ def print_layers(per_model, peak, how):
         for l in rows:
             g = l["macs"] / l["seconds"] / 1e9
             share = f"{100 * g / peak:6.1f}%" if peak else "      ?"
+            if peak and g > peak:  # impossible: the kernel was matched to the wrong layer
+                share = " >peak!"
             print(f"{key:<5} {l['name'][:28]:<28} {l['op']:<8} {l['macs'] / 1e6:7.1f} {l['seconds'] * 1e3:7.3f} "
                   f"{g:7.1f} {share}  {l['kernel'][:60]}")
         if matched < total:

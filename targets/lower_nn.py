@@ -47,6 +47,9 @@ def conv_nd(cx, node, x, w, attrs, out_dtype=None):
     rank = len(cx.shape_of(x))
     if rank not in _CONV:
         raise LoweringError(f"{node.op} over {rank - 2} spatial dims is not supported")
+    own = cx.strategy.conv_kernel(cx, node, x, w, attrs, out_dtype)
+    if own is not None:
+        return own
     n = rank - 2
     base_d, base_k = "NC" + "DHW"[3 - n:], "OI" + "DHW"[3 - n:]
     data_layout, kernel_layout = cx.strategy.conv_layout(node)

@@ -48,6 +48,11 @@ class LoweringStrategy:
         spatial = "DHW"[3 - (len(node.inputs[0].shape) - 2):]
         return "NC" + spatial, "OI" + spatial
 
+    def conv_kernel(self, cx, node, x, w, attrs, out_dtype):
+        """A target's own kernel for the convolution conv_nd is about to emit (NC... in and
+        out, no bias), or None for the generic conv: the hook float convs take."""
+        return None
+
     # --- build-time hooks ----------------------------------------------------------
     def prepare(self, mod, target):
         """Relax-level rewrites before compilation; identity by default."""

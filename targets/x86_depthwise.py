@@ -74,6 +74,7 @@ class DwPlan(ConvGeometry):
     zx: int = 0       # activation zero point, in x's own dtype
     x_signed: bool = False
     lanes: int = 8
+    is_float: bool = False  # a float32 conv (no zero point, no exactness bound)
 
     @property
     def wq(self) -> int:
@@ -113,8 +114,10 @@ class DwPlan(ConvGeometry):
 def dw_plan(x_shape, x_dtype: str, w_shape, attrs, lanes: int) -> Optional[DwPlan]:
     """The plan for a qconv with at most MAX_GROUP_CHANNELS input channels per group, else None."""
     geom = conv_geometry(x_shape, w_shape, attrs)
-    if geom is None or x_dtype not in ("uint8", "int8") or geom.cg > MAX_GROUP_CHANNELS:
+    if geom is None or x_dtype not in ("uint8", "int8", "float32") or geom.cg > MAX_GROUP_CHANNELS:
         return None
+    if x_dtype == "float32":
+        return DwPlan(**geom.fields(), lanes=lanes, is_float=True)
     zx = int(attrs.get("x_zero_point", 0))
     lo, hi = (-128, 127) if x_dtype == "int8" else (0, 255)
     if not lo <= zx <= hi:
@@ -133,7 +136,8 @@ def pack_dw_weights(p: DwPlan, w: np.ndarray, bias: Optional[np.ndarray]):
 
 
 def dw_te(p: DwPlan, x, wf, bias):
-    """The three TE stages (see the module docstring); returns y [n, o, oh, ow] int32."""
+    """The three TE stages (see the module docstring); returns y [n, o, oh, ow] int32 (float32
+    for a float plan: then it is an ordinary float conv, whose sums round as float sums do)."""
     from tvm import te, tirx
 
     (sh, sw), (dh, dw) = p.strides, p.dilations
@@ -145,7 +149,7 @@ def dw_te(p: DwPlan, x, wf, bias):
         hh = r * sh + ph // sw - pt
         ww = col * sw + ph % sw - pl
         inside = tirx.all(hh >= 0, hh < p.h, ww >= 0, ww < p.w)
-        v = x[n, c, hh, ww].astype("int32") - p.zx
+        v = x[n, c, hh, ww] if p.is_float else x[n, c, hh, ww].astype("int32") - p.zx
         return tirx.if_then_else(inside, v.astype("float32"), tirx.const(0.0, "float32"))
 
     # the columns every phase reads inside the image: the schedule gives them a loop of
@@ -168,7 +172,8 @@ def dw_te(p: DwPlan, x, wf, bias):
     oh_n, ow_n = p.out_hw
 
     def out(n, o, oh, ow):
-        return acc[n, o, oh * wq + ow].astype("int32") + bias[o]
+        a = acc[n, o, oh * wq + ow]
+        return a + bias[o] if p.is_float else a.astype("int32") + bias[o]
 
     return te.compute((p.n, p.o, oh_n, ow_n), out, name="qcc_dw_out")
 

@@ -13,6 +13,11 @@ every line of it but the packed dtypes and the intrinsic (`Isa`):
   weights at compile time). `vpmaddubsw` would take bytes directly but saturates
   its int16 pair sums (255*127*2 > 32767), so it is not exact on u8 x s8.
 
+- float32 (`F32X8` AVX2+FMA, `F32X16` AVX-512): float convs a mixed-precision model keeps
+  (assign-bitwidths leaves its most sensitive layers float) take the same layout, tile and
+  schedule, the step a plain vectorized multiply-add (`conv_kernel`, the strategy's hook
+  in lower_nn.conv_nd). 1x1 convs of rec: 13 -> 44-55 GMAC/s single-thread.
+
 The rest of this docstring is written for VNNI; on AVX2 read 8 for 16 (lanes) and
 2 for 4 (channels interleaved per lane).
 
@@ -61,7 +66,8 @@ import numpy as np
 
 from .conv_geometry import ConvGeometry, conv_geometry
 from .cpu_rules import _is_reduction, schedule_injective
-from .x86_depthwise import dw_plan, dw_te, pack_dw_weights, schedule_dw_conv, schedule_dw_pack
+from .x86_depthwise import (MAX_GROUP_CHANNELS, dw_plan, dw_te, pack_dw_weights, schedule_dw_conv,
+                            schedule_dw_pack)
 from .strategy import FusedCPUStrategy, register_strategy
 
 _I32 = (-(1 << 31), (1 << 31) - 1)
@@ -91,6 +97,12 @@ class Isa:
         return f"qcc_{self.name}"
 
     @property
+    def is_float(self) -> bool:
+        """A float32 multiply-add (float convs left in a model): plain vectorized code, no
+        tensor intrinsic."""
+        return self.act == "float32"
+
+    @property
     def conv_intrin(self) -> str:
         return f"qcc_{self.name}_{self.lanes}x{self.group}_lanes_act"
 
@@ -101,7 +113,10 @@ class Isa:
 
 VNNI = Isa("vnni", 16, 4, "uint8", "int8", 32, 1, 24)  # scratch: the broadcast
 AVX2 = Isa("avx2", 8, 2, "int16", "int16", 16, 2, 12)  # the broadcast and vpmaddwd's product
-ISAS = {i.name: i for i in (VNNI, AVX2)}
+# float convs share the layout, tile and schedule: one FMA per lanes x 1 product
+F32X8 = Isa("f32x8", 8, 1, "float32", "float32", 16, 1, 12)  # AVX2 + FMA
+F32X16 = Isa("f32x16", 16, 1, "float32", "float32", 32, 1, 24)  # AVX-512
+ISAS = {i.name: i for i in (VNNI, AVX2, F32X8, F32X16)}
 ANN = "qcc_x86"  # block annotation: which stage of a kernel a block is
 _registered = set()
 
@@ -122,7 +137,7 @@ def register_intrinsics(isa: Isa) -> None:
     (activations in lanes, one weight group broadcast) and C[lanes] += A[group] . B[lanes, group]
     (matmul: lanes along N). TVM's own `dot_16x4_vnni` passes i32 vectors to
     `vpdpbusd.512`, which LLVM 22 rejects; these pass byte vectors."""
-    if isa.name in _registered:
+    if isa.name in _registered or isa.is_float:
         return
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
@@ -269,6 +284,24 @@ def conv_plan(x_shape, x_dtype: str, w_shape, attrs, isa: Isa = VNNI) -> Optiona
     return ConvPlan(**geom.fields(), x_signed=x_dtype == "int8", zx=zx, isa=isa)
 
 
+def float_conv_plan(x_shape, w_shape, attrs, isa: Isa) -> Optional[ConvPlan]:
+    """The plan for a float32 conv through the same kernel (float `isa`), else None."""
+    geom = conv_geometry(x_shape, w_shape, attrs)
+    if geom is None:
+        return None
+    return ConvPlan(**geom.fields(), isa=isa)
+
+
+def pack_float_conv_weights(p: ConvPlan, w: np.ndarray) -> np.ndarray:
+    """Weights [o, cg, kh, kw] -> [g, ogp/mr, cg, kh, kw, mr, 1] float32, padded with zeros."""
+    mr, _ = p.tile
+    wg = w.astype(np.float32).reshape(p.groups, p.og, p.cg, p.kh, p.kw)
+    full = np.zeros((p.groups, p.ogp, p.cg, p.kh, p.kw), np.float32)
+    full[:, :p.og] = wg
+    packed = full.reshape(p.groups, p.ogp // mr, mr, p.cg, 1, p.kh, p.kw).transpose(0, 1, 3, 5, 6, 2, 4)
+    return np.ascontiguousarray(packed)
+
+
 def pack_conv_weights(p: ConvPlan, w: np.ndarray, bias: Optional[np.ndarray]):
     """(packed weights [g, ogp/mr, cb, kh, kw, mr, group] (isa.wt), bias' [o] int32) or None
     when the folded bias does not fit int32."""
@@ -306,7 +339,7 @@ def conv_te(p: ConvPlan, x, wpk, bias):
         v = x[n, g * cg + ch, hh, ww]
         if p.x_signed:
             v = v.astype("int32") + 128
-        return tirx.if_then_else(inside, v.astype(isa.act), tirx.const(zx, isa.act))
+        return tirx.if_then_else(inside, v.astype(isa.act), tirx.const(0.0 if isa.is_float else zx, isa.act))
 
     xq = te.compute((p.n, p.groups, p.cb, nph, p.flat, G), pack, name=f"{isa.prefix}_pack",
                     attrs={ANN: "pack", "qcc_x86_wq": wq, "qcc_x86_isa": isa.name})
@@ -319,8 +352,9 @@ def conv_te(p: ConvPlan, x, wpk, bias):
     def conv(n, g, oc, f):
         ph = ((rh * dh) % sh) * sw + (rw * dw) % sw
         off = ((rh * dh) // sh) * wq + (rw * dw) // sw
-        return te.sum(xq[n, g, rc, ph, f + off, ri].astype("int32")
-                      * wpk[g, oc // mr, rc, rh, rw, oc % mr, ri].astype("int32"), axis=[rc, rh, rw, ri])
+        acc_t = "float32" if isa.is_float else "int32"
+        return te.sum(xq[n, g, rc, ph, f + off, ri].astype(acc_t)
+                      * wpk[g, oc // mr, rc, rh, rw, oc % mr, ri].astype(acc_t), axis=[rc, rh, rw, ri])
 
     # pixels flat (the schedule splits them into vectors of lanes): the epilogue reads a row
     # of output pixels as one contiguous run, which LLVM vectorizes
@@ -499,11 +533,14 @@ def _schedule_conv(sch, block) -> None:
     v, lane = sch.split(f, [None, isa.lanes])
     oco, oci = sch.split(oc, [None, mr])
     vo, vi = sch.split(v, [None, nr])
-    sch.reorder(n, g, oco, vo, rc, rh, rw, oci, vi, lane, ri)
+    if isa.is_float:  # ri has extent 1: the lanes innermost, to vectorize
+        sch.reorder(n, g, oco, vo, rc, rh, rw, ri, oci, vi, lane)
+    else:
+        sch.reorder(n, g, oco, vo, rc, rh, rw, oci, vi, lane, ri)
     tile = sch.fuse(n, g, oco, vo)
     if _extent(sch, sch.get_loops(block)) >= _PAR_MACS:
         sch.parallel(tile)
-    _register_tile(sch, block, tile, rc, oci, vi, lane, isa.conv_intrin)
+    _register_tile(sch, block, tile, rc, oci, vi, lane, None if isa.is_float else isa.conv_intrin)
 
 
 def _schedule_matmul(sch, block) -> None:
@@ -532,14 +569,19 @@ def _register_tile(sch, block, tile, k_outer, rows, vecs, lane, intrin) -> None:
     sch.reverse_compute_at(wb, tile)
     wl = sch.get_loops(wb)
     sch.vectorize(wl[-1])
+    if intrin is None:  # plain multiply-adds: vectorized (before decompose: it wants the init)
+        sch.vectorize(lane)
+        sch.unroll(vecs)
+        sch.unroll(rows)
     init = sch.decompose_reduction(block, k_outer)
     il = sch.get_loops(init)
     sch.vectorize(il[-1])
     sch.unroll(il[-2])
     sch.unroll(il[-3])
-    sch.tensorize(lane, intrin)
-    sch.unroll(vecs)
-    sch.unroll(rows)
+    if intrin is not None:
+        sch.tensorize(lane, intrin)
+        sch.unroll(vecs)
+        sch.unroll(rows)
 
 
 def _schedule_kernels(func, target) -> Optional[object]:
@@ -625,6 +667,13 @@ class X86Strategy(FusedCPUStrategy):
             self.overrides["qconv"] = lambda cx, node, ins, attrs: lower_qconv_x86(isa, cx, node, ins, attrs)
             self.overrides["qmatmul"] = lambda cx, node, ins, attrs: lower_qmatmul_x86(isa, cx, node, ins, attrs)
 
+    def conv_kernel(self, cx, node, x, w, attrs, out_dtype):
+        """Float32 2-D convs with constant weights through the int8 kernels' layout and
+        schedule (float `Isa`), depthwise-like ones through x86_depthwise's."""
+        if self.isa is None:
+            return None
+        return lower_float_conv_x86(F32X16 if self.isa is VNNI else F32X8, cx, x, w, attrs, out_dtype)
+
     def schedule_rules(self, target) -> list:
         mine = [int8_rule(self.isa)] if self.isa is not None else []
         return mine + list(super().schedule_rules(target))
@@ -669,6 +718,25 @@ def _lower_qconv_few_channels(isa: Isa, cx, node, ins, attrs):
     wf, bias = packed
     return cx.emit_te(lambda xt, wt, bt: dw_te(plan, xt, wt, bt), x, cx.const(wf, "float32"),
                       cx.const(bias, "int32"), primfunc_name_hint=f"{isa.prefix}_dwconv")
+
+
+def lower_float_conv_x86(isa: Isa, cx, x, w, attrs, out_dtype):
+    """The float kernel's conv of x by constant w (no bias), or None (generic conv)."""
+    wv = cx.const_value(w)
+    if wv is None or wv.ndim != 4 or cx.dtype_of(x) != "float32" or cx.dtype_of(w) != "float32" \
+            or out_dtype not in (None, "float32"):
+        return None
+    plan = float_conv_plan(cx.shape_of(x), wv.shape, attrs, isa)
+    if plan is None:
+        return None
+    zero = cx.const(np.zeros(plan.o, np.float32), "float32")
+    if plan.cg <= MAX_GROUP_CHANNELS and plan.groups > 1:
+        dw = dw_plan(cx.shape_of(x), "float32", wv.shape, attrs, isa.lanes)
+        return cx.emit_te(lambda xt, wt, bt: dw_te(dw, xt, wt, bt), x, cx.const(wv.astype(np.float32), "float32"),
+                          zero, primfunc_name_hint=f"{isa.prefix}_dwconv")
+    return cx.emit_te(lambda xt, wt, bt: conv_te(plan, xt, wt, bt), x,
+                      cx.const(pack_float_conv_weights(plan, wv), "float32"), zero,
+                      primfunc_name_hint=f"{isa.prefix}_conv")
 
 
 def lower_qmatmul_x86(isa: Isa, cx, node, ins, attrs):

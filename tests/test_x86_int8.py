@@ -375,3 +375,39 @@ def test_int64_accumulators_take_the_generic_lowering(isa):
     assert not _uses(g, isa, PRESET[isa])
     ref = check(g, {"x": np.full((1, 8, 5, 5), 255, np.uint8), "a": _feed(rng, (4, 32), "u8")}, PRESET[isa])
     assert ref["c"].max() > np.iinfo(np.int32).max  # the case int32 would have wrapped
+
+
+# float convs left in a model (x shape, out channels, kernel, strides, pads, dilations, group)
+FLOAT_CONV_CASES = {
+    "1x1": ((1, 24, 6, 20), 40, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    "3x3_s2": ((2, 5, 11, 13), 9, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),
+    "grouped": ((1, 16, 7, 9), 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2),
+    "depthwise_5x5": ((1, 12, 9, 20), 12, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 12),
+    "depthwise_s2_dilated": ((1, 6, 13, 14), 6, (3, 3), (2, 1), (2, 2, 2, 1), (2, 2), 6),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FLOAT_CONV_CASES))
+def test_float_conv_kernel(name):
+    """Float convs take the same kernel layout as float32 multiply-adds (x86_int8's float Isa,
+    depthwise ones x86_depthwise's) and agree with the interpreter to float rounding."""
+    xshape, oc, (kh, kw), strides, pads, dil, group = FLOAT_CONV_CASES[name]
+    rng = np.random.default_rng(7)
+    g = Graph(f"fconv_{name}")
+    x = g.add_input("x", TensorType(xshape, "f32"))
+    w = g.add_const("w", rng.standard_normal((oc, xshape[1] // group, kh, kw)).astype(np.float32))
+    b = g.add_const("b", rng.standard_normal(oc).astype(np.float32))
+    y = g.add_node("conv", [x, w, b], {"strides": list(strides), "pads": list(pads), "dilations": list(dil),
+                                       "group": group}, names=["y"]).output
+    g.add_node("relu", [y], names=["r"])
+    g.set_outputs([y, g.nodes[-1].output])
+    kernel = "qcc_f32x8_dwconv" if group == xshape[1] else "qcc_f32x8_conv"
+    assert kernel in lower_for(g, "x86-avx2").script(show_meta=False)
+    assert kernel.replace("x8", "x16") in lower_for(g, "x86-avx512").script(show_meta=False)
+    if not _HAS["avx2"]:
+        return
+    feeds = {"x": rng.standard_normal(xshape).astype(np.float32)}
+    ref = interp_run(g, feeds)
+    got = runner_from_executable(compile_graph(g, "x86-avx2"), g).run(feeds)
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-5 * float(np.abs(ref[k]).max()))
