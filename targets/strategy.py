@@ -48,6 +48,9 @@ class LoweringStrategy:
         spatial = "DHW"[3 - (len(node.inputs[0].shape) - 2):]
         return "NC" + spatial, "OI" + spatial
 
+    # long sums (global pooling) as this many interleaved partial sums (0: one running sum)
+    partial_sums = 0
+
     def conv_kernel(self, cx, node, x, w, attrs, out_dtype):
         """A target's own kernel for the convolution conv_nd is about to emit (NC... in and
         out, no bias), or None for the generic conv: the hook float convs take."""
@@ -111,6 +114,8 @@ class FusedCPUStrategy(LoweringStrategy):
 
     # inline the elementwise stages of every fused kernel (targets/cpu_schedule.py)
     inline_elementwise = True
+    # long sums (global pooling) keep this many partial sums, which vectorize (lower_math)
+    partial_sums = 16
 
     def base_relax_pipeline(self, target):
         import tvm

@@ -272,3 +272,28 @@ def test_ppocr_cls_float_matches_onnxruntime(ppocr_cls_path, tmp_path):
     got = list(qcc.load(tmp_path / "f32").run({"x": x}).values())[0]
     want = ort.InferenceSession(str(ppocr_cls_path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,dtype", [((2, 5, 9, 13), "f32"), ((1, 3, 8, 8), "f32"), ((1, 6, 7, 11), "u8")])
+def test_global_average_pool_sums_in_vector_lanes(shape, dtype):
+    """Global average pooling on CPU targets sums in 16 interleaved float64 partial sums (a
+    vector loop of independent adds, plus a tail when the plane is not a multiple of 16),
+    and still equals the interpreter's float64 mean bit for bit."""
+    import re
+
+    from qcc.interp import run as interp_run
+    from qcc.ir import Graph, TensorType
+    from qcc.targets import compile_graph, lower_for, runner_from_executable
+
+    g = Graph("gap")
+    x = g.add_input("x", TensorType(shape, dtype))
+    g.set_outputs([g.add_node("global_avg_pool", [x], names=["y"]).output])
+    assert "interleaved_sum" in lower_for(g, "host").script(show_meta=False)
+    ex = compile_graph(g, "host")
+    ll = "\n".join(m.inspect_source("ll") for m in ex.mod.imports if m.kind == "llvm")
+    assert re.search(r"fadd <\d+ x double>", ll), "the partial sums are not a vector add"
+    rng = np.random.default_rng(3)
+    feeds = {"x": rng.standard_normal(shape).astype(np.float32) * 50 if dtype == "f32"
+             else rng.integers(0, 256, shape).astype(np.uint8)}
+    got = runner_from_executable(ex, g).run(feeds)["y"]
+    assert np.array_equal(got, interp_run(g, feeds)["y"])
