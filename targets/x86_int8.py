@@ -686,38 +686,27 @@ def _generic(op: str):
 
 
 def lower_qconv_x86(isa: Isa, cx, node, ins, attrs):
-    """qconv through the `isa` kernel when it applies, else the generic lowering."""
+    """qconv through the `isa` kernel when it applies, a depthwise-like one through the exact
+    float32 kernel (x86_depthwise.py), else the generic lowering."""
     x, w, b = (list(ins) + [None])[:3]
     wv = cx.const_value(w)
     bv = cx.const_value(b) if b is not None else None
-    plan = None
-    if wv is not None and (b is None or bv is not None) and cx.dtype_of(w) == "int8" \
-            and attrs.get("acc") != "i64":  # the kernel accumulates in int32
-        plan = conv_plan(cx.shape_of(x), cx.dtype_of(x), wv.shape, attrs, isa)
-    packed = pack_conv_weights(plan, wv, bv) if plan is not None else None
-    if packed is None:
-        return _lower_qconv_few_channels(isa, cx, node, ins, attrs)
-    wpk, folded = packed
-    return cx.emit_te(lambda xt, wt, bt: conv_te(plan, xt, wt, bt), x, cx.const(wpk, isa.wt),
-                      cx.const(folded, "int32"), primfunc_name_hint=f"{isa.prefix}_conv")
-
-
-def _lower_qconv_few_channels(isa: Isa, cx, node, ins, attrs):
-    """A depthwise-like qconv through the exact float32 kernel (x86_depthwise.py), else the
-    generic lowering."""
-    x, w, b = (list(ins) + [None])[:3]
-    wv = cx.const_value(w)
-    bv = cx.const_value(b) if b is not None else None
-    plan = None
-    if wv is not None and (b is None or bv is not None) and cx.dtype_of(w) == "int8" \
-            and attrs.get("acc") != "i64":
-        plan = dw_plan(cx.shape_of(x), cx.dtype_of(x), wv.shape, attrs, 16 if isa is VNNI else 8)
-    packed = pack_dw_weights(plan, wv, bv) if plan is not None else None
-    if packed is None:
+    if wv is None or (b is not None and bv is None) or cx.dtype_of(w) != "int8" \
+            or attrs.get("acc") == "i64":  # the kernels accumulate in int32
         return _generic("qconv")(cx, node, ins, attrs)
-    wf, bias = packed
-    return cx.emit_te(lambda xt, wt, bt: dw_te(plan, xt, wt, bt), x, cx.const(wf, "float32"),
-                      cx.const(bias, "int32"), primfunc_name_hint=f"{isa.prefix}_dwconv")
+    plan = conv_plan(cx.shape_of(x), cx.dtype_of(x), wv.shape, attrs, isa)
+    packed = pack_conv_weights(plan, wv, bv) if plan is not None else None
+    if packed is not None:
+        wpk, folded = packed
+        return cx.emit_te(lambda xt, wt, bt: conv_te(plan, xt, wt, bt), x, cx.const(wpk, isa.wt),
+                          cx.const(folded, "int32"), primfunc_name_hint=f"{isa.prefix}_conv")
+    dw = dw_plan(cx.shape_of(x), cx.dtype_of(x), wv.shape, attrs, 16 if isa is VNNI else 8)
+    packed = pack_dw_weights(dw, wv, bv) if dw is not None else None
+    if packed is not None:
+        wf, bias = packed
+        return cx.emit_te(lambda xt, wt, bt: dw_te(dw, xt, wt, bt), x, cx.const(wf, "float32"),
+                          cx.const(bias, "int32"), primfunc_name_hint=f"{isa.prefix}_dwconv")
+    return _generic("qconv")(cx, node, ins, attrs)
 
 
 def lower_float_conv_x86(isa: Isa, cx, x, w, attrs, out_dtype):
