@@ -49,16 +49,17 @@ def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
 def layer_errors(float_graph: Graph, quant_graph: Graph, samples: Sequence[Dict[str, np.ndarray]],
                  layers: Dict[str, Dict]) -> Dict[str, float]:
     """SQNR (dB) of each quantized layer's output, and of each model output, against float."""
+    from .batches import map_batches
     from .interp import Interpreter
     from .ops.quant import dequantize
 
-    fi, qi = Interpreter(float_graph, keep=True), Interpreter(quant_graph, keep=True)
-    pairs: Dict[str, List] = {}
-    for feeds in samples:
+    def one(feeds) -> Dict[str, tuple]:
+        fi, qi = Interpreter(float_graph, keep=True), Interpreter(quant_graph, keep=True)
         fo = fi.run(feeds)
         qo = qi.run(feeds)
         fenv = {v.name: a for v, a in fi.env.items()}
         qenv = {v.name: a for v, a in qi.env.items()}
+        got_pairs = {}
         for name, info in layers.items():
             ref, rq, dq = fenv.get(info.get("output_value")), info.get("requantize"), info.get("dequantize")
             if ref is None:
@@ -70,9 +71,15 @@ def layer_errors(float_graph: Graph, quant_graph: Graph, samples: Sequence[Dict[
                 got = qenv[dq]
             else:
                 continue
-            pairs.setdefault(name, []).append((ref, got))
+            got_pairs[name] = (ref, got)
         for (k, ref), got in zip(fo.items(), qo.values()):
-            pairs.setdefault("output:" + k, []).append((ref, got))
+            got_pairs["output:" + k] = (ref, got)
+        return got_pairs
+
+    pairs: Dict[str, List] = {}
+    for got_pairs in map_batches(one, list(samples)):
+        for name, pair in got_pairs.items():
+            pairs.setdefault(name, []).append(pair)
     out = {}
     for name, ps in pairs.items():
         ref = np.concatenate([p[0].ravel() for p in ps])

@@ -10,10 +10,12 @@ about N half-model runs, not N full ones.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from .batches import map_batches
 from .ir.graph import Graph
 from .ir.opdef import opaque_runner
 
@@ -33,15 +35,20 @@ class FloatCache:
 
         self.samples = list(samples)
         self._ids: Dict[tuple, int] = {}
+        self._const_seen: Dict[int, tuple] = {}  # id(array) -> (weak reference, number)
         self.outputs: List[List[np.ndarray]] = []
         keys = self.numbers(graph)
         self.memos: List[List[Dict[int, np.ndarray]]] = [[] for _ in self.samples]
         self.last: Optional[List[Dict[int, np.ndarray]]] = None
-        it = Interpreter(graph, keep=True)
-        for i, feeds in enumerate(self.samples):
+
+        def run(feeds):
+            it = Interpreter(graph, keep=True)
             outs = it.run(feeds)
-            self.memos[i].append({keys[id(v)]: a for v, a in it.env.items()})
-            self.outputs.append(list(outs.values()))
+            return {keys[id(v)]: a for v, a in it.env.items()}, list(outs.values())
+
+        for i, (memo, outs) in enumerate(map_batches(run, self.samples)):
+            self.memos[i].append(memo)
+            self.outputs.append(outs)
 
     def numbers(self, g: Graph) -> Dict[int, int]:
         """{id(value): its number} for every input and node result of `g`."""
@@ -53,8 +60,7 @@ class FloatCache:
             if v is None:
                 return -1
             if v.is_const:
-                a = np.ascontiguousarray(v.data)
-                return self._intern(("const", a.shape, a.dtype.str, hashlib.blake2b(a.tobytes(), digest_size=16).digest()))
+                return self._const_number(v.data)
             return num[id(v)]
 
         for n in g.nodes:
@@ -62,6 +68,20 @@ class FloatCache:
             for k, o in enumerate(n.outputs):
                 num[id(o)] = self._intern((key, k))
         return num
+
+    def _const_number(self, data: np.ndarray) -> int:
+        """A constant's number, from its bytes; hashed once per array (graph copies share
+        their constants' read-only arrays, so each candidate would hash every weight again)."""
+        seen = self._const_seen.get(id(data))
+        if seen is not None and seen[0]() is data:
+            return seen[1]
+        a = np.ascontiguousarray(data)
+        k = self._intern(("const", a.shape, a.dtype.str, hashlib.blake2b(a.tobytes(), digest_size=16).digest()))
+        try:
+            self._const_seen[id(data)] = (weakref.ref(data), k)
+        except TypeError:  # not weak-referenceable: hash it every time
+            pass
+        return k
 
     def _intern(self, key) -> int:
         return self._ids.setdefault(key, len(self._ids))
@@ -138,8 +158,9 @@ def output_sqnr(cache: FloatCache, g: Graph, keep: bool = False) -> float:
     gots: Dict[int, List[np.ndarray]] = {}
     numbers = cache.numbers(g)
     cache.last = [{} for _ in cache.samples] if keep else None
-    for i in range(len(cache.samples)):
-        outs = run_reusing(g, cache, i, numbers, cache.last[i] if keep else None)
+    runs = map_batches(lambda i: run_reusing(g, cache, i, numbers, cache.last[i] if keep else None),
+                       range(len(cache.samples)))
+    for i, outs in enumerate(runs):
         for k, (r, o) in enumerate(zip(cache.outputs[i], outs)):
             refs.setdefault(k, []).append(np.asarray(r, np.float64).ravel())
             gots.setdefault(k, []).append(np.asarray(o, np.float64).ravel())

@@ -68,8 +68,10 @@ def _inline_stages(sch: s_tir.Schedule) -> bool:
                 sch.compute_inline(b)
             except Exception:  # noqa: BLE001 - not inlinable (reduction, non-injective...)
                 continue
+            # the other blocks' handles stay valid: go on down the list rather than start
+            # over (starting over after each inline made this quadratic in the stages); a
+            # stage that became inlinable through a later inline is caught by the next sweep
             changed = progress = True
-            break
     return changed
 
 

@@ -74,6 +74,11 @@ conv_case("5x5-s3-rect", R(1, 2, 14, 17), R(3, 2, 5, 3), strides=[3, 2], pads=[2
 conv_case("1d", R(2, 3, 20), R(4, 3, 5), R(4), strides=[2], pads=[2, 1], dilations=[2])
 conv_case("3d", R(1, 2, 6, 7, 5), R(3, 2, 3, 3, 2), R(3), strides=[1, 2, 1],
           pads=[1, 1, 0, 1, 0, 1])
+# fewer output than input channels at unit stride: one matmul per tap over shifted rows
+conv_case("thin-3x3-batch2", R(2, 8, 9, 10), R(3, 8, 3, 3), R(3), pads=[1, 1, 1, 1])
+conv_case("thin-dilated-rect", R(1, 6, 11, 9), R(2, 6, 3, 2), dilations=[2, 3], pads=[2, 1, 1, 0])
+conv_case("thin-1d", R(2, 6, 20), R(3, 6, 5), R(3), dilations=[2], pads=[2, 1])
+conv_case("thin-3d", R(1, 4, 6, 7, 5), R(2, 4, 3, 3, 2), R(2), pads=[1, 1, 0, 1, 0, 1])
 
 
 def convt_case(id, x, w, b=None, strides=None, pads=None, dilations=None, output_padding=None,
@@ -455,6 +460,27 @@ def test_cast_to_int4_wraps():
     y = get_op("cast").kernel(np.array([7, 8, -9, 15, -1], np.int32), to="i4")
     assert y.dtype == np.int8
     np.testing.assert_array_equal(y, [7, -8, 7, -1, -1])
+
+
+@pytest.mark.parametrize("xs,ws,dil", [((2, 8, 9, 10), (3, 8, 3, 3), (1, 1)),
+                                        ((1, 6, 11, 9), (2, 6, 3, 2), (2, 3)),
+                                        ((2, 6, 20), (3, 6, 5), (2,))])
+def test_thin_convs_take_the_shifted_matmuls(monkeypatch, xs, ws, dil):
+    """Unit-stride convs with at most half as many output channels as input channels skip
+    the im2col copy; they must agree with it."""
+    from qcc.ops import nn
+
+    x, w = R(*xs), R(*ws)
+    r = x.ndim - 2
+    attrs = dict(strides=[1] * r, pads=[1] * 2 * r, dilations=list(dil), group=1)
+    taken = []
+    real = nn._shifted_gemms
+    monkeypatch.setattr(nn, "_shifted_gemms", lambda *a: taken.append(1) or real(*a))
+    y = get_op("conv").kernel(x, w, **attrs)
+    assert taken
+    xp = np.pad(x, [(0, 0), (0, 0)] + [(1, 1)] * r)
+    ref = nn._im2col(xp, w, 1, w.shape[0], [1] * r, list(dil))
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_integer_products_are_exact():

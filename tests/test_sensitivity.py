@@ -65,3 +65,43 @@ def test_layer_sensitivity_ranks_w4_below_int8_and_float_is_exact():
     w4 = layer_sensitivity(g, cache, list(LAYERS), choice="w4a8")
     assert all(w4[l] < int8[l] for l in LAYERS), (w4, int8)
     assert output_sqnr(cache, quantized_copy(g, {l: "float" for l in LAYERS})) == float("inf")
+
+
+def test_batches_on_parallel_threads_give_what_one_thread_gives(monkeypatch):
+    """output_sqnr runs its batches side by side (qcc.batches); the SQNR and the kept arrays
+    must be exactly those of one batch at a time, and BLAS runs single-threaded meanwhile."""
+    import threadpoolctl
+
+    from qcc import batches
+
+    g, calib = calibrated()
+    calib = calib + [{"x": smooth_images(8, seed)} for seed in (3, 4)]
+    q = quantized_copy(g, {"c1": "int8", "cd": "float", "c2": "w4a8", "y": "int8"})
+    seen_blas_threads = []
+    real_run = run_reusing
+
+    def spying(*args, **kwargs):
+        seen_blas_threads.extend(i["num_threads"] for i in threadpoolctl.threadpool_info()
+                                 if i["user_api"] == "blas")
+        return real_run(*args, **kwargs)
+
+    results = []
+    for n in (1, 4):
+        monkeypatch.setattr(batches, "workers", lambda n=n: n)
+        monkeypatch.setattr("qcc.sensitivity.run_reusing", spying)
+        cache = FloatCache(g, calib)
+        db = output_sqnr(cache, q, keep=True)
+        results.append((db, cache.last))
+    (db1, kept1), (db4, kept4) = results
+    assert db1 == db4
+    for a, b in zip(kept1, kept4):
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    assert seen_blas_threads and set(seen_blas_threads) == {1}
+
+
+def test_map_batches_keeps_the_order():
+    from qcc.batches import map_batches
+
+    assert map_batches(lambda i: i * i, list(range(9))) == [i * i for i in range(9)]

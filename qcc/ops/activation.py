@@ -137,7 +137,11 @@ def hard_swish(x):
     """x * hard_sigmoid(x) with alpha 1/6, beta 0.5 (MobileNetV3's h-swish)."""
     xc = as_compute(x)
     t = xc.dtype.type
-    return (xc * np.clip(xc * t(1 / 6) + t(0.5), 0, 1)).astype(x.dtype, copy=False)
+    gate = xc * t(1 / 6)  # the same arithmetic as xc * clip(xc / 6 + 0.5, 0, 1), in one buffer
+    gate += t(0.5)
+    np.clip(gate, 0, 1, out=gate)
+    gate *= xc
+    return gate.astype(x.dtype, copy=False)
 
 
 @register_op("gelu", attrs={"approximate": Attr("str", "none", choices=("none", "tanh"))})

@@ -70,6 +70,37 @@ def _im2col(xp, w, G, Og, strides, dilations):
     return y.reshape(N, G * Og, *out)
 
 
+def _shifted_gemms(xp, w, dilations):
+    """Unit-stride, ungrouped conv as one matmul per kernel tap over shifted flat rows.
+
+    Over the padded input flattened per channel, the window at tap t for every output
+    pixel is one contiguous run of each row, offset by t's position in the padded
+    grid: W_t (O x C) @ rows[:, off_t : off_t + L] is a BLAS product on a view, with no
+    im2col copy. It computes a few junk columns (outputs that would straddle a row
+    end), dropped at the end. Worth it when the output has fewer channels than the
+    input (the im2col copy, K x C rows, then dominates a thin product); with as many
+    output channels, the per-tap accumulation costs more than the copy saves.
+    """
+    N, C = xp.shape[:2]
+    grid = xp.shape[2:]
+    O, k = w.shape[0], w.shape[2:]
+    r = len(grid)
+    out = [grid[i] - (k[i] - 1) * dilations[i] for i in range(r)]
+    pitch = [int(np.prod(grid[i + 1:])) for i in range(r)]  # elements per step along each axis
+    length = sum((o - 1) * p for o, p in zip(out, pitch)) + 1
+    rows = np.ascontiguousarray(xp).reshape(N, C, -1)
+    y = np.zeros((N, O, out[0] * pitch[0]), np.result_type(xp.dtype, w.dtype))
+    term = np.empty((O, length), y.dtype)
+    for tap in itertools.product(*(range(kk) for kk in k)):
+        off = sum(t * d * p for t, d, p in zip(tap, dilations, pitch))
+        wt = np.ascontiguousarray(w[(slice(None), slice(None)) + tap])
+        for n in range(N):
+            np.matmul(wt, rows[n, :, off:off + length], out=term)
+            y[n, :, :length] += term
+    y = y.reshape(N, O, out[0], *grid[1:])
+    return y[(slice(None), slice(None), slice(None)) + tuple(slice(0, o) for o in out[1:])]
+
+
 def _depthwise(xp, w, G, Og, strides, dilations):
     """One input channel per group: a multiply-add per kernel tap over strided slices.
 
@@ -134,6 +165,9 @@ def conv(x, w, b=None, *, strides, pads, dilations, group):
     G, Og = group, O // group
     if Cg == 1:
         y = _depthwise(xp, wa, G, Og, strides, dilations)
+    elif G == 1 and 2 * O <= Cg and all(s == 1 for s in strides) and w[0, 0].size > 1 \
+            and xp.dtype.kind == "f":
+        y = _shifted_gemms(xp, wa, dilations)
     else:
         y = _im2col(xp, wa, G, Og, strides, dilations)
     if b is not None:
