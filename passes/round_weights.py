@@ -51,7 +51,6 @@ After:  %w.rw = const @w.rw : f32[8,3,3,3]  (= q * scale, q the optimised intege
 """
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import time
 from dataclasses import dataclass
@@ -59,6 +58,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from qcc.batches import single_threaded_blas
 from qcc.ir.graph import Graph, Node
 from qcc.ops._common import pad_spatial, windows
 from qcc.pass_manager import PassContext
@@ -346,17 +346,6 @@ def _db(before: float, after: float) -> float:
     return round(float(10 * np.log10(before / after)), 2) if before > 0 and after > 0 else 0.0
 
 
-def _one_blas_thread():
-    """A context with BLAS on one thread, where threadpoolctl is installed: the matrices
-    here are small (K x K, K ~ 10..1000), and on a busy machine a multi-threaded
-    Cholesky of one 200 x 200 matrix was measured 100x slower than a single-threaded one."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(1)
-
-
 def _sig(x: float) -> float:
     return float(f"{x:.4g}")
 
@@ -398,7 +387,9 @@ class RoundWeights(Pass):
                                            "mean_held_out_reduction_db": 0.0, "seconds": 0.0}
             return False
         ctx.progress(f"round-weights: {len(layers)} layers")
-        with _one_blas_thread():
+        # BLAS on one thread: the matrices here are small (K x K, K ~ 10..1000), and on a busy
+        # machine a multi-threaded Cholesky of one 200 x 200 matrix was measured 100x slower
+        with single_threaded_blas():
             accumulate_hessians(graph, layers, samples[: self.samples or None], self.max_rows)
             report = {l.node.name: round_layer(l, self.damp) for l in layers if l.rows}
         ctx.report["round_weights"] = {
