@@ -18,8 +18,6 @@ from typing import Callable, Iterator, List, Sequence, TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
-_controller = None
-
 
 def workers() -> int:
     """Threads per-batch work may use: the cores this process may run on."""
@@ -31,16 +29,16 @@ def workers() -> int:
 
 @contextmanager
 def single_threaded_blas() -> Iterator[None]:
-    """BLAS limited to one thread inside the block (threadpoolctl; a no-op without it)."""
-    global _controller
+    """BLAS limited to one thread inside the block (threadpoolctl; a no-op without it).
+
+    The loaded libraries are scanned each time (~3 ms): a BLAS loaded after a cached scan
+    (scipy's own OpenBLAS, say) would otherwise keep its threads."""
     try:
-        from threadpoolctl import ThreadpoolController
+        from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - a declared dependency
         yield
         return
-    if _controller is None:
-        _controller = ThreadpoolController()  # scans the loaded libraries once
-    with _controller.limit(limits=1, user_api="blas"):
+    with threadpool_limits(limits=1, user_api="blas"):
         yield
 
 

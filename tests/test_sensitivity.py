@@ -74,6 +74,15 @@ def test_batches_on_parallel_threads_give_what_one_thread_gives(monkeypatch):
 
     from qcc import batches
 
+    # a BLAS loaded after an earlier call must be held too: the full suite loads scipy's and
+    # OpenCV's own OpenBLAS copies late
+    batches.map_batches(abs, [1, 2])
+    for late in ("scipy.linalg", "cv2"):
+        try:
+            __import__(late)
+        except ImportError:
+            pass
+
     g, calib = calibrated()
     calib = calib + [{"x": smooth_images(8, seed)} for seed in (3, 4)]
     q = quantized_copy(g, {"c1": "int8", "cd": "float", "c2": "w4a8", "y": "int8"})
