@@ -226,7 +226,16 @@ def lower_node(cx: LowerContext, node: Node, inputs: List[Optional[relax.Expr]])
 
 def lower_graph(graph: Graph, strategy: Optional[LoweringStrategy] = None, *,
                 func_name: str = "main") -> tvm.IRModule:
-    """Build the Relax module for `graph`; `main(*graph.inputs) -> tuple(graph.outputs)`."""
+    """Build the Relax module for `graph`; `main(*graph.inputs) -> tuple(graph.outputs)`.
+
+    The graph is verified first: one built through the Python API with, say, a dequantize
+    missing its zero_point gets the verifier's sentence, not a KeyError from a lowering."""
+    from qcc.ir.verify import VerifyError, verify
+
+    try:
+        verify(graph)
+    except VerifyError as e:
+        raise LoweringError(f"invalid graph: {e}") from None
     strategy = strategy or LoweringStrategy()
     bb = relax.BlockBuilder()
     params = [relax.Var(_ident(v.name), relax.TensorType(list(v.shape), tvm_dtype(v.dtype)))

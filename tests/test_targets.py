@@ -572,6 +572,14 @@ def test_unknown_op_is_a_clear_error():
         lower_graph(g)
 
 
+def test_a_graph_missing_an_attribute_is_named_not_a_key_error():
+    g = Graph("no_zero_point")
+    x = g.add_input("x", TensorType((4,), "u8"))
+    g.set_outputs([g.add_node("dequantize", [x], {"scale": [0.5]}).output])
+    with pytest.raises(LoweringError, match="dequantize .*missing attribute 'zero_point'"):
+        lower_graph(g)
+
+
 def test_strategy_hook_overrides_one_op():
     from tvm.relax import op as R
 
