@@ -34,6 +34,39 @@ def _finish(cx, node, y):
     return cx.cast(y, tvm_dtype(node.outputs[0].dtype))
 
 
+# --- int8 weights read by float layers (-O1) ------------------------------------------
+
+def int8_weight(cx, node, k: int, out_axis: int):
+    """(the int8 constant, its float32 scale per output channel) when input k of `node` is a
+    dequantize of an int8 constant with zero zero point, per tensor or along `out_axis` (the
+    weight axis that becomes the output's channels); else None.
+
+    The layer then multiplies by the int8 values inside its kernel (the cast is exact) and
+    scales its output, by linearity. Lowered as written, the dequantize of a constant is
+    folded by TVM's FoldConstant and the library would store the float weights, not the int8
+    ones weight-only quantization promises."""
+    v = node.inputs[k] if k < len(node.inputs) else None
+    dq = v.producer if v is not None else None
+    if dq is None or dq.op != "dequantize":
+        return None
+    src = dq.inputs[0]
+    if not src.is_const or src.dtype != "i8" or any(int(z) for z in dq.attrs.get("zero_point", [0])):
+        return None
+    scale = np.asarray(dq.attrs["scale"], np.float32).reshape(-1)
+    rank = src.type.rank
+    if scale.size != 1 and int(dq.attrs.get("axis", 0)) % max(rank, 1) != out_axis % rank:
+        return None
+    return cx.const(src.data, "int8"), scale
+
+
+def _scale_channels(cx, y, scale: np.ndarray, axis: int):
+    """y times a per-channel (or single) float32 scale along `axis`."""
+    shape = [1] * len(cx.shape_of(y))
+    if scale.size > 1:
+        shape[axis] = scale.size
+    return R.multiply(y, cx.const(scale.reshape(shape), "float32"))
+
+
 # --- convolution ---------------------------------------------------------------------
 
 _CONV = {3: R.nn.conv1d, 4: R.nn.conv2d, 5: R.nn.conv3d}
@@ -72,8 +105,13 @@ def conv_nd(cx, node, x, w, attrs, out_dtype=None):
 def lower_conv(cx, node, ins, attrs):
     x, w, b = (list(ins) + [None])[:3]
     rank = len(cx.shape_of(x))
-    w = cx.cast(w, cx.dtype_of(x)) if cx.const_value(w) is None else w
-    y = conv_nd(cx, node, x, w, attrs, _out_dtype(cx, node, x))
+    q = int8_weight(cx, node, 1, 0)
+    if q is not None:
+        y = conv_nd(cx, node, x, q[0], attrs, _out_dtype(cx, node, x) or "float32")
+        y = _scale_channels(cx, y, q[1], 1)
+    else:
+        w = cx.cast(w, cx.dtype_of(x)) if cx.const_value(w) is None else w
+        y = conv_nd(cx, node, x, w, attrs, _out_dtype(cx, node, x))
     return _finish(cx, node, _bias_add(cx, y, b, rank))
 
 
@@ -152,6 +190,10 @@ def lower_batch_norm(cx, node, ins, attrs):
 @lowering("matmul")
 def lower_matmul(cx, node, ins, attrs):
     a, b = ins
+    q = int8_weight(cx, node, 1, -1)
+    if q is not None:
+        y = R.matmul(a, q[0], out_dtype=_out_dtype(cx, node, a) or "float32")
+        return _finish(cx, node, _scale_channels(cx, y, q[1], -1))
     return _finish(cx, node, R.matmul(a, b, out_dtype=_out_dtype(cx, node, a)))
 
 
@@ -160,9 +202,14 @@ def lower_gemm(cx, node, ins, attrs):
     a, b, c = (list(ins) + [None])[:3]
     if int(attrs.get("trans_a", 0)):
         a = cx.permute(a, [1, 0])
-    if int(attrs.get("trans_b", 0)):
-        b = cx.permute(b, [1, 0])
-    y = R.matmul(a, b, out_dtype=_out_dtype(cx, node, a))
+    trans_b = int(attrs.get("trans_b", 0))
+    q = int8_weight(cx, node, 1, 0 if trans_b else 1)
+    if q is not None:
+        b = cx.permute(q[0], [1, 0]) if trans_b else q[0]
+        y = _scale_channels(cx, R.matmul(a, b, out_dtype=_out_dtype(cx, node, a) or "float32"), q[1], -1)
+    else:
+        b = cx.permute(b, [1, 0]) if trans_b else b
+        y = R.matmul(a, b, out_dtype=_out_dtype(cx, node, a))
     alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
     if alpha != 1.0:
         y = R.multiply(y, cx.scalar(alpha, y))

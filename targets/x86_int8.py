@@ -293,10 +293,11 @@ def float_conv_plan(x_shape, w_shape, attrs, isa: Isa) -> Optional[ConvPlan]:
 
 
 def pack_float_conv_weights(p: ConvPlan, w: np.ndarray) -> np.ndarray:
-    """Weights [o, cg, kh, kw] -> [g, ogp/mr, cg, kh, kw, mr, 1] float32, padded with zeros."""
+    """Weights [o, cg, kh, kw] -> [g, ogp/mr, cg, kh, kw, mr, 1] in their dtype (float32, or
+    -O1's int8), padded with zeros."""
     mr, _ = p.tile
-    wg = w.astype(np.float32).reshape(p.groups, p.og, p.cg, p.kh, p.kw)
-    full = np.zeros((p.groups, p.ogp, p.cg, p.kh, p.kw), np.float32)
+    wg = w.reshape(p.groups, p.og, p.cg, p.kh, p.kw)
+    full = np.zeros((p.groups, p.ogp, p.cg, p.kh, p.kw), w.dtype)
     full[:, :p.og] = wg
     packed = full.reshape(p.groups, p.ogp // mr, mr, p.cg, 1, p.kh, p.kw).transpose(0, 1, 3, 5, 6, 2, 4)
     return np.ascontiguousarray(packed)
@@ -710,9 +711,11 @@ def lower_qconv_x86(isa: Isa, cx, node, ins, attrs):
 
 
 def lower_float_conv_x86(isa: Isa, cx, x, w, attrs, out_dtype):
-    """The float kernel's conv of x by constant w (no bias), or None (generic conv)."""
+    """The float kernel's conv of x by constant w (no bias), or None (generic conv). Weights
+    are float32, or int8 (-O1's weight-only layers: read as int8, converted in the kernel)."""
     wv = cx.const_value(w)
-    if wv is None or wv.ndim != 4 or cx.dtype_of(x) != "float32" or cx.dtype_of(w) != "float32" \
+    wt = cx.dtype_of(w) if w is not None else None
+    if wv is None or wv.ndim != 4 or cx.dtype_of(x) != "float32" or wt not in ("float32", "int8") \
             or out_dtype not in (None, "float32"):
         return None
     plan = float_conv_plan(cx.shape_of(x), wv.shape, attrs, isa)
@@ -721,10 +724,10 @@ def lower_float_conv_x86(isa: Isa, cx, x, w, attrs, out_dtype):
     zero = cx.const(np.zeros(plan.o, np.float32), "float32")
     if plan.cg <= MAX_GROUP_CHANNELS and plan.groups > 1:
         dw = dw_plan(cx.shape_of(x), "float32", wv.shape, attrs, isa.lanes)
-        return cx.emit_te(lambda xt, wt, bt: dw_te(dw, xt, wt, bt), x, cx.const(wv.astype(np.float32), "float32"),
+        return cx.emit_te(lambda xt, wt_, bt: dw_te(dw, xt, wt_, bt), x, cx.const(wv, wt),
                           zero, primfunc_name_hint=f"{isa.prefix}_dwconv")
-    return cx.emit_te(lambda xt, wt, bt: conv_te(plan, xt, wt, bt), x,
-                      cx.const(pack_float_conv_weights(plan, wv), "float32"), zero,
+    return cx.emit_te(lambda xt, wt_, bt: conv_te(plan, xt, wt_, bt), x,
+                      cx.const(pack_float_conv_weights(plan, wv), wt), zero,
                       primfunc_name_hint=f"{isa.prefix}_conv")
 
 
