@@ -26,6 +26,7 @@ from tvm import relax
 from qcc.ir import Graph
 
 from .lower import graph_signature, lower_graph
+from .parallel_build import compile_module, export_library
 from .presets import TargetPreset, get_target
 from .strategy import LoweringStrategy, strategy_for
 
@@ -101,8 +102,7 @@ def compile_graph(graph: Graph, preset: PresetLike = "host", *,
     target = preset.target()
     mod = strategy.prepare(lower_graph(graph, strategy), target)
     pipeline = relax_pipeline if relax_pipeline is not None else strategy.relax_pipeline(target)
-    return tvm.compile(mod, target=target, relax_pipeline=pipeline,
-                       tir_pipeline=strategy.tir_pipeline(target))
+    return compile_module(mod, target, pipeline, strategy.tir_pipeline(target))
 
 
 def _deterministic_tar(output: str, files: List[str], **_kwargs) -> None:
@@ -150,10 +150,7 @@ def build(graph: Graph, preset: PresetLike, out_dir: Union[str, os.PathLike], *,
     ex = compile_graph(graph, preset, strategy=strategy, relax_pipeline=relax_pipeline)
     name, fcompile = _exporter(preset)
     path = out / name
-    if fcompile is None:
-        ex.export_library(str(path))
-    else:
-        ex.export_library(str(path), fcompile=fcompile)
+    export_library(ex, str(path), fcompile)
     meta = {
         "format": "qcc-tvm-1",
         "library": name,
