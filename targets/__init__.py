@@ -16,6 +16,7 @@ _LAZY = {
     "strategy_for": "strategy", "register_strategy": "strategy",
     "build": "builder", "load": "builder", "compile_graph": "builder", "lower_for": "builder",
     "Runner": "builder", "configure_threads": "builder", "runner_from_executable": "builder",
+    "llvm_source": "parallel_build",
 }
 
 __all__ = ["TargetPreset", "get_target", "list_targets", "target_names", "host_preset", "register_target",

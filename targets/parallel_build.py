@@ -94,3 +94,10 @@ def export_library(ex, path: str, fcompile=None) -> None:
             runtime_api.ModulePackImportsToLLVM(mod, system_lib, llvm_target, prefix).write_to_file(devc)
             files.append(devc)
         (fcompile or cc.create_shared)(path, files)
+
+
+def llvm_source(ex, fmt: str = "ll") -> str:
+    """The LLVM IR ("ll") or assembly ("asm") of every LLVM module of an executable (all the
+    parts, not only the first the executable imports)."""
+    mod = getattr(ex, "mod", ex)
+    return "\n".join(m.inspect_source(fmt) for m in mod._collect_dso_modules() if m.kind == "llvm")

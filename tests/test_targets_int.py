@@ -20,7 +20,7 @@ from qcc.ops.quant import qconv as ref_qconv, qmatmul as ref_qmatmul
 
 tvm = pytest.importorskip("tvm")
 
-from qcc.targets import (LoweringStrategy, compile_graph, lower_graph,  # noqa: E402
+from qcc.targets import (LoweringStrategy, compile_graph, llvm_source, lower_graph,  # noqa: E402
                          runner_from_executable)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -400,7 +400,7 @@ def test_float_epilogues_have_no_fma(shape):
         check_int_graph(g, {v.name: int_feed(rng, shape, "u8") for v in g.inputs})
     for preset in ("host", "arm-a76"):
         ex = compile_graph(g, preset)
-        asm = "".join(m.inspect_source("asm") for m in ex.mod.imports if m.kind == "llvm")
+        asm = llvm_source(ex, "asm")
         assert not re.findall(_FMA, asm), f"{preset}: FMA in the elementwise kernels"
 
 
@@ -415,7 +415,7 @@ def test_fma_fence_is_needed():
         strategy = strategy_for(get_target(preset))
         strategy.exact_float_multiply = False
         ex = compile_graph(g, preset, strategy=strategy)
-        asm = "".join(m.inspect_source("asm") for m in ex.mod.imports if m.kind == "llvm")
+        asm = llvm_source(ex, "asm")
         if preset == "host" and "fma" not in get_target("host").capabilities:
             continue  # a host without FMA has nothing to fuse
         assert re.findall(_FMA, asm), preset

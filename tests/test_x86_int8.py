@@ -18,7 +18,7 @@ from qcc.ir import Graph, TensorType
 
 tvm = pytest.importorskip("tvm")
 
-from qcc.targets import compile_graph, lower_for, runner_from_executable  # noqa: E402
+from qcc.targets import compile_graph, llvm_source, lower_for, runner_from_executable  # noqa: E402
 from qcc.targets.presets import get_target  # noqa: E402
 from qcc.targets.strategy import strategy_for  # noqa: E402
 
@@ -184,7 +184,7 @@ def test_float_epilogue_is_vectorized_and_exact(isa):
                                names=[name]).output)
     g.set_outputs(outs)
     ex = compile_graph(g, PRESET[isa])
-    ll = "\n".join(m.inspect_source("ll") for m in ex.mod.imports if m.kind == "llvm")
+    ll = llvm_source(ex, "ll")
     assert re.search(r"llvm\.arithmetic\.fence\.v\d+f32", ll), "the fenced dequantize is scalar"
     check(g, {"x": _feed(rng, (1, 16, 12, 16), "u8")}, PRESET[isa])
 
@@ -259,7 +259,7 @@ def test_qmatmul_two_activations_falls_back(isa):
 
 
 def _asm(ex) -> str:
-    return "\n".join(m.inspect_source("asm") for m in ex.mod.imports if m.kind == "llvm")
+    return llvm_source(ex, "asm")
 
 
 @ISAS
@@ -282,7 +282,7 @@ def test_no_workspace_allocation_inside_parallel_tiles(isa):
     g.set_outputs([g.add_node("qconv", [x, w], {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1],
                                                "group": 1, "x_zero_point": 3}).output])
     ex = compile_graph(g, PRESET[isa])
-    ll = "\n".join(m.inspect_source("ll") for m in ex.mod.imports if m.kind == "llvm")
+    ll = llvm_source(ex, "ll")
     lambdas = re.findall(r"^define [^\n]*@__tvm_parallel_lambda[^\n]*\{\n(.*?)^\}", ll, re.S | re.M)
     assert lambdas, "the kernel has parallel tasks"
     assert not any("TVMBackendAllocWorkspace" in body for body in lambdas)
