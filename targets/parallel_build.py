@@ -58,8 +58,14 @@ def compile_module(mod: tvm.IRModule, target, relax_pipeline: Any, tir_pipeline:
         funcs = sorted(tir_mod.functions.items(), key=lambda kv: kv[0].name_hint)
         parts = [tvm.IRModule(dict(funcs[i::PARTS]), attrs=tir_mod.attrs) for i in range(PARTS)]
         parts = [p for p in parts if len(p.get_global_vars())]
+        pass_context = tvm.transform.PassContext.current()  # thread-local: hand it on
+
+        def build(part):
+            with pass_context:
+                return tvm.tirx.build(part, target=target, pipeline=tir_pipeline)
+
         with ThreadPoolExecutor(_threads()) as pool:
-            libs = list(pool.map(lambda p: tvm.tirx.build(p, target=target, pipeline=tir_pipeline), parts))
+            libs = list(pool.map(build, parts))
         lib = libs[0]
         for other in libs[1:]:
             lib.import_module(other)
