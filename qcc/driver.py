@@ -12,9 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -216,29 +214,20 @@ def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
     say(f"running {pm.pipeline or '(no passes)'}")
     pm.run(graph, ctx)
     opaque = sorted({n.op for n in graph.nodes if n.op.startswith("onnx.")})
+    errors = {}
+    if samples and snapshot.graph is not None:
+        say("measuring per-layer error against float")
+        errors = layer_errors(snapshot.graph, graph, samples[:ERROR_SAMPLES], ctx.report.get("layers_quantized", {}))
+
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        # the report's per-layer error (interpreter runs, numpy) runs beside the TVM build,
-        # which leaves cores idle in its single-threaded Relax passes; not beside tuning,
-        # whose timings it would disturb
-        errors, job = {}, None
-        if samples and snapshot.graph is not None:
-            say("measuring per-layer error against float")
-            job = partial(layer_errors, snapshot.graph, graph, samples[:ERROR_SAMPLES],
-                          ctx.report.get("layers_quantized", {}))
-            if tune_budget is not None:
-                errors, job = job(), None
-        with ThreadPoolExecutor(1) as side:
-            errors_job = side.submit(job) if job is not None else None
-            say(f"compiling for {preset.name} with TVM")
-            try:
-                strategy, tuner = _tuning(preset, tune_budget, opts, say)
-                lib = targets.build(graph, preset, tmp, strategy=strategy)
-            except targets.LoweringError as e:
-                raise CompileError(f"cannot lower to {preset.name}: {str(e).splitlines()[0]}") from None
-            if errors_job is not None:
-                errors = errors_job.result()
+        say(f"compiling for {preset.name} with TVM")
+        try:
+            strategy, tuner = _tuning(preset, tune_budget, opts, say)
+            lib = targets.build(graph, preset, tmp, strategy=strategy)
+        except targets.LoweringError as e:
+            raise CompileError(f"cannot lower to {preset.name}: {str(e).splitlines()[0]}") from None
         save_qir(graph, tmp / "model.qir")
         _emit_sources(graph, preset, tmp, opts, ctx.warnings, say)
         report = build_report(graph, float_bytes, opaque, ctx.report, errors)
