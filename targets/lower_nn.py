@@ -59,6 +59,22 @@ def int8_weight(cx, node, k: int, out_axis: int):
     return cx.const(src.data, "int8"), scale
 
 
+def float_at_run_time(cx, w, anchor):
+    """float32 of the int8 constant `w`, converted when the model runs (a kernel of its own,
+    so the layer's inner loop reads float as it does for a float model: converting each
+    weight as it is read cost det 40% against float, converting them all ~1.5%).
+
+    `anchor`, any value computed at run time (the layer's input), is an argument the kernel
+    does not read: with only constant arguments TVM's FoldConstant would run the kernel at
+    compile time and store its float result."""
+    from tvm import te
+
+    def convert(wt, _anchor):
+        return te.compute(wt.shape, lambda *i: wt[i].astype("float32"), name="int8_weights_to_f32")
+
+    return cx.emit_te(convert, w, anchor, primfunc_name_hint="qcc_int8_weights_to_f32")
+
+
 def _scale_channels(cx, y, scale: np.ndarray, axis: int):
     """y times a per-channel (or single) float32 scale along `axis`."""
     shape = [1] * len(cx.shape_of(y))
@@ -88,6 +104,8 @@ def conv_nd(cx, node, x, w, attrs, out_dtype=None):
     data_layout, kernel_layout = cx.strategy.conv_layout(node)
     xd = cx.permute(x, _layout_perm(base_d, data_layout))
     wk = cx.permute(w, _layout_perm(base_k, kernel_layout))
+    if cx.dtype_of(wk) == "int8" and cx.dtype_of(x).startswith(("float", "bfloat")):
+        wk = cx.cast(float_at_run_time(cx, wk, x), cx.dtype_of(x))
     y = _CONV[rank](
         xd, wk,
         strides=[int(s) for s in attrs.get("strides") or [1] * n],
@@ -192,7 +210,8 @@ def lower_matmul(cx, node, ins, attrs):
     a, b = ins
     q = int8_weight(cx, node, 1, -1)
     if q is not None:
-        y = R.matmul(a, q[0], out_dtype=_out_dtype(cx, node, a) or "float32")
+        y = R.matmul(a, cx.cast(float_at_run_time(cx, q[0], a), cx.dtype_of(a)),
+                     out_dtype=_out_dtype(cx, node, a))
         return _finish(cx, node, _scale_channels(cx, y, q[1], -1))
     return _finish(cx, node, R.matmul(a, b, out_dtype=_out_dtype(cx, node, a)))
 
@@ -205,8 +224,8 @@ def lower_gemm(cx, node, ins, attrs):
     trans_b = int(attrs.get("trans_b", 0))
     q = int8_weight(cx, node, 1, 0 if trans_b else 1)
     if q is not None:
-        b = cx.permute(q[0], [1, 0]) if trans_b else q[0]
-        y = _scale_channels(cx, R.matmul(a, b, out_dtype=_out_dtype(cx, node, a) or "float32"), q[1], -1)
+        b = cx.cast(float_at_run_time(cx, cx.permute(q[0], [1, 0]) if trans_b else q[0], a), cx.dtype_of(a))
+        y = _scale_channels(cx, R.matmul(a, b, out_dtype=_out_dtype(cx, node, a)), q[1], -1)
     else:
         b = cx.permute(b, [1, 0]) if trans_b else b
         y = R.matmul(a, b, out_dtype=_out_dtype(cx, node, a))

@@ -165,8 +165,7 @@ def dw_te(p: DwPlan, x, wf, bias):
     def conv(n, o, f):
         ph = ((rh * dh) % sh) * sw + (rw * dw) % sw
         off = ((rh * dh) // sh) * wq + (rw * dw) // sw
-        return te.sum(xf[n, (o // og) * cg + ri, ph, f + off] * wf[o, ri, rh, rw].astype("float32"),
-                      axis=[ri, rh, rw])
+        return te.sum(xf[n, (o // og) * cg + ri, ph, f + off] * wf[o, ri, rh, rw], axis=[ri, rh, rw])
 
     acc = te.compute((p.n, p.o, p.vecs * L), conv, name="qcc_dw_conv",
                      attrs={ANN: "dwconv", "qcc_x86_nr": p.nr, "qcc_x86_lanes": L})

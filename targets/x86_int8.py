@@ -712,7 +712,7 @@ def lower_qconv_x86(isa: Isa, cx, node, ins, attrs):
 
 def lower_float_conv_x86(isa: Isa, cx, x, w, attrs, out_dtype):
     """The float kernel's conv of x by constant w (no bias), or None (generic conv). Weights
-    are float32, or int8 (-O1's weight-only layers: read as int8, converted in the kernel)."""
+    are float32, or int8 (-O1's weight-only layers: stored int8, converted when the model runs)."""
     wv = cx.const_value(w)
     wt = cx.dtype_of(w) if w is not None else None
     if wv is None or wv.ndim != 4 or cx.dtype_of(x) != "float32" or wt not in ("float32", "int8") \
@@ -721,13 +721,19 @@ def lower_float_conv_x86(isa: Isa, cx, x, w, attrs, out_dtype):
     plan = float_conv_plan(cx.shape_of(x), wv.shape, attrs, isa)
     if plan is None:
         return None
+    from .lower_nn import float_at_run_time
+
+    def weights(arr):  # packed in numpy; int8 ones become float32 when the model runs
+        c = cx.const(arr, wt)
+        return float_at_run_time(cx, c, x) if wt == "int8" else c
+
     zero = cx.const(np.zeros(plan.o, np.float32), "float32")
     if plan.cg <= MAX_GROUP_CHANNELS and plan.groups > 1:
         dw = dw_plan(cx.shape_of(x), "float32", wv.shape, attrs, isa.lanes)
-        return cx.emit_te(lambda xt, wt_, bt: dw_te(dw, xt, wt_, bt), x, cx.const(wv, wt),
+        return cx.emit_te(lambda xt, wt_, bt: dw_te(dw, xt, wt_, bt), x, weights(wv),
                           zero, primfunc_name_hint=f"{isa.prefix}_dwconv")
     return cx.emit_te(lambda xt, wt_, bt: conv_te(plan, xt, wt_, bt), x,
-                      cx.const(pack_float_conv_weights(plan, wv), wt), zero,
+                      weights(pack_float_conv_weights(plan, wv)), zero,
                       primfunc_name_hint=f"{isa.prefix}_conv")
 
 
