@@ -135,6 +135,18 @@ def pack_dw_weights(p: DwPlan, w: np.ndarray, bias: Optional[np.ndarray]):
     return wi.astype(np.float32), b
 
 
+def weights_as_float(w):
+    """A float kernel's weights as float32: int8 ones (-O1 stores them so) converted by a
+    stage of their own at the start of each run, a kernel reading float as for a float model
+    (converting each weight as the inner loop reads it cost det 40% against float). The
+    stage is consumed by the reduction, so InlineElementwise leaves it materialised."""
+    from tvm import te
+
+    if w.dtype == "float32":
+        return w
+    return te.compute(w.shape, lambda *i: w[i].astype("float32"), name="qcc_weights_f32")
+
+
 def dw_te(p: DwPlan, x, wf, bias):
     """The three TE stages (see the module docstring); returns y [n, o, oh, ow] int32 (float32
     for a float plan: then it is an ordinary float conv, whose sums round as float sums do)."""
@@ -143,6 +155,8 @@ def dw_te(p: DwPlan, x, wf, bias):
     (sh, sw), (dh, dw) = p.strides, p.dilations
     pt, pl = p.pads[0], p.pads[1]
     wq, cg, og, L = p.wq, p.cg, p.og, p.lanes
+    if p.is_float:
+        wf = weights_as_float(wf)
 
     def pack(n, c, ph, f):
         r, col = f // wq, f % wq

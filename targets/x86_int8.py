@@ -67,7 +67,7 @@ import numpy as np
 from .conv_geometry import ConvGeometry, conv_geometry
 from .cpu_rules import _is_reduction, schedule_injective
 from .x86_depthwise import (MAX_GROUP_CHANNELS, dw_plan, dw_te, pack_dw_weights, schedule_dw_conv,
-                            schedule_dw_pack)
+                            schedule_dw_pack, weights_as_float)
 from .strategy import FusedCPUStrategy, register_strategy
 
 _I32 = (-(1 << 31), (1 << 31) - 1)
@@ -326,6 +326,7 @@ def conv_te(p: ConvPlan, x, wpk, bias):
     mr, nr = p.tile
     isa = p.isa
     L, G = isa.lanes, isa.group
+    wpk = weights_as_float(wpk) if isa.is_float else wpk
     (sh, sw), (dh, dw) = p.strides, p.dilations
     pt, pl = p.pads[0], p.pads[1]
     wq, cg, zx = p.wq, p.cg, p.zx
@@ -712,7 +713,7 @@ def lower_qconv_x86(isa: Isa, cx, node, ins, attrs):
 
 def lower_float_conv_x86(isa: Isa, cx, x, w, attrs, out_dtype):
     """The float kernel's conv of x by constant w (no bias), or None (generic conv). Weights
-    are float32, or int8 (-O1's weight-only layers: stored int8, converted when the model runs)."""
+    are float32, or int8 (-O1's weight-only layers: stored int8, converted in the kernel)."""
     wv = cx.const_value(w)
     wt = cx.dtype_of(w) if w is not None else None
     if wv is None or wv.ndim != 4 or cx.dtype_of(x) != "float32" or wt not in ("float32", "int8") \
@@ -721,11 +722,8 @@ def lower_float_conv_x86(isa: Isa, cx, x, w, attrs, out_dtype):
     plan = float_conv_plan(cx.shape_of(x), wv.shape, attrs, isa)
     if plan is None:
         return None
-    from .lower_nn import float_at_run_time
-
-    def weights(arr):  # packed in numpy; int8 ones become float32 when the model runs
-        c = cx.const(arr, wt)
-        return float_at_run_time(cx, c, x) if wt == "int8" else c
+    def weights(arr):  # packed in numpy; int8 ones become float32 in the kernel's first stage
+        return cx.const(arr, wt)
 
     zero = cx.const(np.zeros(plan.o, np.float32), "float32")
     if plan.cg <= MAX_GROUP_CHANNELS and plan.groups > 1:
