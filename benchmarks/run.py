@@ -218,15 +218,18 @@ COMPUTE_KERNELS = ("conv", "matmul", "dense", "gemm")
 
 def _fits(layer, kernel) -> bool:
     """Whether `kernel` (a profile entry) can be `layer`'s: the same output size, the layer's
-    input among its arguments, and an argument the size of the layer's weights (or up to 4x:
-    kernels pack and pad them). A squeeze-excite conv fused into the multiply by the big
-    tensor has the big tensor's output size but not the next conv's weights."""
+    input among its arguments, and another argument the size of the layer's weights (or up to
+    4x: kernels pack and pad them). A squeeze-excite conv fused into the multiply by the big
+    tensor has the big tensor's output size but not the next conv's weights -- and when the
+    input happens to be as large as the weights (rec's 480->480 1x1 conv on 6x80), the big
+    tensor must not count as both."""
     shapes = kernel["shapes"]
     if not shapes or int(np.prod(shapes[-1])) != layer["size"]:
         return False
     args = [int(np.prod(s)) for s in shapes[:-1]]
     x, w = (layer["operands"] + [0, 0])[:2]
-    return x in args and any(w <= a < 4 * w for a in args)
+    return any(a == x and any(w <= b < 4 * w for j, b in enumerate(args) if j != i)
+               for i, a in enumerate(args))
 
 
 def _align(layers, kernels):

@@ -1,0 +1,33 @@
+"""benchmarks/run.py matches profiled kernels to layers for its per-layer GMAC/s table; a
+wrong match printed rec's 480->480 1x1 conv at 1800 GMAC/s, over the machine's peak."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("qcc_benchmarks_run", ROOT / "benchmarks/run.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_a_squeeze_excite_kernel_is_not_the_conv_whose_input_is_as_large_as_its_weights():
+    run = _bench_module()
+    # rec's conv2d_201: x [1,480,6,80] (230400 values), w [480,480,1,1] (230400 values)
+    conv = {"name": "conv2d_201", "size": 230400, "operands": [230400, 230400]}
+    # the squeeze-excite kernel before it: a 120->480 conv on a 1x1 vector, fused with the
+    # multiply by the [1,480,6,80] tensor (its output has the conv's size too)
+    se = {"kernel": "fused_qcc_avx2_conv13_multiply", "seconds": 7e-5,
+          "shapes": [[1, 120, 1, 1], [1, 40, 60, 1, 1, 12, 2], [480], [1, 480, 1, 1], [], [1, 480, 6, 80],
+                     [1, 480, 6, 80]]}
+    real = {"kernel": "fused_qcc_avx2_conv14", "seconds": 1.6e-3,
+            "shapes": [[1, 480, 6, 80], [1, 240, 240, 1, 1, 2, 2], [480], [1, 480, 1, 1], [], [1], [1],
+                       [1, 480, 6, 80]]}
+    assert not run._fits(conv, se)
+    assert run._fits(conv, real)
+    assert [(l["name"], k["kernel"]) for l, k in run._align([conv], [se, real])] == \
+        [("conv2d_201", "fused_qcc_avx2_conv14")]
