@@ -59,21 +59,28 @@ def int8_weight(cx, node, k: int, out_axis: int):
     return cx.const(src.data, "int8"), scale
 
 
+def weights_as_float(w):
+    """A TE tensor's int8 weights as float32 (float32 ones as they are): a stage of their own,
+    run once per inference, so the layer's inner loop reads float as it does for a float
+    model (converting each weight as the inner loop read it cost det 40% against float). x86
+    conv kernels take it as their first stage; a reduction reads it, so InlineElementwise
+    leaves it materialised."""
+    from tvm import te
+
+    if w.dtype == "float32":
+        return w
+    return te.compute(w.shape, lambda *i: w[i].astype("float32"), name="qcc_weights_f32")
+
+
 def float_at_run_time(cx, w, anchor):
-    """float32 of the int8 constant `w`, converted when the model runs (a kernel of its own,
-    so the layer's inner loop reads float as it does for a float model: converting each
-    weight as it is read cost det 40% against float; x86 convs convert them in a stage of
-    their own, x86_depthwise.weights_as_float).
+    """float32 of the int8 constant `w`, converted by a kernel of its own when the model runs
+    (weights_as_float), for the generic conv and matmul.
 
     `anchor`, any value computed at run time (the layer's input), is an argument the kernel
     does not read: with only constant arguments TVM's FoldConstant would run the kernel at
     compile time and store its float result."""
-    from tvm import te
-
-    def convert(wt, _anchor):
-        return te.compute(wt.shape, lambda *i: wt[i].astype("float32"), name="int8_weights_to_f32")
-
-    return cx.emit_te(convert, w, anchor, primfunc_name_hint="qcc_int8_weights_to_f32")
+    return cx.emit_te(lambda wt, _anchor: weights_as_float(wt), w, anchor,
+                      primfunc_name_hint="qcc_int8_weights_to_f32")
 
 
 def _scale_channels(cx, y, scale: np.ndarray, axis: int):
@@ -126,7 +133,7 @@ def lower_conv(cx, node, ins, attrs):
     rank = len(cx.shape_of(x))
     q = int8_weight(cx, node, 1, 0)
     if q is not None:
-        y = conv_nd(cx, node, x, q[0], attrs, _out_dtype(cx, node, x) or "float32")
+        y = conv_nd(cx, node, x, q[0], attrs, _out_dtype(cx, node, x))
         y = _scale_channels(cx, y, q[1], 1)
     else:
         w = cx.cast(w, cx.dtype_of(x)) if cx.const_value(w) is None else w

@@ -30,7 +30,9 @@ def _splittable(target) -> bool:
 
 
 def _threads() -> int:
-    return max(1, min(PARTS, os.cpu_count() or 1))
+    from qcc.batches import workers
+
+    return min(PARTS, workers())
 
 
 def compile_module(mod: tvm.IRModule, target, relax_pipeline: Any, tir_pipeline: Any):
@@ -79,10 +81,7 @@ def export_library(ex, path: str, fcompile=None) -> None:
     mod = getattr(ex, "mod", ex)  # a relax Executable wraps the runtime module
     mods: List = mod._collect_dso_modules()
     if not mods or any(m.kind != "llvm" for m in mods) or len(mods) == 1:
-        if fcompile is None:
-            ex.export_library(path)
-        else:
-            ex.export_library(path, fcompile=fcompile)
+        ex.export_library(path, fcompile=fcompile)
         return
     from tvm.runtime import _ffi_api as runtime_api
     from tvm.support import cc

@@ -34,6 +34,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from .conv_geometry import ConvGeometry, conv_geometry
+from .lower_nn import weights_as_float
 
 ANN = "qcc_x86"  # the same block annotation as x86_int8.py: its rule schedules these kernels
 # above this many input channels per group the channel-interleaved int8 kernels do better
@@ -133,18 +134,6 @@ def pack_dw_weights(p: DwPlan, w: np.ndarray, bias: Optional[np.ndarray]):
         return None
     b = np.zeros(p.o, np.int32) if bias is None else bias.astype(np.int32).reshape(p.o)
     return wi.astype(np.float32), b
-
-
-def weights_as_float(w):
-    """A float kernel's weights as float32: int8 ones (-O1 stores them so) converted by a
-    stage of their own at the start of each run, a kernel reading float as for a float model
-    (converting each weight as the inner loop reads it cost det 40% against float). The
-    stage is consumed by the reduction, so InlineElementwise leaves it materialised."""
-    from tvm import te
-
-    if w.dtype == "float32":
-        return w
-    return te.compute(w.shape, lambda *i: w[i].astype("float32"), name="qcc_weights_f32")
 
 
 def dw_te(p: DwPlan, x, wf, bias):

@@ -67,7 +67,8 @@ import numpy as np
 from .conv_geometry import ConvGeometry, conv_geometry
 from .cpu_rules import _is_reduction, schedule_injective
 from .x86_depthwise import (MAX_GROUP_CHANNELS, dw_plan, dw_te, pack_dw_weights, schedule_dw_conv,
-                            schedule_dw_pack, weights_as_float)
+                            schedule_dw_pack)
+from .lower_nn import weights_as_float
 from .strategy import FusedCPUStrategy, register_strategy
 
 _I32 = (-(1 << 31), (1 << 31) - 1)
@@ -715,23 +716,20 @@ def lower_float_conv_x86(isa: Isa, cx, x, w, attrs, out_dtype):
     """The float kernel's conv of x by constant w (no bias), or None (generic conv). Weights
     are float32, or int8 (-O1's weight-only layers: stored int8, converted in the kernel)."""
     wv = cx.const_value(w)
-    wt = cx.dtype_of(w) if w is not None else None
-    if wv is None or wv.ndim != 4 or cx.dtype_of(x) != "float32" or wt not in ("float32", "int8") \
+    if wv is None or wv.ndim != 4 or cx.dtype_of(x) != "float32" or cx.dtype_of(w) not in ("float32", "int8") \
             or out_dtype not in (None, "float32"):
         return None
     plan = float_conv_plan(cx.shape_of(x), wv.shape, attrs, isa)
     if plan is None:
         return None
-    def weights(arr):  # packed in numpy; int8 ones become float32 in the kernel's first stage
-        return cx.const(arr, wt)
-
+    wt = cx.dtype_of(w)  # int8 weights become float32 in the kernel's first stage
     zero = cx.const(np.zeros(plan.o, np.float32), "float32")
     if plan.cg <= MAX_GROUP_CHANNELS and plan.groups > 1:
         dw = dw_plan(cx.shape_of(x), "float32", wv.shape, attrs, isa.lanes)
-        return cx.emit_te(lambda xt, wt_, bt: dw_te(dw, xt, wt_, bt), x, weights(wv),
+        return cx.emit_te(lambda xt, wt_, bt: dw_te(dw, xt, wt_, bt), x, cx.const(wv, wt),
                           zero, primfunc_name_hint=f"{isa.prefix}_dwconv")
     return cx.emit_te(lambda xt, wt_, bt: conv_te(plan, xt, wt_, bt), x,
-                      weights(pack_float_conv_weights(plan, wv)), zero,
+                      cx.const(pack_float_conv_weights(plan, wv), wt), zero,
                       primfunc_name_hint=f"{isa.prefix}_conv")
 
 
