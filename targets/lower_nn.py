@@ -213,15 +213,32 @@ def lower_batch_norm(cx, node, ins, attrs):
 
 # --- matrix products -----------------------------------------------------------------
 
+def _product(cx, node, a, w, scale):
+    """a @ w. A constant matrix w goes to the target's own kernel when it has one (-O1's int8
+    weights as they are: the kernel converts them), else R.matmul (int8 weights converted by
+    a kernel of their own first). Times the per-channel `scale` of int8 weights (None: float)."""
+    out = _out_dtype(cx, node, a)
+    wv = cx.const_value(w)
+    y = cx.strategy.matmul_kernel(cx, a, w, out) if wv is not None and wv.ndim == 2 else None
+    if y is None:
+        if scale is not None:
+            w = cx.cast(float_at_run_time(cx, w, a), cx.dtype_of(a))
+        y = R.matmul(a, w, out_dtype=out)
+    return y if scale is None else _scale_channels(cx, y, scale, -1)
+
+
+def _transposed(cx, w):
+    """A constant's transpose as a constant (kernels read constant weights), else a permute."""
+    v = cx.const_value(w)
+    return cx.const(np.ascontiguousarray(v.T), cx.dtype_of(w)) if v is not None and v.ndim == 2 \
+        else cx.permute(w, [1, 0])
+
+
 @lowering("matmul")
 def lower_matmul(cx, node, ins, attrs):
     a, b = ins
     q = int8_weight(cx, node, 1, -1)
-    if q is not None:
-        y = R.matmul(a, cx.cast(float_at_run_time(cx, q[0], a), cx.dtype_of(a)),
-                     out_dtype=_out_dtype(cx, node, a))
-        return _finish(cx, node, _scale_channels(cx, y, q[1], -1))
-    return _finish(cx, node, R.matmul(a, b, out_dtype=_out_dtype(cx, node, a)))
+    return _finish(cx, node, _product(cx, node, a, q[0] if q else b, q[1] if q else None))
 
 
 @lowering("gemm")
@@ -231,12 +248,8 @@ def lower_gemm(cx, node, ins, attrs):
         a = cx.permute(a, [1, 0])
     trans_b = int(attrs.get("trans_b", 0))
     q = int8_weight(cx, node, 1, 0 if trans_b else 1)
-    if q is not None:
-        b = cx.cast(float_at_run_time(cx, cx.permute(q[0], [1, 0]) if trans_b else q[0], a), cx.dtype_of(a))
-        y = _scale_channels(cx, R.matmul(a, b, out_dtype=_out_dtype(cx, node, a)), q[1], -1)
-    else:
-        b = cx.permute(b, [1, 0]) if trans_b else b
-        y = R.matmul(a, b, out_dtype=_out_dtype(cx, node, a))
+    w = q[0] if q else b
+    y = _product(cx, node, a, _transposed(cx, w) if trans_b else w, q[1] if q else None)
     alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
     if alpha != 1.0:
         y = R.multiply(y, cx.scalar(alpha, y))

@@ -56,6 +56,12 @@ class LoweringStrategy:
         out, no bias), or None for the generic conv: the hook float convs take."""
         return None
 
+    def matmul_kernel(self, cx, a, b, out_dtype):
+        """A target's own kernel for a @ b, b a constant 2-D matrix (float32, or -O1's int8
+        weights, which the kernel converts), or None for R.matmul: the hook float matmuls and
+        gemms take."""
+        return None
+
     # --- build-time hooks ----------------------------------------------------------
     def prepare(self, mod, target):
         """Relax-level rewrites before compilation; identity by default."""

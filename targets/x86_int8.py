@@ -424,6 +424,23 @@ def matmul_plan(a_shape, a_dtype: str, b_shape, za: int, isa: Isa = VNNI) -> Opt
     return MatmulPlan(batch, m, k, n, a_dtype == "int8", za, vector, isa)
 
 
+def float_matmul_plan(a_shape, b_shape, isa: Isa) -> Optional[MatmulPlan]:
+    """The plan for a float32 a @ b (b constant, 2-D) through the same kernel (float `isa`)."""
+    if len(b_shape) != 2 or len(a_shape) < 1 or int(a_shape[-1]) != int(b_shape[0]):
+        return None
+    batch = tuple(int(d) for d in a_shape[:-2])
+    m = 1 if len(a_shape) == 1 else int(a_shape[-2])
+    return MatmulPlan(batch, m, int(b_shape[0]), int(b_shape[1]), False, 0, len(a_shape) == 1, isa)
+
+
+def pack_float_matmul_weights(p: MatmulPlan, b: np.ndarray) -> np.ndarray:
+    """b [k, n] -> [cols_p/lanes, k, lanes, 1] in its dtype (float32, or -O1's int8), zero-padded."""
+    L = p.isa.lanes
+    full = np.zeros((p.k, p.cols_p), b.dtype)
+    full[:, :p.n] = b
+    return np.ascontiguousarray(full.reshape(p.k, p.cols_p // L, L, 1).transpose(1, 0, 2, 3))
+
+
 def pack_matmul_weights(p: MatmulPlan, b: np.ndarray, bias: Optional[np.ndarray]):
     """(packed [cols_p/lanes, kb, lanes, group] (isa.wt), bias' [n] int32) or None."""
     L, G = p.isa.lanes, p.isa.group
@@ -465,11 +482,13 @@ def matmul_te(p: MatmulPlan, a, bpk, bias):
         return tirx.if_then_else(inside, v.astype(isa.act), tirx.const(0, isa.act))
 
     ap = te.compute((p.rows_p, p.kb * G), pack, name=f"{isa.prefix}_mm_pack")
+    bpk = weights_as_float(bpk) if isa.is_float else bpk
+    acc_t = "float32" if isa.is_float else "int32"
     rk = te.reduce_axis((0, p.kb), "rk")
     ri = te.reduce_axis((0, G), "ri")
     acc = te.compute((p.rows_p, p.cols_p),
-                     lambda r, j: te.sum(ap[r, rk * G + ri].astype("int32")
-                                         * bpk[j // L, rk, j % L, ri].astype("int32"), axis=[rk, ri]),
+                     lambda r, j: te.sum(ap[r, rk * G + ri].astype(acc_t)
+                                         * bpk[j // L, rk, j % L, ri].astype(acc_t), axis=[rk, ri]),
                      name=f"{isa.prefix}_mm", attrs={ANN: "matmul", "qcc_x86_mr": mr, "qcc_x86_nr": nr,
                                                      "qcc_x86_isa": isa.name})
     if p.vector:
@@ -554,11 +573,14 @@ def _schedule_matmul(sch, block) -> None:
     j, lane = sch.split(jf, [None, isa.lanes])
     ro, rI = sch.split(r, [None, mr])
     jo, ji = sch.split(j, [None, nr])
-    sch.reorder(ro, jo, rk, rI, ji, lane, ri)
+    if isa.is_float:  # ri has extent 1: the lanes innermost, to vectorize
+        sch.reorder(ro, jo, rk, ri, rI, ji, lane)
+    else:
+        sch.reorder(ro, jo, rk, rI, ji, lane, ri)
     tile = sch.fuse(ro, jo)
     if _extent(sch, sch.get_loops(block)) >= _PAR_MACS:
         sch.parallel(tile)
-    _register_tile(sch, block, tile, rk, rI, ji, lane, isa.mm_intrin)
+    _register_tile(sch, block, tile, rk, rI, ji, lane, None if isa.is_float else isa.mm_intrin)
 
 
 def _register_tile(sch, block, tile, k_outer, rows, vecs, lane, intrin) -> None:
@@ -677,6 +699,13 @@ class X86Strategy(FusedCPUStrategy):
             return None
         return lower_float_conv_x86(F32X16 if self.isa is VNNI else F32X8, cx, x, w, attrs, out_dtype)
 
+    def matmul_kernel(self, cx, a, b, out_dtype):
+        """Float32 matmuls by a constant matrix through the int8 kernel's layout and schedule
+        (float `Isa`): TVM's own float matmul schedule ran convnext's MLPs at 26 GMAC/s."""
+        if self.isa is None:
+            return None
+        return lower_float_matmul_x86(F32X16 if self.isa is VNNI else F32X8, cx, a, b, out_dtype)
+
     def schedule_rules(self, target) -> list:
         mine = [int8_rule(self.isa)] if self.isa is not None else []
         return mine + list(super().schedule_rules(target))
@@ -731,6 +760,22 @@ def lower_float_conv_x86(isa: Isa, cx, x, w, attrs, out_dtype):
     return cx.emit_te(lambda xt, wt_, bt: conv_te(plan, xt, wt_, bt), x,
                       cx.const(pack_float_conv_weights(plan, wv), wt), zero,
                       primfunc_name_hint=f"{isa.prefix}_conv")
+
+
+def lower_float_matmul_x86(isa: Isa, cx, a, b, out_dtype):
+    """The float kernel's a @ b for a constant 2-D b (float32, or -O1's int8, converted in the
+    kernel's first stage), or None (R.matmul)."""
+    bv = cx.const_value(b)
+    if bv is None or cx.dtype_of(a) != "float32" or cx.dtype_of(b) not in ("float32", "int8") \
+            or out_dtype not in (None, "float32"):
+        return None
+    plan = float_matmul_plan(cx.shape_of(a), bv.shape, isa)
+    if plan is None:
+        return None
+    zero = cx.const(np.zeros(plan.n, np.float32), "float32")
+    return cx.emit_te(lambda at, bt, ct: matmul_te(plan, at, bt, ct), a,
+                      cx.const(pack_float_matmul_weights(plan, bv), cx.dtype_of(b)), zero,
+                      primfunc_name_hint=f"{isa.prefix}_matmul")
 
 
 def lower_qmatmul_x86(isa: Isa, cx, node, ins, attrs):

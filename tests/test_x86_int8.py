@@ -411,3 +411,44 @@ def test_float_conv_kernel(name):
     got = runner_from_executable(compile_graph(g, "x86-avx2"), g).run(feeds)
     for k in ref:
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-5 * float(np.abs(ref[k]).max()))
+
+
+# float matmuls by a constant matrix: a shape, weight shape, op ("matmul" or gemm's trans_b)
+FLOAT_MATMUL_CASES = {
+    "tokens_4d": ((1, 7, 9, 24), (24, 40), "matmul"),  # convnext's pointwise MLP on NHWC
+    "batch_3d": ((2, 5, 33), (33, 17), "matmul"),
+    "vector": ((33,), (33, 10), "matmul"),
+    "gemm_trans_b": ((3, 50), (12, 50), "gemm"),  # a classifier: weights stored [out, in]
+}
+
+
+@pytest.mark.parametrize("name", sorted(FLOAT_MATMUL_CASES))
+def test_float_matmul_kernel(name):
+    """Float matmuls and gemms by a constant matrix take the int8 kernel's layout as float32
+    multiply-adds (TVM's own schedule: 26 GMAC/s on convnext's MLPs) and agree with the
+    interpreter to float rounding; a matmul of two activations stays TVM's."""
+    ashape, wshape, op = FLOAT_MATMUL_CASES[name]
+    rng = np.random.default_rng(8)
+    g = Graph(f"fmm_{name}")
+    a = g.add_input("a", TensorType(ashape, "f32"))
+    w = g.add_const("w", rng.standard_normal(wshape).astype(np.float32))
+    if op == "gemm":
+        c = g.add_const("c", rng.standard_normal(wshape[0]).astype(np.float32))
+        y = g.add_node("gemm", [a, w, c], {"trans_b": 1, "alpha": 0.5}, names=["y"]).output
+    else:
+        y = g.add_node("matmul", [a, w], names=["y"]).output
+    outs = [y]
+    if len(ashape) >= 2:  # a product of two activations: no constant, no kernel
+        other = g.add_input("b", TensorType(ashape[:-2] + (ashape[-1], 3), "f32"))
+        outs.append(g.add_node("matmul", [a, other], names=["z"]).output)
+    g.set_outputs(outs)
+    script = lower_for(g, "x86-avx2").script(show_meta=False)
+    assert script.count("qcc_f32x8_matmul") >= 1 and "qcc_f32x16_matmul" in lower_for(g, "x86-avx512").script(show_meta=False)
+    assert "R.matmul" in script if len(outs) > 1 else "R.matmul" not in script
+    if not _HAS["avx2"]:
+        return
+    feeds = {v.name: rng.standard_normal(v.shape).astype(np.float32) for v in g.inputs}
+    ref = interp_run(g, feeds)
+    got = runner_from_executable(compile_graph(g, "x86-avx2"), g).run(feeds)
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-5 * float(np.abs(ref[k]).max()))
