@@ -800,7 +800,7 @@ def test_ppocr_models_match_onnxruntime(model, shape):
 def test_erf_is_a_vectorized_polynomial():
     """float32 erf (and exact GELU) is a rational polynomial LLVM vectorizes, not a call of
     libm's erff per element (3-7 ms of convnext's MLP kernels), and stays within 4e-7 of the
-    float64 erf over [-6, 6] (GELU within 1e-5: near x = -5, 1 + erf cancels to ~1e-6)."""
+    float64 erf over [-6, 6], GELU within 2e-6 (measured: 9e-7)."""
     from scipy.special import erf
 
     g = Graph("erf")
@@ -814,4 +814,5 @@ def test_erf_is_a_vectorized_polynomial():
     got = runner_from_executable(ex, g).run({"x": xs})
     ref = erf(xs.astype(np.float64))
     assert np.abs(got["e"] - ref).max() < 4e-7
-    np.testing.assert_allclose(got["gl"], 0.5 * xs * (1 + ref), rtol=0, atol=1e-5)
+    gelu = 0.5 * xs * (1 + erf(xs.astype(np.float64) / math.sqrt(2)))
+    np.testing.assert_allclose(got["gl"], gelu, rtol=0, atol=2e-6)
