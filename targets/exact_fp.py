@@ -22,6 +22,11 @@ is wrapped where the contraction cannot see through it:
   a clamp and a float-to-int conversion -- exactly the quantize pattern -- so it is out.
 - CUDA: `__fmul_rn(a, b)` / `__dmul_rn`, which nvcc never contracts.
 
+A product is fenced only when some output depends on it and on no inexact op (a
+transcendental: exp, sigmoid, erf -- a polynomial here --, softmax): behind those the
+compiled result differs from the reference in its last bits whatever is fenced, so the
+fence would only cost its scalar pass (a GELU epilogue's dequantize).
+
 tests/test_targets_int.py checks the compiled elementwise kernels hold no FMA and match
 the interpreter bit for bit. Multiplies inside reductions (conv, matmul: their FMA inner
 loops) are other ops and keep their FMAs. The pass runs first in the strategy's Relax
@@ -83,9 +88,26 @@ _PASS_THROUGH = {"relax.reshape", "relax.permute_dims", "relax.broadcast_to", "r
                  "relax.flatten"}
 
 
+# Ops whose compiled result differs from the reference's in the last bits whatever is
+# fenced (transcendentals; erf is a polynomial, lower_math._erf): a value computed from
+# one of them is inexact, and a fence that only such values depend on buys nothing.
+_INEXACT = {"relax.exp", "relax.log", "relax.tanh", "relax.sigmoid", "relax.erf", "relax.sin",
+            "relax.cos", "relax.tan", "relax.power", "relax.nn.softmax", "relax.nn.log_softmax",
+            "relax.nn.gelu", "relax.nn.gelu_tanh", "relax.nn.silu"}
+INEXACT_KERNEL = "qcc_inexact_"  # name prefix of TE kernels (call_tir) that are inexact
+
+
+def _inexact(call: relax.Call) -> bool:
+    name = call.op.name
+    if name == "relax.call_tir":
+        return str(call.args[0].name_hint).startswith(INEXACT_KERNEL)
+    return name in _INEXACT
+
+
 def _consumers(func: relax.Function):
-    """(var -> [(consumer op name, its bound var)], var -> its multiply call)."""
-    uses, values = {}, {}
+    """(var -> [(consumer op name, its bound var)], var -> its multiply call, the vars whose
+    value is inexact (computed from an _INEXACT op), the vars the function returns)."""
+    uses, values, tainted = {}, {}, set()
     mul = tvm.ir.Op.get("relax.multiply")
 
     def args_of(e):
@@ -102,19 +124,51 @@ def _consumers(func: relax.Function):
                 if isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op):
                     if v.op.same_as(mul):
                         values[b.var] = v
-                    for a in v.args:
-                        for x in args_of(a):
-                            uses.setdefault(x, []).append((v.op.name, b.var))
+                    ins = [x for a in v.args for x in args_of(a)]
+                    for x in ins:
+                        uses.setdefault(x, []).append((v.op.name, b.var))
+                    if _inexact(v):
+                        tainted.add(b.var)
                 elif isinstance(v, relax.TupleGetItem):
-                    for x in args_of(v.tuple_value):
+                    ins = list(args_of(v.tuple_value))
+                    for x in ins:
                         uses.setdefault(x, []).append(("relax.TupleGetItem", b.var))
                 elif isinstance(v, (relax.Var, relax.Tuple)):
-                    for x in args_of(v):
+                    # a tuple only packs values: not tainted as a whole (the function's
+                    # outputs are one tuple), its fields are followed one by one
+                    fields[b.var] = list(args_of(v))
+                    for x in fields[b.var]:
                         uses.setdefault(x, []).append(("relax.Tuple", b.var))
+                    continue
+                else:
+                    ins = []
+                if any(x in tainted for x in ins):
+                    tainted.add(b.var)
 
+    fields, returned = {}, set()
     if isinstance(func.body, relax.SeqExpr):
         visit_seq(func.body)
-    return uses, values
+        todo = list(args_of(func.body.body))
+        while todo:
+            v = todo.pop()
+            if v not in returned:
+                returned.add(v)
+                todo.extend(fields.get(v, ()))
+    return uses, values, tainted, returned
+
+
+def _reaches_exact_output(var, uses, tainted, returned) -> bool:
+    """Whether some value the function returns depends on `var` and on no inexact value."""
+    todo, seen = [var], set()
+    while todo:
+        v = todo.pop()
+        if v in seen or v in tainted:
+            continue
+        seen.add(v)
+        if v in returned:
+            return True
+        todo.extend(out for _, out in uses.get(v, ()))
+    return False
 
 
 def _needs_fence(var, uses, seen=None) -> bool:
@@ -166,8 +220,9 @@ def ExactFloatMultiply(target) -> tvm.transform.Pass:  # noqa: N802 - a TVM pass
         m = _FenceMultiplies(mod, mul_scalar)
         for gv, func in mod.functions_items():
             if isinstance(func, relax.Function):
-                uses, values = _consumers(func)
-                m.fence_calls = {values[v] for v in uses if v in values and _needs_fence(v, uses)}
+                uses, values, tainted, returned = _consumers(func)
+                m.fence_calls = {values[v] for v in uses if v in values and _needs_fence(v, uses)
+                                 and _reaches_exact_output(v, uses, tainted, returned)}
                 if m.fence_calls:
                     m.builder_.update_func(gv, m.visit_expr(func))
         return m.builder_.get()

@@ -98,7 +98,9 @@ def _erf(cx, x):
         return R.erf(x)
     from tvm import topi
 
-    return cx.emit_te(topi.fast_erf, cx.emit(x), primfunc_name_hint="erf")
+    from .exact_fp import INEXACT_KERNEL
+
+    return cx.emit_te(topi.fast_erf, cx.emit(x), primfunc_name_hint=INEXACT_KERNEL + "erf")
 
 
 @lowering("erf")
