@@ -23,7 +23,7 @@ is wrapped where the contraction cannot see through it:
 - CUDA: `__fmul_rn(a, b)` / `__dmul_rn`, which nvcc never contracts.
 
 A product is fenced only when some output depends on it and on no inexact op (a
-transcendental: exp, sigmoid, erf -- a polynomial here --, softmax): behind those the
+transcendental: exp, sigmoid, erf -- polynomials here --, softmax): behind those the
 compiled result differs from the reference in its last bits whatever is fenced, so the
 fence would only cost its scalar pass (a GELU epilogue's dequantize).
 
@@ -89,7 +89,7 @@ _PASS_THROUGH = {"relax.reshape", "relax.permute_dims", "relax.broadcast_to", "r
 
 
 # Ops whose compiled result differs from the reference's in the last bits whatever is
-# fenced (transcendentals; erf is a polynomial, lower_math._erf): a value computed from
+# fenced (transcendentals; exp, sigmoid, tanh, erf are polynomials, lower_math._fast): a value computed from
 # one of them is inexact, and a fence that only such values depend on buys nothing.
 _INEXACT = {"relax.exp", "relax.log", "relax.tanh", "relax.sigmoid", "relax.erf", "relax.sin",
             "relax.cos", "relax.tan", "relax.power", "relax.nn.softmax", "relax.nn.log_softmax",

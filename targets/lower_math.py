@@ -67,9 +67,9 @@ def lower_pow(cx, node, ins, attrs):
 # --- unary ---------------------------------------------------------------------------
 
 _UNARY = {
-    "sqrt": R.sqrt, "exp": R.exp, "log": R.log, "neg": R.negative, "abs": R.abs,
-    "floor": R.floor, "ceil": R.ceil, "sin": R.sin, "cos": R.cos, "tanh": R.tanh,
-    "sigmoid": R.sigmoid, "relu": R.nn.relu, "not": R.logical_not,
+    "sqrt": R.sqrt, "log": R.log, "neg": R.negative, "abs": R.abs,
+    "floor": R.floor, "ceil": R.ceil, "sin": R.sin, "cos": R.cos,
+    "relu": R.nn.relu, "not": R.logical_not,
 }
 
 
@@ -89,23 +89,57 @@ def _in_work_dtype(cx, x, fn):
     return R.astype(fn(R.astype(x, work)), dt)
 
 
-def _erf(cx, x):
-    """erf in float32 as a rational polynomial (Eigen's, TVM's topi.fast_erf: within 4e-7 of the
-    float64 erf, measured), not `R.erf`: that lowers to a call of libm's erff per element, which
-    LLVM cannot vectorize, and in a GELU epilogue it took 3-7 ms of a 1.2M-element matmul kernel
-    (convnext's MLP) that the polynomial does in a vectorized pass. Other dtypes: R.erf."""
-    if cx.dtype_of(x) != "float32":
-        return R.erf(x)
+# float32 exp, sigmoid, tanh and erf as polynomials (TVM's topi.fast_*: Cephes' exp, Eigen's
+# rational tanh and erf), not R.exp/R.sigmoid/R.tanh/R.erf: those lower to a call of libm's
+# expf/tanhf/erff per element, which LLVM cannot vectorize. Measured here: convnext's GELU
+# epilogues (3-7 ms of a 1.2M-element matmul kernel), EfficientNet's SiLU and the softmax of
+# attention ran at ~4 ns per element. Error against float64 over [-6, 6] (erf, tanh) and
+# [-80, 80] (exp): tests/test_targets.py::test_transcendentals_are_vectorized_polynomials.
+# Other dtypes keep the R ops.
+
+def _fast_exp_of(t):
     from tvm import topi
 
+    return topi.fast_exp(t)
+
+
+def _fast_sigmoid_of(t):
+    """1 / (1 + exp(-x)), exp saturating (fast_exp clamps its input to +-88.4)."""
+    from tvm import te, topi
+
+    e = topi.fast_exp(topi.negative(t))
+    return te.compute(t.shape, lambda *i: 1.0 / (1.0 + e(*i)), name="sigmoid")
+
+
+def _fast_tanh_of(t):
+    from tvm import topi
+
+    return topi.fast_tanh(t)
+
+
+def _fast_erf_of(t):
+    from tvm import topi
+
+    return topi.fast_erf(t)
+
+
+_FAST = {"exp": (_fast_exp_of, R.exp), "sigmoid": (_fast_sigmoid_of, R.sigmoid),
+         "tanh": (_fast_tanh_of, R.tanh), "erf": (_fast_erf_of, R.erf)}
+
+
+def _fast(cx, name: str, x):
+    """`name` of x: the polynomial kernel on float32 (named inexact for exact_fp), else R's op."""
+    te_fn, r_op = _FAST[name]
+    if cx.dtype_of(x) != "float32":
+        return r_op(x)
     from .exact_fp import INEXACT_KERNEL
 
-    return cx.emit_te(topi.fast_erf, cx.emit(x), primfunc_name_hint=INEXACT_KERNEL + "erf")
+    return cx.emit_te(te_fn, cx.emit(x), primfunc_name_hint=INEXACT_KERNEL + name)
 
 
-@lowering("erf")
-def lower_erf(cx, node, ins, attrs):
-    return _in_work_dtype(cx, ins[0], lambda x: _erf(cx, x))
+@lowering(*_FAST)
+def lower_fast_unary(cx, node, ins, attrs):
+    return _in_work_dtype(cx, ins[0], lambda x: _fast(cx, node.op, x))
 
 
 @lowering(*_UNARY)
@@ -186,25 +220,38 @@ def _gelu(cx, x, attrs):
     approx = attrs.get("approximate", "none")
     if approx == "none":
         # 0.5 * x * (1 + erf(x / sqrt(2)))
-        e = _erf(cx, R.multiply(x, cx.scalar(1.0 / math.sqrt(2.0), x)))
+        e = _fast(cx, "erf", R.multiply(x, cx.scalar(1.0 / math.sqrt(2.0), x)))
         return R.multiply(R.multiply(x, cx.scalar(0.5, x)), R.add(e, cx.scalar(1.0, x)))
     if approx == "tanh":
         # 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))
         x3 = R.multiply(R.multiply(x, x), x)
         inner = R.multiply(R.add(x, R.multiply(x3, cx.scalar(0.044715, x))),
                            cx.scalar(math.sqrt(2.0 / math.pi), x))
-        return R.multiply(R.multiply(x, cx.scalar(0.5, x)), R.add(R.tanh(inner), cx.scalar(1.0, x)))
+        return R.multiply(R.multiply(x, cx.scalar(0.5, x)), R.add(_fast(cx, "tanh", inner), cx.scalar(1.0, x)))
     raise LoweringError(f"gelu: unknown approximate={approx!r}")
 
 
 @lowering("softmax")
 def lower_softmax(cx, node, ins, attrs):
-    return _in_work_dtype(cx, ins[0], lambda x: R.nn.softmax(x, axis=int(attrs["axis"])))
+    return _in_work_dtype(cx, ins[0], lambda x: _softmax(cx, x, int(attrs["axis"]), log=False))
+
+
+def _softmax(cx, x, axis: int, log: bool):
+    """exp(x - max) / sum (or x - max - log(sum)), the exp a polynomial kernel (_fast): TVM's
+    R.nn.softmax calls expf per element (attention's 4x196x196 softmax: 0.6 ms)."""
+    if cx.dtype_of(x) != "float32":
+        return R.nn.log_softmax(x, axis=axis) if log else R.nn.softmax(x, axis=axis)
+    shifted = cx.emit(R.subtract(x, R.max(x, axis=[axis], keepdims=True)))
+    e = _fast(cx, "exp", shifted)
+    total = R.sum(e, axis=[axis], keepdims=True)
+    if log:
+        return R.subtract(shifted, R.log(total))
+    return R.divide(e, total)
 
 
 @lowering("log_softmax")
 def lower_log_softmax(cx, node, ins, attrs):
-    return _in_work_dtype(cx, ins[0], lambda x: R.nn.log_softmax(x, axis=int(attrs["axis"])))
+    return _in_work_dtype(cx, ins[0], lambda x: _softmax(cx, x, int(attrs["axis"]), log=True))
 
 
 @lowering("where")

@@ -210,7 +210,11 @@ def test_requantize_ties_and_extremes():
     per_row = g.add_node("requantize", [x], {"multiplier": [1 << 30, 1518500250, 2147483647, 1234567890],
                                              "shift": [-3, 31, -20, 5], "axis": 0, "zero_point": 100,
                                              "dtype": "u8", "input_zero_point": -7}, names=["per_row"]).output
-    g.set_outputs([half, quarter, big, tiny, per_row])
+    # per row, no input zero point, t from 31 (shift 0) to 62, clamped, multipliers up to 2^31 - 1
+    per_row_32 = g.add_node("requantize", [x], {"multiplier": [1 << 30, 1518500250, 2147483647, 1],
+                                                "shift": [0, -5, -31, -9], "axis": 0, "zero_point": -100,
+                                                "dtype": "i8", "clamp": [-90, 127]}, names=["per_row_32"]).output
+    g.set_outputs([half, quarter, big, tiny, per_row, per_row_32])
     xs = np.arange(-128, 128, dtype=np.int32).reshape(4, 64)
     xs[0, :4] = [2 ** 31 - 1, -2 ** 31, 2 ** 30, -2 ** 30 - 1]
     check_int_graph(g, {"x": xs})
