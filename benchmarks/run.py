@@ -148,9 +148,32 @@ long long qcc_avx2_loop(long long iters) {
   return iters;
 }
 """
-# (C source, symbol, MACs an iteration, what it is) per instruction set, best first
+_FMA_LOOP = r"""
+/* float32 multiply-adds as qcc's float kernels issue them: 10 independent vfmadd231ps
+   accumulators of WIDTH lanes: 10 * WIDTH MACs an iteration */
+long long qcc_fma_loop(long long iters) {
+  long long n = iters;
+  __asm__ volatile(
+    "vxorps %%REG0,%%REG0,%%REG0\n\tvxorps %%REG1,%%REG1,%%REG1\n\tvxorps %%REG2,%%REG2,%%REG2\n\t"
+    "vxorps %%REG3,%%REG3,%%REG3\n\tvxorps %%REG4,%%REG4,%%REG4\n\tvxorps %%REG5,%%REG5,%%REG5\n\t"
+    "vxorps %%REG6,%%REG6,%%REG6\n\tvxorps %%REG7,%%REG7,%%REG7\n\tvxorps %%REG8,%%REG8,%%REG8\n\t"
+    "vxorps %%REG9,%%REG9,%%REG9\n\t"
+    "1:\n\t"
+    "vfmadd231ps %%REG12,%%REG13,%%REG0\n\tvfmadd231ps %%REG12,%%REG13,%%REG1\n\t"
+    "vfmadd231ps %%REG12,%%REG13,%%REG2\n\tvfmadd231ps %%REG12,%%REG13,%%REG3\n\t"
+    "vfmadd231ps %%REG12,%%REG13,%%REG4\n\tvfmadd231ps %%REG12,%%REG13,%%REG5\n\t"
+    "vfmadd231ps %%REG12,%%REG13,%%REG6\n\tvfmadd231ps %%REG12,%%REG13,%%REG7\n\t"
+    "vfmadd231ps %%REG12,%%REG13,%%REG8\n\tvfmadd231ps %%REG12,%%REG13,%%REG9\n\t"
+    "dec %0\n\tjnz 1b\n\t"
+    : "+r"(n) : : "REG0","REG1","REG2","REG3","REG4","REG5","REG6","REG7","REG8","REG9","cc");
+  return iters;
+}
+"""
+# (cpu flag, C source, symbol, MACs an iteration, what it is) per instruction set, best first
 _PEAK_LOOPS = [("avx512_vnni", _VNNI_LOOP, "qcc_vnni_loop", 12 * 64, "vpdpbusd zmm loop"),
                ("avx2", _AVX2_LOOP, "qcc_avx2_loop", 8 * 16, "vpmaddwd+vpaddd ymm loop")]
+_FLOAT_PEAK_LOOPS = [("avx512f", _FMA_LOOP.replace("REG", "zmm"), "qcc_fma_loop", 10 * 16, "vfmadd231ps zmm loop"),
+                     ("fma", _FMA_LOOP.replace("REG", "ymm"), "qcc_fma_loop", 10 * 8, "vfmadd231ps ymm loop")]
 
 
 def _cpu_flags():
@@ -163,38 +186,56 @@ def _cpu_flags():
     return set()
 
 
-def int8_peak(threads, rounds=30, iters=2_000_000):
-    """(GMAC/s, how it was found). With a C compiler and AVX-512 VNNI or AVX2: the best of `rounds`
-    bursts of the multiply-accumulate loop qcc's int8 kernels use (independent accumulators) on
-    `threads` threads at once — best, not median, because the machine is shared and the peak is
-    what the core can do. Otherwise computed from the clock (lscpu's max MHz, else
-    /proc/cpuinfo) and an assumed ops/cycle, and said so."""
+def _measured_peak(loops, threads, rounds, iters):
+    """(GMAC/s, how) of the first loop in `loops` the CPU has, or None (no such CPU flag, no C
+    compiler): the best of `rounds` bursts on `threads` threads at once -- best, not median,
+    because the machine is shared and the peak is what the core can do."""
     import ctypes
     import shutil
     import subprocess
     import threading
 
     flags = _cpu_flags()
-    loop = next((lp for lp in _PEAK_LOOPS if lp[0] in flags), None)
-    if loop is not None and shutil.which("cc"):
-        _, src_text, symbol, macs_per_iter, what = loop
-        with tempfile.TemporaryDirectory() as td:
-            src, so = Path(td) / "peak.c", Path(td) / "peak.so"
-            src.write_text(src_text)
-            subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(so), str(src)], check=True)
-            f = getattr(ctypes.CDLL(str(so)), symbol)  # ctypes drops the GIL: threads run in parallel
-            f.argtypes, f.restype = [ctypes.c_longlong], ctypes.c_longlong
-            f(10_000)
-            best = 0.0
-            for _ in range(rounds):
-                ts = [threading.Thread(target=f, args=(iters,)) for _ in range(threads)]
-                t0 = time.perf_counter()
-                for t in ts:
-                    t.start()
-                for t in ts:
-                    t.join()
-                best = max(best, threads * iters * macs_per_iter / (time.perf_counter() - t0) / 1e9)
-        return best, f"measured: {what}, {threads} thread{'s' if threads > 1 else ''}, best of {rounds} bursts"
+    loop = next((lp for lp in loops if lp[0] in flags), None)
+    if loop is None or not shutil.which("cc"):
+        return None
+    _, src_text, symbol, macs_per_iter, what = loop
+    with tempfile.TemporaryDirectory() as td:
+        src, so = Path(td) / "peak.c", Path(td) / "peak.so"
+        src.write_text(src_text)
+        subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(so), str(src)], check=True)
+        f = getattr(ctypes.CDLL(str(so)), symbol)  # ctypes drops the GIL: threads run in parallel
+        f.argtypes, f.restype = [ctypes.c_longlong], ctypes.c_longlong
+        f(10_000)
+        best = 0.0
+        for _ in range(rounds):
+            ts = [threading.Thread(target=f, args=(iters,)) for _ in range(threads)]
+            t0 = time.perf_counter()
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            best = max(best, threads * iters * macs_per_iter / (time.perf_counter() - t0) / 1e9)
+    return best, f"measured: {what}, {threads} thread{'s' if threads > 1 else ''}, best of {rounds} bursts"
+
+
+def float_peak(threads, rounds=30, iters=2_000_000):
+    """(GMAC/s, how) of float32 FMAs (AVX-512 or AVX2+FMA), or (None, why not): with the int8
+    peak, the most int8 can gain over float on layers the multiply-adds bound."""
+    return _measured_peak(_FLOAT_PEAK_LOOPS, threads, rounds, iters) or (None, "not measured (no FMA or no C compiler)")
+
+
+def int8_peak(threads, rounds=30, iters=2_000_000):
+    """(GMAC/s, how it was found). With a C compiler and AVX-512 VNNI or AVX2: the best of `rounds`
+    bursts of the multiply-accumulate loop qcc's int8 kernels use (independent accumulators) on
+    `threads` threads at once. Otherwise computed from the clock (lscpu's max MHz, else
+    /proc/cpuinfo) and an assumed ops/cycle, and said so."""
+    import subprocess
+
+    measured = _measured_peak(_PEAK_LOOPS, threads, rounds, iters)
+    if measured is not None:
+        return measured
+    flags = _cpu_flags()
     mhz = None
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -278,8 +319,11 @@ def layer_throughput(artifact: Path, feeds, threads, top=3, repeat=10):
     return sorted(timed, key=lambda l: -l["macs"])[:top], len(timed), len(layers)
 
 
-def print_layers(per_model, peak, how):
+def print_layers(per_model, peak, how, fpeak=None, fhow=""):
     print(f"\nint8 peak {peak:.0f} GMAC/s ({how})" if peak else f"\nint8 peak: {how}")
+    if fpeak:
+        ratio = f": int8 can be at most {peak / fpeak:.2f}x float's speed on MAC-bound layers" if peak else ""
+        print(f"float32 peak {fpeak:.0f} GMAC/s ({fhow}){ratio}")
     print("largest conv/matmul layers of the qcc int8 build (per-kernel median of 10 runs, VM instrument):")
     print(f"{'model':<5} {'layer':<28} {'op':<8} {'MMACs':>7} {'ms':>7} {'GMAC/s':>7} {'of peak':>7}  kernel")
     for key, (rows, matched, total) in per_model.items():
@@ -378,7 +422,7 @@ def main(argv=None):
             if args.layers:
                 per_model[key] = layer_throughput(tmp / "q8", {inp: x}, args.threads)
     if args.layers:
-        print_layers(per_model, *int8_peak(args.threads))
+        print_layers(per_model, *int8_peak(args.threads), *float_peak(args.threads))
 
 
 if __name__ == "__main__":
