@@ -31,3 +31,22 @@ def test_a_squeeze_excite_kernel_is_not_the_conv_whose_input_is_as_large_as_its_
     assert run._fits(conv, real)
     assert [(l["name"], k["kernel"]) for l, k in run._align([conv], [se, real])] == \
         [("conv2d_201", "fused_qcc_avx2_conv14")]
+
+
+def test_peaks_bound_the_int8_gain(capsys):
+    """The benchmark measures both peaks with the same loops its kernels issue and prints their
+    ratio: the most int8 can gain over float on MAC-bound layers of this CPU."""
+    import shutil
+
+    import pytest
+
+    run = _bench_module()
+    flags = run._cpu_flags()
+    if "fma" not in flags or "avx2" not in flags or not shutil.which("cc"):
+        pytest.skip("needs AVX2, FMA and a C compiler")
+    fpeak, fhow = run.float_peak(1, rounds=3, iters=200_000)
+    ipeak, ihow = run.int8_peak(1, rounds=3, iters=200_000)
+    assert fpeak > 1 and ipeak > 1 and "vfmadd231ps" in fhow and "measured" in ihow
+    run.print_layers({}, ipeak, ihow, fpeak, fhow)
+    out = capsys.readouterr().out
+    assert f"int8 can be at most {ipeak / fpeak:.2f}x float's speed" in out
