@@ -214,12 +214,13 @@ def lower_batch_norm(cx, node, ins, attrs):
 # --- matrix products -----------------------------------------------------------------
 
 def _product(cx, node, a, w, scale):
-    """a @ w. A constant matrix w goes to the target's own kernel when it has one (-O1's int8
-    weights as they are: the kernel converts them), else R.matmul (int8 weights converted by
-    a kernel of their own first). Times the per-channel `scale` of int8 weights (None: float)."""
+    """a @ w through the target's own kernel when it has one -- for a constant matrix w (-O1's
+    int8 weights as they are: the kernel converts them) or a run-time w --, else R.matmul (int8
+    weights converted by a kernel of their own first). Times the per-channel `scale` of int8
+    weights (None: float)."""
     out = _out_dtype(cx, node, a)
     wv = cx.const_value(w)
-    y = cx.strategy.matmul_kernel(cx, a, w, out) if wv is not None and wv.ndim == 2 else None
+    y = cx.strategy.matmul_kernel(cx, a, w, out) if wv is None or wv.ndim == 2 else None
     if y is None:
         if scale is not None:
             w = cx.cast(float_at_run_time(cx, w, a), cx.dtype_of(a))

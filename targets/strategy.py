@@ -57,9 +57,9 @@ class LoweringStrategy:
         return None
 
     def matmul_kernel(self, cx, a, b, out_dtype):
-        """A target's own kernel for a @ b, b a constant 2-D matrix (float32, or -O1's int8
-        weights, which the kernel converts), or None for R.matmul: the hook float matmuls and
-        gemms take."""
+        """A target's own kernel for a @ b -- b a constant 2-D matrix (float32, or -O1's int8
+        weights, which the kernel converts) or a value computed at run time --, or None for
+        R.matmul: the hook float matmuls and gemms take."""
         return None
 
     # --- build-time hooks ----------------------------------------------------------

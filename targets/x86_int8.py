@@ -506,6 +506,80 @@ def matmul_te(p: MatmulPlan, a, bpk, bias):
     return te.compute(shape, out, name=f"{isa.prefix}_mm_out")
 
 
+@dataclass(frozen=True)
+class BatchMatmulPlan:
+    """a [*batch, m, k] @ b [*batch, k, n], both computed at run time (attention's Q.K^T and
+    attn.V), float32 through the float `isa`."""
+    batch: Tuple[int, ...]
+    m: int
+    k: int
+    n: int
+    isa: Isa
+
+    @property
+    def nbatch(self):
+        return int(np.prod(self.batch, dtype=np.int64))
+
+    @property
+    def tile(self):
+        return _pick_tile(self.isa, self.m, -(-self.n // self.isa.lanes), max_rows=8)
+
+    @property
+    def rows_p(self):
+        return -(-self.m // self.tile[0]) * self.tile[0]
+
+    @property
+    def cols_p(self):
+        return -(-self.n // (self.isa.lanes * self.tile[1])) * self.isa.lanes * self.tile[1]
+
+
+def batch_matmul_plan(a_shape, b_shape, isa: Isa) -> Optional[BatchMatmulPlan]:
+    if len(a_shape) < 2 or len(a_shape) != len(b_shape) or tuple(a_shape[:-2]) != tuple(b_shape[:-2]) \
+            or int(a_shape[-1]) != int(b_shape[-2]):
+        return None
+    return BatchMatmulPlan(tuple(int(d) for d in a_shape[:-2]), int(a_shape[-2]), int(a_shape[-1]),
+                           int(b_shape[-1]), isa)
+
+
+def batch_matmul_te(p: BatchMatmulPlan, a, b):
+    """Two pack stages (a's rows padded to the tile; b to [batch, cols/lanes, k, lanes], so a
+    vector of b is contiguous), the product tiled like matmul_te's, and the unpadded output."""
+    from tvm import te, tirx
+
+    mr, nr = p.tile
+    L = p.isa.lanes
+    nb = len(p.batch)
+
+    def split(bb):
+        idx, rest = [], bb
+        for d in reversed(p.batch):
+            idx.append(rest % d)
+            rest = rest // d
+        return tuple(reversed(idx))
+
+    ap = te.compute((p.nbatch, p.rows_p, p.k),
+                    lambda bb, r, kk: tirx.if_then_else(r < p.m, a[split(bb) + (r, kk)], tirx.const(0.0, "float32")),
+                    name=f"{p.isa.prefix}_bmm_pack_a")
+    bp = te.compute((p.nbatch, p.cols_p // L, p.k, L),
+                    lambda bb, jo, kk, lane: tirx.if_then_else(jo * L + lane < p.n, b[split(bb) + (kk, jo * L + lane)],
+                                                               tirx.const(0.0, "float32")),
+                    name=f"{p.isa.prefix}_bmm_pack_b")
+    rk = te.reduce_axis((0, p.k), "rk")
+    ri = te.reduce_axis((0, 1), "ri")
+    acc = te.compute((p.nbatch, p.rows_p, p.cols_p),
+                     lambda bb, r, j: te.sum(ap[bb, r, rk + ri] * bp[bb, j // L, rk, j % L], axis=[rk, ri]),
+                     name=f"{p.isa.prefix}_bmm", attrs={ANN: "matmul", "qcc_x86_mr": mr, "qcc_x86_nr": nr,
+                                                        "qcc_x86_isa": p.isa.name})
+
+    def out(*idx):
+        bb = 0
+        for i, d in zip(idx[:nb], p.batch):
+            bb = bb * d + i
+        return acc[bb, idx[nb], idx[nb + 1]]
+
+    return te.compute(p.batch + (p.m, p.n), out, name=f"{p.isa.prefix}_bmm_out")
+
+
 # --- schedule --------------------------------------------------------------------------------
 
 def _block_kind(sch, block) -> Optional[str]:
@@ -569,15 +643,15 @@ def _schedule_matmul(sch, block) -> None:
     ann = sch.get(block).annotations
     mr, nr = int(ann["qcc_x86_mr"]), int(ann["qcc_x86_nr"])
     isa = ISAS[str(ann["qcc_x86_isa"])]
-    r, jf, rk, ri = sch.get_loops(block)
+    *batch, r, jf, rk, ri = sch.get_loops(block)  # batch: batch_matmul_te's leading loop
     j, lane = sch.split(jf, [None, isa.lanes])
     ro, rI = sch.split(r, [None, mr])
     jo, ji = sch.split(j, [None, nr])
     if isa.is_float:  # ri has extent 1: the lanes innermost, to vectorize
-        sch.reorder(ro, jo, rk, ri, rI, ji, lane)
+        sch.reorder(*batch, ro, jo, rk, ri, rI, ji, lane)
     else:
-        sch.reorder(ro, jo, rk, rI, ji, lane, ri)
-    tile = sch.fuse(ro, jo)
+        sch.reorder(*batch, ro, jo, rk, rI, ji, lane, ri)
+    tile = sch.fuse(*batch, ro, jo)
     if _extent(sch, sch.get_loops(block)) >= _PAR_MACS:
         sch.parallel(tile)
     _register_tile(sch, block, tile, rk, rI, ji, lane, None if isa.is_float else isa.mm_intrin)
@@ -704,7 +778,10 @@ class X86Strategy(FusedCPUStrategy):
         (float `Isa`): TVM's own float matmul schedule ran convnext's MLPs at 26 GMAC/s."""
         if self.isa is None:
             return None
-        return lower_float_matmul_x86(F32X16 if self.isa is VNNI else F32X8, cx, a, b, out_dtype)
+        isa = F32X16 if self.isa is VNNI else F32X8
+        if cx.const_value(b) is None:
+            return lower_float_batch_matmul_x86(isa, cx, a, b, out_dtype)
+        return lower_float_matmul_x86(isa, cx, a, b, out_dtype)
 
     def schedule_rules(self, target) -> list:
         mine = [int8_rule(self.isa)] if self.isa is not None else []
@@ -776,6 +853,18 @@ def lower_float_matmul_x86(isa: Isa, cx, a, b, out_dtype):
     return cx.emit_te(lambda at, bt, ct: matmul_te(plan, at, bt, ct), a,
                       cx.const(pack_float_matmul_weights(plan, bv), cx.dtype_of(b)), zero,
                       primfunc_name_hint=f"{isa.prefix}_matmul")
+
+
+def lower_float_batch_matmul_x86(isa: Isa, cx, a, b, out_dtype):
+    """The float kernel's a @ b for two run-time float32 operands with the same batch dims,
+    or None (R.matmul): TVM's own schedule ran attention's Q.K^T at ~18 GMAC/s."""
+    if cx.dtype_of(a) != "float32" or cx.dtype_of(b) != "float32" or out_dtype not in (None, "float32"):
+        return None
+    plan = batch_matmul_plan(cx.shape_of(a), cx.shape_of(b), isa)
+    if plan is None:
+        return None
+    return cx.emit_te(lambda at, bt: batch_matmul_te(plan, at, bt), cx.emit(a), cx.emit(b),
+                      primfunc_name_hint=f"{isa.prefix}_batch_matmul")
 
 
 def lower_qmatmul_x86(isa: Isa, cx, node, ins, attrs):
