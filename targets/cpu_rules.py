@@ -102,6 +102,14 @@ def _is_reduction(block) -> bool:
     return any(int(iv.iter_type) != 0 for iv in block.iter_vars)
 
 
+def has_root_block(sch) -> bool:
+    try:
+        sch.get_sblock("root")
+        return True
+    except Exception:  # noqa: BLE001 - TVM raises its own error types
+        return False
+
+
 def _root_blocks(sch) -> list:
     return list(sch.get_child_blocks(sch.get_sblock("root")))
 
@@ -422,6 +430,8 @@ class _CPURule(dlight.ScheduleRule):
             return None
         try:
             sch = s_tir.Schedule(func)
+            if not has_root_block(sch):  # nothing a block rule can schedule (no "root" block)
+                return None
             if not self.schedule(sch, target):
                 return None
             return sch

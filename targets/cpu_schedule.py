@@ -20,6 +20,7 @@ import re
 import tvm
 from tvm import s_tir, tirx
 
+from .cpu_rules import has_root_block
 from .exact_fp import FENCE
 
 _EXPENSIVE = re.compile(r"T\.(exp|exp2|exp10|log|log2|log10|log1p|tanh|erf|sigmoid|pow|sqrt|rsqrt|sin|cos|"
@@ -38,7 +39,7 @@ def _inline_stages(sch: s_tir.Schedule) -> bool:
     progress = True
     while progress:
         progress = False
-        root = sch.get_sblock("root") if _has_root(sch) else None
+        root = sch.get_sblock("root") if has_root_block(sch) else None
         blocks = sch.get_child_blocks(root) if root is not None else []
         for b in blocks:
             try:
@@ -77,14 +78,6 @@ def _inline_stages(sch: s_tir.Schedule) -> bool:
 
 def _is_reduction(block) -> bool:
     return any(int(iv.iter_type) != 0 for iv in block.iter_vars)  # 0 = data-parallel
-
-
-def _has_root(sch) -> bool:
-    try:
-        sch.get_sblock("root")
-        return True
-    except Exception:  # noqa: BLE001
-        return False
 
 
 def InlineElementwise() -> tvm.transform.Pass:  # noqa: N802 - a TVM pass
