@@ -127,8 +127,7 @@ def main(argv=None) -> int:
     missing = [n for n in names if not (work / f"{n}.onnx").exists()]
     if missing:
         subprocess.run([args.torch_python, "-c", _EXPORT, str(work), ",".join(missing)], check=True)
-    qcc_cli = [sys.executable, "-m", "qcc.cli"] if not (Path(sys.executable).parent / "qcc").exists() \
-        else [str(Path(sys.executable).parent / "qcc")]
+    qcc_cli = [sys.executable, "-m", "qcc.cli"]
 
     print(f"{'model':<20} {'build':<8} {'compile':>8} {'SQNR dB':>8} {'top-1':>6} {'int8 MACs':>9}")
     timings = {}

@@ -5,8 +5,10 @@ import math
 
 import numpy as np
 
+from tvm import te, topi
 from tvm.relax import op as R
 
+from .exact_fp import INEXACT_KERNEL
 from .lower import LoweringError, lowering
 
 # --- binary --------------------------------------------------------------------------
@@ -73,7 +75,7 @@ _UNARY = {
 }
 
 
-_TRANSCENDENTAL = {"sqrt", "erf", "exp", "log", "sin", "cos", "tanh", "sigmoid", "reciprocal"}
+_TRANSCENDENTAL = {"sqrt", "log", "sin", "cos"}  # of _UNARY (the others: _FAST)
 
 
 def _work_dtype(dt: str) -> str:
@@ -97,34 +99,14 @@ def _in_work_dtype(cx, x, fn):
 # [-80, 80] (exp): tests/test_targets.py::test_transcendentals_are_vectorized_polynomials.
 # Other dtypes keep the R ops.
 
-def _fast_exp_of(t):
-    from tvm import topi
-
-    return topi.fast_exp(t)
-
-
-def _fast_sigmoid_of(t):
+def _fast_sigmoid(t):
     """1 / (1 + exp(-x)), exp saturating (fast_exp clamps its input to +-88.4)."""
-    from tvm import te, topi
-
     e = topi.fast_exp(topi.negative(t))
     return te.compute(t.shape, lambda *i: 1.0 / (1.0 + e(*i)), name="sigmoid")
 
 
-def _fast_tanh_of(t):
-    from tvm import topi
-
-    return topi.fast_tanh(t)
-
-
-def _fast_erf_of(t):
-    from tvm import topi
-
-    return topi.fast_erf(t)
-
-
-_FAST = {"exp": (_fast_exp_of, R.exp), "sigmoid": (_fast_sigmoid_of, R.sigmoid),
-         "tanh": (_fast_tanh_of, R.tanh), "erf": (_fast_erf_of, R.erf)}
+_FAST = {"exp": (topi.fast_exp, R.exp), "sigmoid": (_fast_sigmoid, R.sigmoid),
+         "tanh": (topi.fast_tanh, R.tanh), "erf": (topi.fast_erf, R.erf)}
 
 
 def _fast(cx, name: str, x):
@@ -132,8 +114,6 @@ def _fast(cx, name: str, x):
     te_fn, r_op = _FAST[name]
     if cx.dtype_of(x) != "float32":
         return r_op(x)
-    from .exact_fp import INEXACT_KERNEL
-
     return cx.emit_te(te_fn, cx.emit(x), primfunc_name_hint=INEXACT_KERNEL + name)
 
 

@@ -374,6 +374,23 @@ def conv_te(p: ConvPlan, x, wpk, bias):
 
 # --- qmatmul -------------------------------------------------------------------------------
 
+def _unflatten(flat, dims):
+    """The index tuple over `dims` (row-major) of a flat index."""
+    idx = []
+    for d in reversed(dims):
+        idx.append(flat % d)
+        flat = flat // d
+    return tuple(reversed(idx))
+
+
+def _flatten(idx, dims):
+    """The flat (row-major) index of an index tuple over `dims`."""
+    flat = 0
+    for i, d in zip(idx, dims):
+        flat = flat * d + i
+    return flat
+
+
 @dataclass(frozen=True)
 class MatmulPlan:
     batch: Tuple[int, ...]  # leading dims of a (rows = prod(batch) * m)
@@ -466,13 +483,7 @@ def matmul_te(p: MatmulPlan, a, bpk, bias):
     L, G = isa.lanes, isa.group
 
     def a_at(r, kk):
-        if p.vector:
-            return a[kk]
-        idx, rest = [], r // p.m
-        for d in reversed(p.batch):
-            idx.append(rest % d)
-            rest = rest // d
-        return a[tuple(reversed(idx)) + (r % p.m, kk)]
+        return a[kk] if p.vector else a[_unflatten(r // p.m, p.batch) + (r % p.m, kk)]
 
     def pack(r, kk):
         inside = tirx.all(r < p.rows, kk < p.k)
@@ -496,41 +507,25 @@ def matmul_te(p: MatmulPlan, a, bpk, bias):
     shape = p.batch + (p.m, p.n)
 
     def out(*idx):
-        r = 0
-        for i, d in zip(idx[:nb], p.batch):
-            r = r * d + i
-        r = r * p.m + idx[nb]
         j = idx[nb + 1]
-        return acc[r, j] + bias[j]
+        return acc[_flatten(idx[:nb], p.batch) * p.m + idx[nb], j] + bias[j]
 
     return te.compute(shape, out, name=f"{isa.prefix}_mm_out")
 
 
 @dataclass(frozen=True)
-class BatchMatmulPlan:
+class BatchMatmulPlan(MatmulPlan):
     """a [*batch, m, k] @ b [*batch, k, n], both computed at run time (attention's Q.K^T and
-    attn.V), float32 through the float `isa`."""
-    batch: Tuple[int, ...]
-    m: int
-    k: int
-    n: int
-    isa: Isa
+    attn.V), float32 through the float `isa`: MatmulPlan's tile and padding over one batch's
+    m rows (b differs per batch, so the batches cannot share the rows)."""
+
+    @property
+    def rows(self):
+        return self.m
 
     @property
     def nbatch(self):
         return int(np.prod(self.batch, dtype=np.int64))
-
-    @property
-    def tile(self):
-        return _pick_tile(self.isa, self.m, -(-self.n // self.isa.lanes), max_rows=8)
-
-    @property
-    def rows_p(self):
-        return -(-self.m // self.tile[0]) * self.tile[0]
-
-    @property
-    def cols_p(self):
-        return -(-self.n // (self.isa.lanes * self.tile[1])) * self.isa.lanes * self.tile[1]
 
 
 def batch_matmul_plan(a_shape, b_shape, isa: Isa) -> Optional[BatchMatmulPlan]:
@@ -538,7 +533,7 @@ def batch_matmul_plan(a_shape, b_shape, isa: Isa) -> Optional[BatchMatmulPlan]:
             or int(a_shape[-1]) != int(b_shape[-2]):
         return None
     return BatchMatmulPlan(tuple(int(d) for d in a_shape[:-2]), int(a_shape[-2]), int(a_shape[-1]),
-                           int(b_shape[-1]), isa)
+                           int(b_shape[-1]), False, 0, False, isa)
 
 
 def batch_matmul_te(p: BatchMatmulPlan, a, b):
@@ -551,11 +546,7 @@ def batch_matmul_te(p: BatchMatmulPlan, a, b):
     nb = len(p.batch)
 
     def split(bb):
-        idx, rest = [], bb
-        for d in reversed(p.batch):
-            idx.append(rest % d)
-            rest = rest // d
-        return tuple(reversed(idx))
+        return _unflatten(bb, p.batch)
 
     ap = te.compute((p.nbatch, p.rows_p, p.k),
                     lambda bb, r, kk: tirx.if_then_else(r < p.m, a[split(bb) + (r, kk)], tirx.const(0.0, "float32")),
@@ -572,10 +563,7 @@ def batch_matmul_te(p: BatchMatmulPlan, a, b):
                                                         "qcc_x86_isa": p.isa.name})
 
     def out(*idx):
-        bb = 0
-        for i, d in zip(idx[:nb], p.batch):
-            bb = bb * d + i
-        return acc[bb, idx[nb], idx[nb + 1]]
+        return acc[_flatten(idx[:nb], p.batch), idx[nb], idx[nb + 1]]
 
     return te.compute(p.batch + (p.m, p.n), out, name=f"{p.isa.prefix}_bmm_out")
 
