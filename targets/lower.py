@@ -96,7 +96,9 @@ class LowerContext:
 
     # --- emitting --------------------------------------------------------------
     def emit(self, expr, name: str = "") -> relax.Var:
-        if isinstance(expr, tvm.ir.GenericConst):
+        """Bind `expr`; a constant, or an unnamed Var, is returned as it is: a var-to-var
+        binding would sit between a kernel and its epilogue and stop FuseOps fusing them."""
+        if isinstance(expr, tvm.ir.GenericConst) or (isinstance(expr, relax.Var) and not name):
             return expr
         return self.bb.emit(expr, name_hint=_ident(name) if name else "")
 

@@ -77,6 +77,9 @@ _I32 = (-(1 << 31), (1 << 31) - 1)
 _PAR_MACS = 1 << 21
 _PAR_BYTES = 1 << 18
 _PAR_ELEMS = 1 << 15
+# The largest tile buffer TVM 0.27 (LowerTVMBuiltin) puts on the stack; a larger one is a
+# workspace alloc/free per tile, inside the parallel loop: 16 zmm accumulators at most.
+_STACK_TILE_BYTES = 1023
 
 
 # --- instruction sets -----------------------------------------------------------------------
@@ -207,10 +210,11 @@ def _pick_tile(isa: Isa, rows: int, vecs: int, max_rows: int = 24) -> Tuple[int,
     8x2 403, 8x1 310): padded work times the load/broadcast overhead per vpdpbusd, each
     broadcast (one per row) costing most."""
     best = None
+    max_acc = min(isa.max_acc, _STACK_TILE_BYTES // (isa.lanes * 4))
     for nr in (4, 3, 2, 1):
         if nr > max(1, vecs) and nr > 1:
             continue
-        cap = min(max_rows, isa.max_acc // nr, (isa.registers - isa.scratch - nr) // nr)
+        cap = min(max_rows, max_acc // nr, (isa.registers - isa.scratch - nr) // nr)
         for mr in range(min(cap, rows), 0, -1):
             work = math.ceil(rows / mr) * mr * math.ceil(vecs / nr) * nr
             key = (work * (1 + 0.8 / nr + 0.3 / mr), -nr)

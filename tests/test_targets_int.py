@@ -214,7 +214,18 @@ def test_requantize_ties_and_extremes():
     per_row_32 = g.add_node("requantize", [x], {"multiplier": [1 << 30, 1518500250, 2147483647, 1],
                                                 "shift": [0, -5, -31, -9], "axis": 0, "zero_point": -100,
                                                 "dtype": "i8", "clamp": [-90, 127]}, names=["per_row_32"]).output
-    g.set_outputs([half, quarter, big, tiny, per_row, per_row_32])
+    # t >= 33 everywhere: the unsigned 32x32 -> 64 form (lower_quant._requantize_u32), with an
+    # input zero point, multipliers 0 to 2^31 - 1 and t from 33 to 62; and into int32
+    u32_row = g.add_node("requantize", [x], {"multiplier": [1 << 30, 2147483647, 1, 0], "shift": [-2, -31, -9, -40],
+                                             "axis": 0, "zero_point": 100, "dtype": "u8",
+                                             "input_zero_point": -7}, names=["u32_row"]).output
+    u32_wide = g.add_node("requantize", [x], {"multiplier": [2147483647], "shift": [-2], "zero_point": -5,
+                                              "dtype": "i32", "input_zero_point": 1 << 30}, names=["u32_wide"]).output
+    g.set_outputs([half, quarter, big, tiny, per_row, per_row_32, u32_row, u32_wide])
+    from qcc.targets.builder import lower_for
+
+    lowered = lower_for(g).script()
+    assert lowered.count("def requantize") == 3, "tiny, u32_row and u32_wide take the unsigned form"
     xs = np.arange(-128, 128, dtype=np.int32).reshape(4, 64)
     xs[0, :4] = [2 ** 31 - 1, -2 ** 31, 2 ** 30, -2 ** 30 - 1]
     check_int_graph(g, {"x": xs})
