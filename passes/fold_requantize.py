@@ -7,7 +7,16 @@ Three local rewrites, repeated to a fixed point:
      nearest resize, ...) reading dequantized values with one shared set of params
      runs on the integers instead: op(dequantize(q)) → dequantize(op(q));
   3. relu / clip of a dequantized value becomes an exact identity requantize
-     (multiplier 2^30, shift 1) whose clamp is the activation.
+     (multiplier 2^30, shift 1) whose clamp is the activation;
+  4. a quantize of a range-preserving op's float output moves above the op:
+     quantize(op(x, y)) → op(quantize(x), quantize(y)), same params. Data movement
+     commutes with an elementwise map and max with a monotone one, so the integers
+     are the same (NaN aside: it quantizes to the zero point before a max pool, after
+     it otherwise). Only where the op's output is no smaller than its inputs (an
+     upsampling, a concat, a pad, a transpose), so no more values are converted than
+     before. The op then moves bytes, not floats, and a quantize that reaches
+     a dequantize cancels by rule 1 (a resize → concat → quantize of float branches:
+     the upsampling runs on uint8).
 After it, conv → relu → maxpool → conv is integer end to end.
 
 Before: %a = qcc.dequantize(%q) {scale=[0.1], zero_point=[3]}
@@ -79,7 +88,7 @@ def _commute(n: Node, g: Graph) -> bool:
     """op(dequantize(q), ...) -> dequantize(op(q, ...)) for range-preserving ops."""
     if n.op not in COMMUTES or any(o.dtype != "f32" for o in n.outputs):
         return False
-    acts = [i for i, v in enumerate(n.inputs) if v is not None and not (n.op == "gather" and i == 1)]
+    acts = _activations(n)
     params = [_dq_params(n.inputs[i]) for i in acts]
     if not params or any(p is None for p in params) or len({(p.scale, p.zero_point, p.dtype) for p in params}) != 1:
         return False
@@ -152,9 +161,50 @@ def _merge_clamp(n: Node, g: Graph) -> bool:
     return True
 
 
+def _activations(n: Node) -> List[int]:
+    """Input positions of a COMMUTES op that carry the tensor (not gather's indices)."""
+    return [i for i, v in enumerate(n.inputs) if v is not None and not (n.op == "gather" and i == 1)]
+
+
+def _hoist(n: Node, g: Graph) -> bool:
+    """quantize(op(x, ...)) -> op(quantize(x), ...) for a range-preserving op (rule 4)."""
+    src = n.inputs[0].producer
+    if src is None or src.op not in COMMUTES or src.op == "split" or n.attrs.get("axis", -1) != -1:
+        return False
+    if len(n.inputs[0].users()) != 1 or n.inputs[0] in g.outputs or n.output.quant is None:
+        return False
+    acts = _activations(src)
+    if not acts or any(src.inputs[i].dtype != "f32" for i in acts):
+        return False
+    if src.output.type.size < sum({src.inputs[i]: src.inputs[i].type.size for i in acts}.values()):
+        return False  # a slice, pool or downsampling: quantizing its input would convert more values
+    attrs = dict(src.attrs)
+    if src.op == "resize" and attrs.get("mode", "nearest") != "nearest":
+        return False
+    q = n.output.quant
+    if src.op == "pad" and attrs.get("mode", "constant") == "constant":
+        from qcc.ops.quant import quantize as q_kernel
+
+        attrs["value"] = float(q_kernel(np.float32(attrs.get("value", 0.0)).reshape(1), scale=q.scale,
+                                        zero_point=q.zero_point, axis=-1, dtype=q.dtype)[0])
+    qattrs = {"scale": list(q.scale), "zero_point": list(q.zero_point), "dtype": q.dtype, "axis": -1}
+    quantized = {}
+    for i in acts:
+        v = src.inputs[i]
+        if v not in quantized:
+            qn = g.add_node("quantize", [v], qattrs, names=[f"{v.name}.q"], before=src)
+            qn.output.quant = q
+            quantized[v] = qn.output
+    ins = [quantized[v] if i in acts else v for i, v in enumerate(src.inputs)]
+    new = g.add_node(src.op, ins, attrs, names=[n.output.name + ".int"], before=n)
+    new.output.quant = q
+    g.replace_value(n.output, new.output)
+    return True
+
+
 # op -> rewrites anchored there, tried in order (see qcc.rewrite)
 RULES = {
-    "quantize": [_fold_pair],
+    "quantize": [_fold_pair, _hoist],
     "requantize": [_merge_clamp],
     **{op: [_commute] for op in COMMUTES},
     "relu": [_activation],
