@@ -62,6 +62,7 @@ ALIASES = {
 }
 LAYER_OPS = ("conv", "gemm", "matmul", "conv_transpose")
 QUANTIZABLE = ("conv", "gemm", "matmul")  # what `quantize` rewrites; conv_transpose stays float
+# (unless `fuse` made it a conv: kernel == stride)
 
 
 def normalize_choice(text: str) -> str:

@@ -6,12 +6,15 @@ its own (losing accuracy) and a GELU spelled as six elementwise ops would get si
 sets of ranges. So before observing:
   * batch_norm(conv/conv_transpose/gemm) -> the layer with scaled weights and bias
     (the BN statistics are kept in the value's scratch meta for data-free ranges);
-  * add(conv(x, w, b), c) with c per output channel -> conv(x, w, b + c), and
+  * add(conv/conv_transpose(x, w, b), c) with c per output channel -> the layer with
+    bias b + c, and
     mul(conv(x, w, b), k) -> conv(x, w·k, b·k) (PP-LCNet's learnable affine blocks);
     a 2-D matmul with a constant right side plus a bias becomes gemm;
   * x * hard_sigmoid(x) and x * clip(x + 3, 0, 6) / 6 -> hard_swish(x);
     0.5·x·(1 + erf(x/√2)) -> gelu(x);
-    the ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div(/Mul/Add) chain -> layer_norm.
+    the ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div(/Mul/Add) chain -> layer_norm;
+  * then a conv_transpose whose kernel equals its stride -> 1x1 conv + depth_to_space
+    (quantized as a conv), with a relu/clip after it moved before the depth_to_space.
 Activations after a layer (relu, clip) are fused at quantization time, into the
 requantize clamp, and by TVM's operator fusion in float.
 
@@ -98,12 +101,12 @@ def _fold_bias(add: Node, g: Graph) -> bool:
     layer = a.producer if a is not None else None
     if cd is None or layer is None or _single_user(a, g) is not add:
         return False
-    if layer.op == "conv" and _layer_bias(layer) is not None:
+    if layer.op in ("conv", "conv_transpose") and _layer_bias(layer) is not None:
         per_channel = _per_channel(cd, layer)
         if per_channel is None or add.output.type != layer.output.type:
             return False
         bc = g.add_const(c.name + ".bias", (_layer_bias(layer) + per_channel).astype(np.float32))
-        _replace_layer(g, add.output, "conv", [layer.inputs[0], layer.inputs[1], bc], dict(layer.attrs), layer)
+        _replace_layer(g, add.output, layer.op, [layer.inputs[0], layer.inputs[1], bc], dict(layer.attrs), layer)
         return True
     if layer.op == "matmul" and layer.inputs[0].type.rank == 2 and _const(layer.inputs[1]) is not None:
         N = layer.output.shape[1]
@@ -295,6 +298,52 @@ def _layer_norm(div: Node, g: Graph) -> bool:
     return True
 
 
+def _transposed_as_conv(ct: Node, g: Graph) -> bool:
+    """conv_transpose whose kernel equals its stride (k x k, stride k, no padding, dilation,
+    output padding or groups) -> 1x1 conv to O*k*k channels + depth_to_space(k, CRD).
+
+    Such a layer (an FPN or U-Net upsampling head) scatters every input pixel into its own
+    k x k output tile: output channel o, tile position (i, j) is conv channel o*k*k + i*k + j.
+    As a conv it is quantized like one (per-channel int8 weights, the int8 kernels), and the
+    depth_to_space moves integers."""
+    x, w = ct.inputs[0], _const(ct.inputs[1])
+    if w is None or w.ndim != 4 or x.type.rank != 4:
+        return False
+    C, O, kh, kw = w.shape
+    a = ct.attrs
+    if kh != kw or list(a.get("strides", [1, 1])) != [kh, kw] or any(a.get("pads", [0] * 4)) \
+            or any(d != 1 for d in a.get("dilations", [1, 1])) or any(a.get("output_padding", [0, 0])) \
+            or a.get("group", 1) != 1:
+        return False
+    b = _layer_bias(ct)
+    if b is None:
+        return False
+    k = kh
+    wc = g.add_const(ct.inputs[1].name + ".conv", np.ascontiguousarray(w.transpose(1, 2, 3, 0)).reshape(O * k * k, C, 1, 1))
+    bc = g.add_const(ct.inputs[1].name + ".conv.b", np.repeat(b, k * k).astype(w.dtype))
+    out = ct.output
+    conv = g.add_node("conv", [x, wc, bc], {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1},
+                      names=[out.name + (".conv" if out in g.outputs else ".fused")], before=ct)
+    d2s = g.add_node("depth_to_space", [conv.output], {"blocksize": k, "mode": "CRD"},
+                     names=[out.name + (".fused" if out in g.outputs else ".d2s")], before=ct, types=[out.type])
+    g.replace_value(out, d2s.output)
+    return True
+
+
+def _activation_first(act: Node, g: Graph) -> bool:
+    """relu/clip(depth_to_space(y)) -> depth_to_space(relu/clip(y)): an elementwise map
+    commutes with moving data, and next to the layer it joins its requantize clamp."""
+    src = act.inputs[0].producer
+    if src is None or src.op != "depth_to_space" or _single_user(act.inputs[0], g) is not act:
+        return False
+    y = src.inputs[0]
+    moved = g.add_node(act.op, [y] + list(act.inputs[1:]), dict(act.attrs), names=[act.output.name + "." + act.op], before=src)
+    d2s = g.add_node("depth_to_space", [moved.output], dict(src.attrs), names=[act.output.name + ".fused"],
+                     before=act, types=[act.output.type])
+    g.replace_value(act.output, d2s.output)
+    return True
+
+
 # (op of the node where a pattern is anchored) -> rewrites tried in order
 PATTERNS: Dict[str, List[Callable[[Node, Graph], bool]]] = {
     "batch_norm": [_fold_bn],
@@ -302,6 +351,11 @@ PATTERNS: Dict[str, List[Callable[[Node, Graph], bool]]] = {
     "mul": [_hard_swish, _fold_scale, _hard_swish_by_clip],
     "erf": [_gelu],
     "div": [_layer_norm, _hard_swish_by_clip],
+}
+LATE_PATTERNS: Dict[str, List[Callable[[Node, Graph], bool]]] = {
+    "conv_transpose": [_transposed_as_conv],
+    "relu": [_activation_first],
+    "clip": [_activation_first],
 }
 
 
@@ -316,6 +370,8 @@ class Fuse(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         counts: Dict[str, int] = {}
         changed = rewrite_to_fixpoint(graph, PATTERNS, self.max_iters, counts)
+        # once biases and batch norms are folded into them
+        changed |= rewrite_to_fixpoint(graph, LATE_PATTERNS, self.max_iters, counts)
         _restore_names(graph)
         ctx.report["fused"] = dict(sorted(counts.items()))
         return changed
