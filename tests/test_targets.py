@@ -800,7 +800,8 @@ def test_ppocr_models_match_onnxruntime(model, shape):
 def test_transcendentals_are_vectorized_polynomials():
     """float32 exp, sigmoid, tanh, erf (and GELU, softmax) are polynomials LLVM vectorizes, not
     a call of libm's expf/tanhf/erff per element (measured: ~4 ns per element, 3-7 ms of
-    convnext's MLP kernels), and stay within 4e-7 (relative) of float64."""
+    convnext's MLP kernels), and stay within 4e-7 (relative) of float64; a softmax's row max
+    and sum are interleaved partial results (lower_math._row_reduce)."""
     from scipy.special import erf, expit, log_softmax, softmax
 
     n = 4096
@@ -816,6 +817,8 @@ def test_transcendentals_are_vectorized_polynomials():
     ex = compile_graph(g, "host")
     ir = llvm_source(ex)
     assert not re.findall(r"call [^@]*@(expf|tanhf|erff)\(", ir) and re.search(r"<(4|8|16) x float>", ir)
+    # the softmax's max and sum over rows of 197 as interleaved partial results (and a tail)
+    assert "row_max" in ir and "qcc_inexact_row_sum" in ir
     xs, xes = np.linspace(-6, 6, n).astype(np.float32), np.linspace(-80, 80, n).astype(np.float32)
     ss = np.random.default_rng(0).normal(0, 4, (16, 197)).astype(np.float32)
     got = runner_from_executable(ex, g).run({"x": xs, "xe": xes, "s": ss})
