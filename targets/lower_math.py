@@ -231,40 +231,17 @@ def _softmax(cx, x, axis: int, log: bool):
 
 def _row_reduce(cx, x, axis: int, kind: str):
     """max or sum of float32 `x` along `axis`, keepdims. Along a long last axis (a
-    classifier's 6625 classes, attention rows): `lanes` interleaved partial results and
-    their total, vector ops with independent chains, as _interleaved_sum; a plain
-    reduction ran one element at a time (rec's 40x6625 max and sum: 63 us each).
+    classifier's 6625 classes, attention rows): interleaved partial results (_interleaved);
+    a plain reduction ran one element at a time (rec's 40x6625 max and sum: 63 us each).
     A max is the same in any order; a sum is not, so the interleaved sum is named an
     inexact kernel (softmax's sum adds exp's approximations anyway)."""
-    from tvm import te, tirx
-
     shape = [int(d) for d in cx.shape_of(x)]
-    axis = axis % len(shape)
     lanes = int(getattr(cx.strategy, "partial_sums", 0))
-    n = shape[-1]
-    if axis != len(shape) - 1 or not lanes or n < 4 * lanes:
+    if axis % len(shape) != len(shape) - 1 or not lanes or shape[-1] < 4 * lanes:
         return (R.max if kind == "max" else R.sum)(x, axis=[axis], keepdims=True)
     rows = int(np.prod(shape[:-1]))
-    q = n // lanes
-    flat = cx.emit(cx.reshape(x, [rows, n]))
-
-    def reduce(expr, ax):
-        return te.max(expr, axis=ax) if kind == "max" else te.sum(expr, axis=ax)
-
-    def fn(t):
-        k = te.reduce_axis((0, q), "k")
-        part = te.compute((rows, lanes), lambda r, j: reduce(t[r, k * lanes + j], k), name=f"partial_{kind}")
-        j = te.reduce_axis((0, lanes), "j")
-        tot = te.compute((rows,), lambda r: reduce(part[r, j], j), name=f"{kind}_of_partials")
-        if n % lanes == 0:
-            return tot
-        rest = te.reduce_axis((q * lanes, n), "rest")
-        tail = te.compute((rows,), lambda r: reduce(t[r, rest], rest), name="tail")
-        both = (lambda a, b: tirx.max(a, b)) if kind == "max" else (lambda a, b: a + b)
-        return te.compute((rows,), lambda r: both(tot[r], tail[r]), name="total")
-
-    name = f"row_{kind}" if kind == "max" else INEXACT_KERNEL + f"row_{kind}"
-    y = cx.emit_te(fn, flat, primfunc_name_hint=name)
+    name = "row_max" if kind == "max" else INEXACT_KERNEL + "row_sum"
+    y = _interleaved(cx, cx.reshape(x, [rows, shape[-1]]), kind, lanes, "float32", name)
     return cx.reshape(y, shape[:-1] + [1])
 
 
@@ -368,30 +345,40 @@ def _interleaved_sum(cx, x, lanes: int):
     changes, the result does not: the sums this takes are exact in float64 (values of at
     most 24 significant bits, as the comment above says), so every order gives the
     correctly rounded total the reference computes."""
-    from tvm import relax, te
-
     shape = [int(d) for d in cx.shape_of(x)]
     nb, c, n = shape[0], shape[1], int(np.prod(shape[2:]))
+    y = _interleaved(cx, cx.reshape(x, [nb * c, n]), "sum", lanes, "float64", "interleaved_sum")
+    return cx.reshape(y, [nb, c] + [1] * (len(shape) - 2))
+
+
+def _interleaved(cx, flat, kind: str, lanes: int, dtype: str, name: str):
+    """[rows, n] -> [rows]: the max or sum of each row (in `dtype`) as `lanes` interleaved
+    partial results (element i goes to partial i % lanes), their total, and the tail that
+    does not fill a last group of `lanes`."""
+    from tvm import relax, te, tirx
+
+    rows, n = (int(d) for d in cx.shape_of(flat))
     q = n // lanes
-    flat = cx.reshape(x, [nb, c, n])
     if not isinstance(flat, relax.Var):
         flat = cx.emit(flat)
 
+    def reduce(expr, ax):
+        return te.max(expr, axis=ax) if kind == "max" else te.sum(expr, axis=ax)
+
     def fn(t):
         k = te.reduce_axis((0, q), "k")
-        part = te.compute((nb, c, lanes), lambda b, ch, j: te.sum(t[b, ch, k * lanes + j].astype("float64"), axis=k),
-                          name="partial_sums")
+        part = te.compute((rows, lanes), lambda r, j: reduce(t[r, k * lanes + j].astype(dtype), k),
+                          name=f"partial_{kind}")
         j = te.reduce_axis((0, lanes), "j")
-        rest = te.reduce_axis((q * lanes, n), "r") if n % lanes else None
-
-        tot = te.compute((nb, c), lambda b, ch: te.sum(part[b, ch, j], axis=j), name="sum_of_partials")
-        if rest is None:
+        tot = te.compute((rows,), lambda r: reduce(part[r, j], j), name=f"{kind}_of_partials")
+        if n % lanes == 0:
             return tot
-        tail = te.compute((nb, c), lambda b, ch: te.sum(t[b, ch, rest].astype("float64"), axis=rest), name="tail")
-        return te.compute((nb, c), lambda b, ch: tot[b, ch] + tail[b, ch], name="total")
+        rest = te.reduce_axis((q * lanes, n), "rest")
+        tail = te.compute((rows,), lambda r: reduce(t[r, rest].astype(dtype), rest), name="tail")
+        both = (lambda a, b: tirx.max(a, b)) if kind == "max" else (lambda a, b: a + b)
+        return te.compute((rows,), lambda r: both(tot[r], tail[r]), name="total")
 
-    y = cx.emit_te(fn, flat, primfunc_name_hint="interleaved_sum")
-    return cx.reshape(y, [nb, c] + [1] * (len(shape) - 2))
+    return cx.emit_te(fn, flat, primfunc_name_hint=name)
 
 
 @lowering("arg_max", "arg_min")
