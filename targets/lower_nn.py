@@ -423,6 +423,31 @@ def _resize_table(in_len: int, out_len: int, scale, attrs):
     raise LoweringError(f"resize: mode {mode!r} is not supported")
 
 
+def _nearest_as_index_map(cx, x, shape, sizes, scales, attrs):
+    """A nearest resize whose every index table is floor(i * n_in / n_out) (integer up- or
+    downsampling, the usual asymmetric/floor FPN upsampling) as one gather kernel with that
+    index arithmetic: LLVM vectorizes it, where a take per axis through a constant table
+    ran element by element (PP-OCR det's 48x72 -> 96x144 of 96 channels: 2 x 160 us)."""
+    from tvm import te
+
+    ratios = []
+    for axis, (n_in, n_out) in enumerate(zip(shape, sizes)):
+        scale = _F(scales[axis]) if scales else (_F(n_out) / _F(n_in) if n_in else _F(1))
+        if n_in == n_out and scale == 1:
+            ratios.append(None)
+            continue
+        idx, _ = _resize_table(n_in, n_out, scale, attrs)
+        if idx.shape[1] != 1 or not np.array_equal(idx[:, 0], (np.arange(n_out) * n_in) // n_out):
+            return None
+        ratios.append((n_in, n_out))
+
+    def fn(t):
+        return te.compute(sizes, lambda *i: t[tuple(v if r is None else (v * r[0]) // r[1] for v, r in zip(i, ratios))],
+                          name="resize_nearest")
+
+    return cx.emit_te(fn, cx.emit(x), primfunc_name_hint="resize_nearest")
+
+
 @lowering("resize")
 def lower_resize(cx, node, ins, attrs):
     """Separable resize: per resized axis, gathers at constant indices weighted by constant
@@ -436,6 +461,10 @@ def lower_resize(cx, node, ins, attrs):
         raise LoweringError(f"resize: sizes {sizes} do not match the input rank {len(shape)}")
     mode = attrs.get("mode", "nearest")
     dt = cx.dtype_of(x)
+    if mode == "nearest":
+        direct = _nearest_as_index_map(cx, x, shape, sizes, scales, attrs)
+        if direct is not None:
+            return direct
     work_dt = "float64" if dt == "float64" else "float32"
     y = x if mode == "nearest" else cx.cast(x, work_dt)
     for axis, (n_in, n_out) in enumerate(zip(shape, sizes)):

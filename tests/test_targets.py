@@ -450,6 +450,29 @@ def g_resize():
     return g
 
 
+def test_integer_nearest_resize_is_one_gather():
+    """Nearest up- and downsampling by index ratios (asymmetric, floor: an FPN's upsampling)
+    is one gather kernel with the index arithmetic, not a take per axis through a constant
+    table, and moves exactly the reference's elements (float and uint8)."""
+    g = Graph("nearest")
+    x = g.add_input("x", TensorType((1, 3, 5, 6), "f32"))
+    q = g.add_input("q", TensorType((1, 2, 4, 4), "u8"))
+    g.set_outputs([_resize_node(g, x, (1, 3, 10, 12), "nearest", "asymmetric", "floor"),
+                   _resize_node(g, x, (1, 3, 5, 3), "nearest", "asymmetric", "floor"),
+                   _resize_node(g, q, (1, 2, 8, 12), "nearest", "asymmetric", "floor")])
+    from qcc.targets import lower_for
+
+    lowered = lower_for(g).script()
+    assert lowered.count("def resize_nearest") == 3 and "R.take" not in lowered
+    rng = np.random.default_rng(3)
+    feeds = {"x": rng.normal(size=(1, 3, 5, 6)).astype(np.float32),
+             "q": rng.integers(0, 256, (1, 2, 4, 4)).astype(np.uint8)}
+    got = runner_from_executable(compile_graph(g, "host"), g).run(feeds)
+    ref = interp_run(g, feeds)
+    for k in ref:
+        assert got[k].dtype == ref[k].dtype and np.array_equal(got[k], ref[k]), k
+
+
 def g_cast():
     g = Graph("cast")
     x = g.add_input("x", TensorType((3, 8), "f32"))
