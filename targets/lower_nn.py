@@ -441,9 +441,15 @@ def _nearest_as_index_map(cx, x, shape, sizes, scales, attrs):
             return None
         ratios.append((n_in, n_out))
 
+    from .cpu_rules import UNROLL_INNER
+
+    last = ratios[-1]
+    # an integer upsampling of the last axis: each output row interleaves k copies
+    attrs_te = {UNROLL_INNER: last[1] // last[0]} if last and last[1] % last[0] == 0 and last[1] > last[0] else {}
+
     def fn(t):
         return te.compute(sizes, lambda *i: t[tuple(v if r is None else (v * r[0]) // r[1] for v, r in zip(i, ratios))],
-                          name="resize_nearest")
+                          name="resize_nearest", attrs=attrs_te)
 
     return cx.emit_te(fn, cx.emit(x), primfunc_name_hint="resize_nearest")
 

@@ -170,13 +170,23 @@ def lower_depth_to_space(cx, node, ins, attrs):
     x = ins[0]
     bs = int(attrs["blocksize"])
     mode = attrs.get("mode", "DCR")
-    b, c, h, w = cx.shape_of(x)
-    if mode == "DCR":
-        y = cx.reshape(x, [b, bs, bs, c // (bs * bs), h, w])
-        y = cx.permute(y, [0, 3, 4, 1, 5, 2])
-    elif mode == "CRD":
-        y = cx.reshape(x, [b, c // (bs * bs), bs, bs, h, w])
-        y = cx.permute(y, [0, 1, 4, 2, 5, 3])
-    else:
+    b, c, h, w = (int(d) for d in cx.shape_of(x))
+    if mode not in ("DCR", "CRD"):
         raise LoweringError(f"depth_to_space: unknown mode {mode!r}")
-    return cx.reshape(y, [b, c // (bs * bs), h * bs, w * bs])
+    co = c // (bs * bs)
+    from tvm import te
+
+    from .cpu_rules import UNROLL_INNER
+
+    def source(o, i, j):  # input channel of output channel o at tile position (i, j)
+        return (i * bs + j) * co + o if mode == "DCR" else o * bs * bs + i * bs + j
+
+    # one gather with plain index arithmetic (the reshape-transpose-reshape it replaces
+    # left an index expression LLVM would not vectorize), each output row's bs phases
+    # unrolled by the CPU schedule (UNROLL_INNER)
+    def fn(t):
+        return te.compute((b, co, h * bs, w * bs),
+                          lambda n, o, hh, ww: t[n, source(o, hh % bs, ww % bs), hh // bs, ww // bs],
+                          name="depth_to_space", attrs={UNROLL_INNER: bs})
+
+    return cx.emit_te(fn, cx.emit(x), primfunc_name_hint="depth_to_space")

@@ -450,23 +450,32 @@ def g_resize():
     return g
 
 
-def test_integer_nearest_resize_is_one_gather():
+def test_integer_nearest_resize_and_depth_to_space_are_one_gather():
     """Nearest up- and downsampling by index ratios (asymmetric, floor: an FPN's upsampling)
-    is one gather kernel with the index arithmetic, not a take per axis through a constant
-    table, and moves exactly the reference's elements (float and uint8)."""
+    and depth_to_space are one gather kernel each with the index arithmetic (not a take per
+    axis through a constant table, not a reshape-transpose-reshape), their output rows'
+    interleaved phases unrolled (cpu_rules.UNROLL_INNER), and move exactly the reference's
+    elements (float and uint8)."""
     g = Graph("nearest")
     x = g.add_input("x", TensorType((1, 3, 5, 6), "f32"))
     q = g.add_input("q", TensorType((1, 2, 4, 4), "u8"))
+    d = g.add_input("d", TensorType((1, 8, 3, 5), "u8"))
     g.set_outputs([_resize_node(g, x, (1, 3, 10, 12), "nearest", "asymmetric", "floor"),
                    _resize_node(g, x, (1, 3, 5, 3), "nearest", "asymmetric", "floor"),
-                   _resize_node(g, q, (1, 2, 8, 12), "nearest", "asymmetric", "floor")])
+                   _resize_node(g, q, (1, 2, 8, 12), "nearest", "asymmetric", "floor"),
+                   g.add_node("depth_to_space", [d], {"blocksize": 2, "mode": "CRD"}).output,
+                   g.add_node("depth_to_space", [d], {"blocksize": 2, "mode": "DCR"}).output])
     from qcc.targets import lower_for
 
     lowered = lower_for(g).script()
     assert lowered.count("def resize_nearest") == 3 and "R.take" not in lowered
+    assert lowered.count("def depth_to_space") == 2 and "R.permute_dims" not in lowered
+    # the x2 and x3 upsamplings of the last axis and both depth_to_space (phases of 2)
+    assert lowered.count('"qcc_unroll_inner": 2') == 3 and lowered.count('"qcc_unroll_inner": 3') == 1
     rng = np.random.default_rng(3)
     feeds = {"x": rng.normal(size=(1, 3, 5, 6)).astype(np.float32),
-             "q": rng.integers(0, 256, (1, 2, 4, 4)).astype(np.uint8)}
+             "q": rng.integers(0, 256, (1, 2, 4, 4)).astype(np.uint8),
+             "d": rng.integers(0, 256, (1, 8, 3, 5)).astype(np.uint8)}
     got = runner_from_executable(compile_graph(g, "host"), g).run(feeds)
     ref = interp_run(g, feeds)
     for k in ref:
