@@ -159,6 +159,26 @@ def test_profile_kernels(tiny):
     assert prof[-1]["shapes"][-1] == [1, 10]  # destination-passing: the output is the last argument
 
 
+def test_kernel_times(tiny, capsys):
+    """Each kernel timed alone on the arguments it got in one run: the same calls as the
+    VM instrument sees, every time positive; benchmarks/kernels.py prints them."""
+    import importlib.util
+
+    from qcc.targets import load
+
+    runner = load(tiny / "model.so")
+    feeds = {"input": np.zeros((1, 3, 32, 32), np.float32)}
+    kt = runner.kernel_times(feeds, number=3, repeat=2)
+    assert [k["kernel"] for k in kt] == [p["kernel"] for p in runner.profile(feeds, repeat=1)]
+    assert all(k["seconds"] > 0 for k in kt) and kt[-1]["shapes"][-1] == [1, 10]
+    spec = importlib.util.spec_from_file_location("qcc_benchmarks_kernels", ROOT / "benchmarks/kernels.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([str(tiny), "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "ms in kernels" in out and len([ln for ln in out.splitlines() if "%" in ln]) == 3
+
+
 # --- RPC on loopback ----------------------------------------------------------------------------
 
 def _free_port() -> int:
