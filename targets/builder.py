@@ -26,7 +26,7 @@ from tvm import relax
 from qcc.ir import Graph
 
 from .lower import graph_signature, lower_graph
-from .parallel_build import compile_module, export_library
+from .parallel_build import compile_module, export_library, runtime_modules
 from .presets import TargetPreset, get_target
 from .strategy import LoweringStrategy, strategy_for
 
@@ -291,16 +291,25 @@ class Runner:
             calls[i]["times"].append(dt)
             return 0
 
-        self._main(*args)  # warm up, uninstrumented
-        self.vm.set_instrument(instrument)
+        def before_run():
+            state["i"] = 0
+
+        self._instrumented(args, instrument, max(1, repeat), before_run)
+        return [{"kernel": c["kernel"], "shapes": c["shapes"], "seconds": float(np.median(c["times"]))}
+                for c in calls]
+
+    def _instrumented(self, args, hook, runs: int = 1, before_run: Optional[Callable[[], None]] = None) -> None:
+        """One uninstrumented warm-up run of main, then `runs` runs with the VM calling
+        `hook(func, symbol, before, ret, *args)` around every call (kernels and builtins)."""
+        self._main(*args)
+        self.vm.set_instrument(hook)
         try:
-            for _ in range(max(1, repeat)):
-                state["i"] = 0
+            for _ in range(runs):
+                if before_run is not None:
+                    before_run()
                 self._main(*args)
         finally:
             self.vm.set_instrument(None)
-        return [{"kernel": c["kernel"], "shapes": c["shapes"], "seconds": float(np.median(c["times"]))}
-                for c in calls]
 
 
     def kernel_times(self, feeds: Dict[str, np.ndarray], *, number: int = 50,
@@ -321,13 +330,8 @@ class Runner:
                                             if hasattr(x, "shape")]))
             return 0
 
-        self._main(*args)
-        self.vm.set_instrument(instrument)
-        try:
-            self._main(*args)
-        finally:
-            self.vm.set_instrument(None)
-        libs = _library_modules(self.module)
+        self._instrumented(args, instrument)
+        libs = list(runtime_modules(self.module))
         out = []
         for sym, targs in calls:
             lib = next((m for m in libs if m.implements_function(sym)), None)
@@ -337,17 +341,6 @@ class Runner:
             out.append({"kernel": sym, "shapes": [list(t.shape) for t in targs], "dtype": str(targs[-1].dtype),
                         "seconds": float(np.median(f(*targs).results))})
         return out
-
-
-def _library_modules(module) -> List[Any]:
-    """The compiled-code modules under a VM executable (exported or in memory)."""
-    root = getattr(module, "mod", module)
-    seen, todo = [], [root]
-    while todo:
-        m = todo.pop()
-        seen.append(m)
-        todo.extend(m.imports)
-    return seen
 
 
 def load(path: Union[str, os.PathLike], *, num_threads: Optional[int] = None) -> Runner:

@@ -39,19 +39,9 @@ def parse_kinds(text_or_list) -> List[str]:
 
 def cuda_modules(mod) -> Iterator:
     """Every runtime module of kind 'cuda' under `mod` (depth first, import order)."""
-    seen = set()
+    from .parallel_build import runtime_modules
 
-    def walk(m):
-        key = id(m)
-        if key in seen:
-            return
-        seen.add(key)
-        if m.kind == "cuda":
-            yield m
-        for sub in m.imports:
-            yield from walk(sub)
-
-    yield from walk(mod)
+    return (m for m in runtime_modules(mod) if m.kind == "cuda")
 
 
 def cuda_source(ex) -> str:

@@ -355,7 +355,7 @@ def _interleaved(cx, flat, kind: str, lanes: int, dtype: str, name: str):
     """[rows, n] -> [rows]: the max or sum of each row (in `dtype`) as `lanes` interleaved
     partial results (element i goes to partial i % lanes), their total, and the tail that
     does not fill a last group of `lanes`."""
-    from tvm import relax, te, tirx
+    from tvm import relax, tirx
 
     rows, n = (int(d) for d in cx.shape_of(flat))
     q = n // lanes

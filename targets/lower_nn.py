@@ -423,26 +423,32 @@ def _resize_table(in_len: int, out_len: int, scale, attrs):
     raise LoweringError(f"resize: mode {mode!r} is not supported")
 
 
-def _nearest_as_index_map(cx, x, shape, sizes, scales, attrs):
-    """A nearest resize whose every index table is floor(i * n_in / n_out) (integer up- or
-    downsampling, the usual asymmetric/floor FPN upsampling) as one gather kernel with that
-    index arithmetic: LLVM vectorizes it, where a take per axis through a constant table
-    ran element by element (PP-OCR det's 48x72 -> 96x144 of 96 channels: 2 x 160 us)."""
-    from tvm import te
-
-    ratios = []
+def _axis_tables(shape, sizes, scales, attrs):
+    """{axis: (index table, weights)} of every axis the resize changes, as the reference
+    computes them; an axis of the same length and scale 1 is an identity, skipped as ONNX
+    Runtime (and the reference) skip it for every mode."""
+    tables = {}
     for axis, (n_in, n_out) in enumerate(zip(shape, sizes)):
         scale = _F(scales[axis]) if scales else (_F(n_out) / _F(n_in) if n_in else _F(1))
-        if n_in == n_out and scale == 1:
-            ratios.append(None)
-            continue
-        idx, _ = _resize_table(n_in, n_out, scale, attrs)
-        if idx.shape[1] != 1 or not np.array_equal(idx[:, 0], (np.arange(n_out) * n_in) // n_out):
-            return None
-        ratios.append((n_in, n_out))
+        if not (n_in == n_out and scale == 1):
+            tables[axis] = _resize_table(n_in, n_out, scale, attrs)
+    return tables
+
+
+def _nearest_as_index_map(cx, x, shape, sizes, tables):
+    """A nearest resize whose every index table is floor(i * n_in / n_out) (integer up- or
+    downsampling, the usual asymmetric/floor FPN upsampling) as one gather kernel with that
+    index arithmetic, else None: LLVM vectorizes it, where a take per axis through a constant
+    table ran element by element (PP-OCR det's 48x72 -> 96x144 of 96 channels: 2 x 160 us)."""
+    from tvm import te
 
     from .cpu_rules import UNROLL_INNER
 
+    for axis, (idx, _) in tables.items():
+        n_in, n_out = int(shape[axis]), sizes[axis]
+        if idx.shape[1] != 1 or not np.array_equal(idx[:, 0], (np.arange(n_out) * n_in) // n_out):
+            return None
+    ratios = [(int(shape[a]), sizes[a]) if a in tables else None for a in range(len(shape))]
     last = ratios[-1]
     # an integer upsampling of the last axis: each output row interleaves k copies
     attrs_te = {UNROLL_INNER: last[1] // last[0]} if last and last[1] % last[0] == 0 and last[1] > last[0] else {}
@@ -467,19 +473,16 @@ def lower_resize(cx, node, ins, attrs):
         raise LoweringError(f"resize: sizes {sizes} do not match the input rank {len(shape)}")
     mode = attrs.get("mode", "nearest")
     dt = cx.dtype_of(x)
-    if mode == "nearest":
-        direct = _nearest_as_index_map(cx, x, shape, sizes, scales, attrs)
+    tables = _axis_tables(shape, sizes, scales, attrs)
+    if mode == "nearest" and tables:
+        direct = _nearest_as_index_map(cx, x, shape, sizes, tables)
         if direct is not None:
             return direct
     work_dt = "float64" if dt == "float64" else "float32"
     y = x if mode == "nearest" else cx.cast(x, work_dt)
-    for axis, (n_in, n_out) in enumerate(zip(shape, sizes)):
-        scale = _F(scales[axis]) if scales else (_F(n_out) / _F(n_in) if n_in else _F(1))
-        if n_in == n_out and scale == 1:
-            continue  # identity, as ONNX Runtime (and the reference) skip it for every mode
-        idx, w = _resize_table(n_in, n_out, scale, attrs)
+    for axis, (idx, w) in tables.items():
         bshape = [1] * len(shape)
-        bshape[axis] = n_out
+        bshape[axis] = sizes[axis]
         acc = None
         for t in range(idx.shape[1]):
             g = R.take(y, cx.const(idx[:, t], "int64"), axis=axis, mode="clip")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, List
+from typing import Any, Iterator, List
 
 import tvm
 from tvm import relax
@@ -99,6 +99,21 @@ def export_library(ex, path: str, fcompile=None) -> None:
             runtime_api.ModulePackImportsToLLVM(mod, system_lib, llvm_target, prefix).write_to_file(devc)
             files.append(devc)
         (fcompile or cc.create_shared)(path, files)
+
+
+def runtime_modules(ex) -> Iterator[Any]:
+    """Every runtime module under an executable (or a runtime module), depth first in import
+    order, each once: a loaded library's code sits in its imports, which `_collect_dso_modules`
+    does not list."""
+    seen = set()
+    todo = [getattr(ex, "mod", ex)]
+    while todo:
+        m = todo.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        yield m
+        todo.extend(reversed(list(m.imports)))
 
 
 def llvm_source(ex, fmt: str = "ll") -> str:
