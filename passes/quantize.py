@@ -27,6 +27,7 @@ After:  %x.q = qcc.quantize(%x) {scale=[0.00784], zero_point=[128], ...} : u8[..
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -243,6 +244,7 @@ class Quantize(Pass):
         # object.__setattr__: a frozen pass keeps per-run scratch out of its options
         object.__setattr__(self, "_wide", _wide_observers(
             graph, [n for n in graph.nodes if n.op in COMPUTE and (bits[n.name] or (0, 0))[1] == 16]))
+        object.__setattr__(self, "_consts", {})
         for n in graph.nodes:
             if n.graph is None or n.op not in COMPUTE:
                 continue
@@ -273,6 +275,18 @@ class Quantize(Pass):
         return changed
 
     # --- the rewrite -------------------------------------------------------------------
+    def _shared_const(self, g: Graph, name: str, data: np.ndarray, dtype: str, q: QuantParams) -> Value:
+        """A new integer constant, or the one an earlier layer of this run got for the same
+        integers and params: layers that share one float weight (an unrolled recurrence's
+        h·Rᵀ at every step, a weight-tied head) then share one integer weight in the IR,
+        model.npz and the report's size, as they did in float."""
+        key = (dtype, data.shape, hashlib.sha256(np.ascontiguousarray(data).tobytes()).digest(),
+               np.asarray(q.scale).tobytes(), q.axis, q.bits)
+        v = self._consts.get(key)
+        if v is None:
+            v = self._consts[key] = g.add_const(name, data, dtype, q)
+        return v
+
     def _act_params(self, obs: Node, bits: Optional[int] = None) -> QuantParams:
         """An observe op's params: fixed ones (a QDQ model's) exactly, else from its range,
         in 16 bits for a tensor an a16 layer reads (or when `bits` asks for them)."""
@@ -407,8 +421,8 @@ class Quantize(Pass):
             wq, ws = _fit_bias(wq, ws, w_axis, bias, sx, qx.qmax - qx.qmin, weight_qmax(wbits))
         name = n.name
         wdt = WEIGHT_DTYPES[wbits]
-        wc = g.add_const(name + ".wq", wq, wdt, QuantParams(wbits, True, ws, 0, axis=w_axis)
-                         if ws.size > 1 else QuantParams(wbits, True, ws, 0))
+        wc = self._shared_const(g, name + ".wq", wq, wdt, QuantParams(wbits, True, ws, 0, axis=w_axis)
+                                if ws.size > 1 else QuantParams(wbits, True, ws, 0))
         acc_scale = sx * ws
         bc = None
         bq = None

@@ -33,6 +33,7 @@ from .onnx_load import (IR_OPSET, MAX_OPSET, MIN_OPSET, _dims, _one_line,  # noq
                         array_dtype, attr_value, default_opset, input_types, ir_dtype, load_model,
                         node_label, onnx_dtype, sort_nodes)
 from .onnx_qdq import check_forms as check_qdq_forms  # also registers the Q/DQ converters
+from . import onnx_rnn  # noqa: F401  registers the LSTM/GRU/RNN converters (unrolled)
 
 # never evaluated at import, even on constant inputs
 _NO_FOLD = frozenset({
