@@ -78,6 +78,52 @@ REWRITES: Dict[str, Callable[[Node, Graph], Optional[Value]]] = {
 }
 
 
+def _live_taps(n_in: int, n_out: int, k: int, stride: int, dil: int, pad: int):
+    """(first, last) kernel tap along one axis that reads the input, not padding, for
+    some output position; None if none does."""
+    live = [t for t in range(k) if any(0 <= o * stride + t * dil - pad < n_in for o in range(n_out))]
+    return (live[0], live[-1]) if live else None
+
+
+def _crop_dead_taps(node: Node, g: Graph) -> bool:
+    """A conv whose kernel rows or columns read only padding, at every output position,
+    loses them: a 5x5 depthwise conv over a 2-row feature map (late layers of a network
+    fed text lines) multiplies zeros in 2 of its 5 rows. The taps go from the constant
+    weights and the pads shrink by as much, so every output reads the same inputs with
+    the same weights, minus products that were exactly zero: integer results are
+    unchanged bit for bit, float ones gain only summation order."""
+    x, w = node.inputs[0], node.inputs[1]
+    if x is None or w is None or not w.is_const or node.opdef is None:
+        return False
+    a = node.attrs
+    r = len(w.shape) - 2
+    shape_in, shape_out = x.shape[2:], node.output.shape[2:]
+    strides, dils = a.get("strides") or [1] * r, a.get("dilations") or [1] * r
+    pads = list(a.get("pads") or [0] * 2 * r)
+    if r < 1 or len(shape_in) != r or len(pads) != 2 * r:
+        return False
+    crop, new_pads = [], list(pads)
+    for i in range(r):
+        k, s, d = w.shape[2 + i], strides[i], dils[i]
+        live = _live_taps(shape_in[i], shape_out[i], k, s, d, pads[i])
+        if live is None:
+            return False
+        t0, t1 = live
+        k2 = t1 - t0 + 1
+        new_pads[i] = pads[i] - t0 * d
+        new_pads[r + i] = max(0, (shape_out[i] - 1) * s + (k2 - 1) * d + 1 - shape_in[i] - new_pads[i])
+        if new_pads[i] < 0 or (shape_in[i] + new_pads[i] + new_pads[r + i] - (k2 - 1) * d - 1) // s + 1 \
+                != shape_out[i]:
+            return False
+        crop.append(slice(t0, t1 + 1))
+    if all(c.stop - c.start == w.shape[2 + i] for i, c in enumerate(crop)):
+        return False
+    data = np.ascontiguousarray(w.data[(slice(None), slice(None), *crop)])
+    node.set_input(1, g.add_const(w.name + ".live", data, w.dtype, w.quant))
+    node.attrs["pads"] = new_pads
+    return True
+
+
 def _fold(node: Node, g: Graph) -> bool:
     """Evaluate a node whose operands are all constants; True if it was replaced."""
     if not node.inputs or any(v is None or not v.is_const for v in node.inputs if v is not None):
@@ -118,7 +164,8 @@ class Canonicalize(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         rules = {"*": ([_fold] if self.fold else []) + [_drop_noop],
-                 **{op: [_as_rule(rw)] for op, rw in REWRITES.items()}}
+                 **{op: [_as_rule(rw)] for op, rw in REWRITES.items()},
+                 "conv": [_crop_dead_taps], "qconv": [_crop_dead_taps]}
         changed = rewrite_to_fixpoint(graph, rules, self.max_iters)
         _keep_output_names(graph)
         return changed
