@@ -188,6 +188,9 @@ def _check_types(node: Node, results: Sequence) -> None:
         want_dtype = tvm_dtype(out.dtype)
         if not isinstance(ty, relax.TensorType):
             raise LoweringError(f"{node.op} %{out.name}: lowered to {ty}, expected a tensor")
+        if ty.shape is not None and not all(isinstance(d, tvm.tirx.IntImm) for d in ty.shape.values):
+            raise LoweringError(f"{node.op} %{out.name}: its output shape {list(ty.shape.values)} "
+                                "depends on the data; qcc compiles static shapes only")
         got_shape = tuple(int(d) for d in ty.shape.values) if ty.shape is not None else None
         if got_shape != want_shape or str(ty.dtype) != want_dtype:
             raise LoweringError(
@@ -260,15 +263,24 @@ def lower_graph(graph: Graph, strategy: Optional[LoweringStrategy] = None, *,
                 raise LoweringError(f"value %{v.name} is used before it is defined")
         return e
 
-    with bb.function(func_name, params):
-        with bb.dataflow():
-            for node in graph.nodes:
-                results = lower_node(cx, node, [value_of(v) for v in node.inputs])
-                for o, r in zip(node.outputs, results):
-                    env[id(o)] = r
-            outs = [value_of(v) for v in graph.outputs]
-            gv = bb.emit_output(relax.Tuple(outs))
-        bb.emit_func_output(gv)
+    try:
+        with bb.function(func_name, params):
+            with bb.dataflow():
+                for node in graph.nodes:
+                    results = lower_node(cx, node, [value_of(v) for v in node.inputs])
+                    for o, r in zip(node.outputs, results):
+                        env[id(o)] = r
+                outs = [value_of(v) for v in graph.outputs]
+                gv = bb.emit_output(relax.Tuple(outs))
+            bb.emit_func_output(gv)
+    except BaseException:
+        # the dataflow scope reopens a binding block on its way out; left open, the
+        # builder's destructor prints a TVM warning after qcc's one-line error
+        try:
+            bb._end_block()
+        except Exception:
+            pass
+        raise
     mod = bb.get()
     mod = relax.transform.DeadCodeElimination([func_name])(mod)
     return mod

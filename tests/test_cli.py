@@ -94,3 +94,23 @@ def test_time_and_dump(tmp_path):
     assert p.returncode == 0
     assert "pass timing" in p.stderr and "IR after canonicalize" in p.stderr
     assert (tmp_path / "d" / "001-canonicalize.qir").exists()
+
+
+@pytest.mark.parametrize("op,out_shape,msg", [
+    ("Det", [2], "TVM's ONNX frontend has no converter for Det"),       # no lowering anywhere
+    ("Unique", None, "depends on the data; qcc compiles static shapes only"),  # dynamic output
+])
+def test_unlowerable_op_is_one_line_and_leaves_nothing(tmp_path, op, out_shape, msg):
+    """An op neither qcc nor TVM can compile: one line, exit 1, no artifact -- and no TVM
+    warning after it (the Relax builder is closed on the error path)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node(op, ["x"], ["y"])], "m",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    p = qcc("compile", tmp_path / "m.onnx", "--target", "host", "-O0", "-o", tmp_path / "out")
+    assert p.returncode == 1, p.stderr
+    assert p.stderr.count("\n") == 1 and p.stderr.startswith("qcc: error:") and msg in p.stderr, p.stderr
+    assert not (tmp_path / "out").exists()
