@@ -157,6 +157,36 @@ class Observer:
 
 # --- calibration data -------------------------------------------------------------------
 
+def sample_shapes(path) -> Dict[str, Tuple[int, ...]]:
+    """The shape of each calibration array, {name: shape}, read from the .npy headers only
+    (the data is not loaded): it fixes a model's dynamic input dims before import. What
+    cannot be read is left out; load_samples reports it later, in one line."""
+    import zipfile
+
+    def header_shape(fh) -> Tuple[int, ...]:
+        version = np.lib.format.read_magic(fh)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return tuple(int(d) for d in read(fh)[0])
+
+    path = Path(path)
+    files = sorted(path.glob("*.np[yz]")) if path.is_dir() else [path]
+    out: Dict[str, Tuple[int, ...]] = {}
+    for f in files:
+        try:
+            if f.suffix == ".npy":
+                with open(f, "rb") as fh:
+                    out.setdefault(f.stem, header_shape(fh))
+                continue
+            with zipfile.ZipFile(f) as z:
+                for info in z.infolist():
+                    if info.filename.endswith(".npy"):
+                        with z.open(info) as fh:
+                            out.setdefault(info.filename[:-4], header_shape(fh))
+        except Exception:  # noqa: BLE001 - unreadable: load_samples says why
+            continue
+    return out
+
+
 def load_samples(path, graph: Graph) -> List[Dict[str, np.ndarray]]:
     """Read `--calib` data (.npz, or a folder of .npz/.npy) and split it into batches
     shaped like the graph's inputs. Bad data is a CalibError, never a crash."""

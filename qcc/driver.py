@@ -7,6 +7,7 @@ model and options give byte-identical files.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -201,7 +202,14 @@ def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
         except ValueError as e:
             raise CompileError(f"--precision: {e}") from None
     say(f"importing {model.name}")
+    from .calibrate import sample_shapes
+    from .frontend.onnx_load import resolve_input_shapes
+
     try:
+        chosen, shape_notes = resolve_input_shapes(model, opts.input_shapes,
+                                                   sample_shapes(opts.calib) if opts.calib else None)
+        if chosen:  # recorded in the manifest like shapes given on the command line
+            opts = dataclasses.replace(opts, input_shapes={**opts.input_shapes, **chosen})
         graph = import_onnx(model, opts.input_shapes)
     except FrontendError as e:
         raise CompileError(str(e)) from None
@@ -211,6 +219,8 @@ def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
     samples = load_samples(opts.calib, graph) if opts.calib else None
     ctx = PassContext(options={"calib": samples, "calib_method": opts.calib_method,
                                "precision": opts.precision, "target": preset, **budget}, log=log)
+    for note in shape_notes:
+        ctx.warn(note)
     say(f"running {pm.pipeline or '(no passes)'}")
     pm.run(graph, ctx)
     opaque = sorted({n.op for n in graph.nodes if n.op.startswith("onnx.")})

@@ -114,3 +114,27 @@ def test_unlowerable_op_is_one_line_and_leaves_nothing(tmp_path, op, out_shape, 
     assert p.returncode == 1, p.stderr
     assert p.stderr.count("\n") == 1 and p.stderr.startswith("qcc: error:") and msg in p.stderr, p.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_compile_takes_dynamic_dims_from_the_calibration_data(tmp_path):
+    """`qcc compile model.onnx -O2 --calib data.npz -o out` with no --input-shape, on a model
+    exported with dynamic batch, height and width: the calibration arrays show the shape."""
+    import json
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "m",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).standard_normal((4, 3, 8, 6)).astype(np.float32))
+    p = qcc("compile", tmp_path / "m.onnx", "-O2", "--calib", tmp_path / "c.npz", "-o", tmp_path / "out")
+    assert p.returncode == 0, p.stderr
+    assert "input 'x' has dynamic dims [N, 3, H, W]: compiled as 1x3x8x6 from the calibration data" in p.stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["options"]["input_shapes"] == {"x": [1, 3, 8, 6]}
+    # without calibration data height and width stay unknown: the error names the flag
+    p = qcc("compile", tmp_path / "m.onnx", "-O0", "-o", tmp_path / "out0")
+    assert p.returncode == 1 and "--input-shape x=" in p.stderr and not (tmp_path / "out0").exists()

@@ -737,3 +737,36 @@ def test_onnx_node_conformance_compiled():
     for f in failed:
         print("  FAIL", f)
     assert passed >= COMPILED_CONFORMANCE_FLOOR, "\n".join(failed)
+
+
+# --- dynamic input dims fixed from what the user already gave -----------------------------
+
+def test_dynamic_dims_resolved_from_calibration_shapes(tmp_path):
+    from qcc.calibrate import sample_shapes
+    from qcc.frontend.onnx_load import resolve_input_shapes
+
+    m = _relu(shape=("N", 3, "H", "W"))
+    # one .npz (samples along axis 0), a folder of .npy, and batches stacked on a leading axis
+    np.savez(tmp_path / "c.npz", x=np.zeros((5, 3, 8, 12), np.float32))
+    (tmp_path / "d").mkdir()
+    np.save(tmp_path / "d" / "x.npy", np.zeros((2, 4, 3, 8, 12), np.float32))
+    assert sample_shapes(tmp_path / "c.npz") == {"x": (5, 3, 8, 12)}
+    assert sample_shapes(tmp_path / "d") == {"x": (2, 4, 3, 8, 12)}
+    for calib in ("c.npz", "d"):
+        shapes, notes = resolve_input_shapes(m, {}, sample_shapes(tmp_path / calib))
+        assert shapes == {"x": (1, 3, 8, 12)}, calib
+        assert len(notes) == 1 and "1x3x8x12 from the calibration data" in notes[0]
+    g = import_onnx(m, shapes)
+    assert str(g.inputs[0].type) == "f32[1,3,8,12]"
+    # shapes the user gave win; examples that contradict a static dim are not used
+    assert resolve_input_shapes(m, {"x": (2, 3, 4, 4)}, {"x": (5, 3, 8, 12)}) == ({}, [])
+    assert resolve_input_shapes(m, {}, {"x": (5, 4, 8, 12)}) == ({}, [])
+    assert resolve_input_shapes(m, {}, None) == ({}, [])  # H, W unknown: import says which
+
+
+def test_dynamic_batch_alone_becomes_one():
+    from qcc.frontend.onnx_load import resolve_input_shapes
+
+    shapes, notes = resolve_input_shapes(_relu(shape=("batch", 3)), {}, None)
+    assert shapes == {"x": (1, 3)} and "from a batch of 1" in notes[0]
+    assert resolve_input_shapes(_relu(shape=(2, 3)), {}, None) == ({}, [])  # static: nothing to do

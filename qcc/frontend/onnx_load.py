@@ -179,6 +179,48 @@ def _example_shape(dims: Sequence) -> str:
     return "x".join(ex) if ex else "1"
 
 
+def resolve_input_shapes(src, given: Optional[Dict[str, Sequence[int]]] = None,
+                         examples: Optional[Dict[str, Sequence[int]]] = None):
+    """Shapes for the model's inputs with dynamic dims that `given` leaves open, and one
+    line per choice: ({name: shape}, notes).
+
+    A model exported with a dynamic batch (or, like PP-OCR's, dynamic height and width)
+    cannot compile as it is, yet the user has usually shown the shape already: the
+    calibration arrays (`examples`: each array's shape, samples along axis 0) have it.
+    The batch is 1 unless the model fixes it; other dynamic dims come from the examples.
+    Without an example, a dynamic batch alone still becomes 1. Anything else stays open,
+    for input_types to report with the --input-shape it needs."""
+    model = load_model(src)
+    gp = model.graph
+    inits = {t.name for t in gp.initializer}
+    given = dict(given or {})
+    out, notes = {}, []
+    for vi in gp.input:
+        if vi.name in inits or vi.name in given or not vi.type.HasField("tensor_type"):
+            continue
+        dims = _dims(vi)
+        if dims is None or all(isinstance(d, int) for d in dims) or not dims:
+            continue
+        ex = list((examples or {}).get(vi.name, ()))
+        if len(ex) == len(dims) + 1:  # batches stacked on a leading axis
+            ex = ex[1:]
+        shape, source = None, ""
+        if len(ex) == len(dims):
+            cand = [d if isinstance(d, int) else (1 if i == 0 else int(e))
+                    for i, (d, e) in enumerate(zip(dims, ex))]
+            if all(not isinstance(d, int) or d == e or i == 0 for i, (d, e) in enumerate(zip(dims, ex))):
+                shape, source = cand, "the calibration data"
+        if shape is None and all(isinstance(d, int) for d in dims[1:]):
+            shape, source = [1] + [int(d) for d in dims[1:]], "a batch of 1"
+        if shape is None:
+            continue
+        out[vi.name] = tuple(shape)
+        notes.append(f"input '{vi.name}' has dynamic dims [{', '.join(map(str, dims))}]: compiled as "
+                     f"{'x'.join(map(str, shape))} from {source} (--input-shape "
+                     f"{vi.name}=... to choose)")
+    return out, notes
+
+
 def input_types(gp: onnx.GraphProto, inits: set,
                 input_shapes: Optional[Dict[str, Sequence[int]]]) -> Dict[str, TensorType]:
     shapes = dict(input_shapes or {})
