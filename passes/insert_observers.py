@@ -101,7 +101,7 @@ class InsertObservers(Pass):
         return True
 
     def _calibrate(self, graph: Graph, ctx: PassContext, calib) -> None:
-        samples = load_samples(calib, graph) if not isinstance(calib, list) else calib
+        samples = load_samples(calib, graph, warn=ctx.warn) if not isinstance(calib, list) else calib
         nodes = [n for n in observe_nodes(graph) if not n.attrs.get("scale")]  # fixed params stay
         names = sorted({n.inputs[0].name for n in nodes})
         ctx.progress(f"calibrating {len(names)} tensors on {len(samples)} batches")

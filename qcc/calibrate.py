@@ -187,7 +187,7 @@ def sample_shapes(path) -> Dict[str, Tuple[int, ...]]:
     return out
 
 
-def load_samples(path, graph: Graph) -> List[Dict[str, np.ndarray]]:
+def load_samples(path, graph: Graph, warn: Optional[Callable[[str], None]] = None) -> List[Dict[str, np.ndarray]]:
     """Read `--calib` data (.npz, or a folder of .npz/.npy) and split it into batches
     shaped like the graph's inputs. Bad data is a CalibError, never a crash."""
     path = Path(path)
@@ -211,6 +211,13 @@ def load_samples(path, graph: Graph) -> List[Dict[str, np.ndarray]]:
             raise CalibError(f"{f}: cannot read calibration data ({why})") from None
     names = [v.name for v in graph.inputs]
     unknown = sorted(set(arrays) - set(names))
+    if len(names) == 1 and unknown == ["arr_0"] and len(arrays) == 1:
+        # one input, one array saved without a name (np.savez(f, x) calls it arr_0): unambiguous;
+        # an array under another name is a mistake to report, not to guess about
+        if warn is not None:
+            warn(f"calibration array '{unknown[0]}' used for the model's only input '{names[0]}'")
+        arrays = {names[0]: arrays.pop(unknown[0])}
+        unknown = []
     if unknown:
         raise CalibError(f"calibration data has '{unknown[0]}', which is not a model input "
                          f"(inputs: {', '.join(names)})")

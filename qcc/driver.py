@@ -216,10 +216,11 @@ def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
     float_bytes = weight_bytes(graph)
     from .calibrate import load_samples
 
-    samples = load_samples(opts.calib, graph) if opts.calib else None
+    notes = list(shape_notes)
+    samples = load_samples(opts.calib, graph, warn=notes.append) if opts.calib else None
     ctx = PassContext(options={"calib": samples, "calib_method": opts.calib_method,
                                "precision": opts.precision, "target": preset, **budget}, log=log)
-    for note in shape_notes:
+    for note in notes:
         ctx.warn(note)
     say(f"running {pm.pipeline or '(no passes)'}")
     pm.run(graph, ctx)

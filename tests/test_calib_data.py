@@ -392,3 +392,13 @@ def test_a_pipeline_on_all_zero_calibration_data_has_no_nan_scale(model_path):
     s = _scales(g)
     assert np.isfinite(s).all() and (s > 0).all()
     assert "O3" in PIPELINES
+
+
+def test_an_unnamed_array_serves_the_only_input(graph, tmp_path):
+    """np.savez(f, x) stores the array as 'arr_0': with one model input that is unambiguous
+    (a warning says so); any other unknown name stays an error (test_bad_arrays_give_calib_errors)."""
+    np.savez(tmp_path / "c.npz", _x(4))
+    said = []
+    batches = load_samples(tmp_path / "c.npz", graph, warn=said.append)
+    assert len(batches) == 2 and set(batches[0]) == {"x"}
+    assert said == ["calibration array 'arr_0' used for the model's only input 'x'"]

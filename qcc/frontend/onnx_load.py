@@ -201,7 +201,9 @@ def resolve_input_shapes(src, given: Optional[Dict[str, Sequence[int]]] = None,
         dims = _dims(vi)
         if dims is None or all(isinstance(d, int) for d in dims) or not dims:
             continue
-        ex = list((examples or {}).get(vi.name, ()))
+        examples = examples or {}
+        only = list(examples) == ["arr_0"] and len([v for v in gp.input if v.name not in inits]) == 1
+        ex = list(examples.get(vi.name, next(iter(examples.values())) if only else ()))
         if len(ex) == len(dims) + 1:  # batches stacked on a leading axis
             ex = ex[1:]
         shape, source = None, ""
