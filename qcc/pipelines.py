@@ -2,7 +2,8 @@
 
 `qcc compile --print-pipeline` prints the text a run used, so any run can be
 replayed with `--passes`. Each step sits where it does for a reason:
-canonicalize first so every later pattern sees folded constants and no no-ops;
+promote-f16 first (a no-op on float32 models: a half-precision one computes in float32, so
+the integer code's float seams need no casts); canonicalize next so every later pattern sees folded constants and no no-ops;
 fuse before observing so observers sit on the tensors that will really exist;
 equalize after fuse (it rescales the folded weights, and reads the batch-norm
 statistics fuse keeps) and before observing (the observers must see the rescaled
@@ -18,15 +19,15 @@ PIPELINES = {
     # import and lower in float: only semantics-preserving clean-up
     "O0": "canonicalize",
     # float activations, int8 weights: no calibration data needed
-    "O1": "canonicalize,fuse,quantize-weights,canonicalize",
+    "O1": "promote-f16,canonicalize,fuse,quantize-weights,canonicalize",
     # the static int8 pipeline; cross-layer equalization is data-free and cheap
-    "O2": "canonicalize,fuse,equalize,insert-observers,propagate-ranges,assign-bitwidths,round-weights,quantize,"
+    "O2": "promote-f16,canonicalize,fuse,equalize,insert-observers,propagate-ranges,assign-bitwidths,round-weights,quantize,"
           "fold-requantize,canonicalize",
     # O2 with the better calibration method (mixed-precision search joins with issue 5)
     # (bias-correct is not in: on PP-OCR cls it measured neutral to harmful, see
     # docs/equalization.md); -O3 also tunes the kernels in the back end (targets/tune.py:
     # --tune-budget, --tune-db)
-    "O3": "canonicalize,fuse,equalize,insert-observers{method=mse},propagate-ranges,"
+    "O3": "promote-f16,canonicalize,fuse,equalize,insert-observers{method=mse},propagate-ranges,"
           "assign-bitwidths,round-weights,quantize,fold-requantize,canonicalize",
 }
 
