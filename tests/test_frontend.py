@@ -428,6 +428,27 @@ def test_error_control_flow():
         import_onnx(m)
 
 
+@pytest.mark.parametrize("width,taken", [(4, "relu"), (5, "neg")])
+def test_if_on_a_shape_check_inlines_the_branch_it_takes(width, taken):
+    """Exporters guard shapes with If; static shapes settle the condition at import, so the
+    taken branch's nodes are imported in place (with its own initializer), matching
+    onnxruntime. A condition computed at run time stays an error (test_error_control_flow)."""
+    then_b = helper.make_graph([helper.make_node("Mul", ["x", "two"], ["m"]), helper.make_node("Relu", ["m"], ["t"])],
+                               "then", [], [vi("t", [1, 4])], [numpy_helper.from_array(np.float32(2), "two")])
+    else_b = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [], [vi("e", [1, 4])])
+    m = mk([helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "i"], ["d"], axis=0),
+            helper.make_node("Equal", ["d", "k"], ["c"]),
+            helper.make_node("If", ["c"], ["y"], then_branch=then_b, else_branch=else_b)],
+           [vi("x", [1, 4])], [vi("y", [1, 4])],
+           [numpy_helper.from_array(np.array(1, np.int64), "i"), numpy_helper.from_array(np.array(width, np.int64), "k")])
+    g = import_onnx(m)
+    assert taken in [n.op for n in g.nodes] and not any(n.op.startswith("onnx.") for n in g.nodes)
+    x = np.array([[-1, 2, -3, 4]], np.float32)
+    (y,) = interp(g, {"x": x})
+    (r,) = ort_run(m, {"x": x})
+    np.testing.assert_array_equal(y, r)
+
+
 def test_error_other_domain():
     m = mk([helper.make_node("FusedConv", ["x"], ["y"], domain="com.microsoft")],
            [vi("x", [2])], [vi("y", None)])

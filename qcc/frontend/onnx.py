@@ -155,31 +155,7 @@ class Importer:
         from .onnx_ops import CONVERTERS
 
         for proto in self.nodes:
-            if proto.domain not in ("", "ai.onnx"):
-                raise FrontendError(f"{node_label(proto)} is in domain '{proto.domain}'; qcc "
-                                    "imports only the default ONNX domain")
-            if not any(o in self.consumed for o in proto.output if o):
-                continue  # dead: nothing reads it
-            n = ONode(self, proto)
-            try:
-                outs = self._fold(n)
-                if outs is None:
-                    conv = CONVERTERS.get(n.op)
-                    outs = conv(self, n) if conv is not None else None
-                    if isinstance(outs, Value):
-                        outs = [outs]
-                if outs is None:
-                    outs = self.opaque(n)
-            except FrontendError:
-                raise
-            except Exception as e:
-                raise FrontendError(f"{n.label}: {_one_line(e)}") from e
-            for name, v in zip(n.outputs, outs):
-                if name and v is not None:
-                    self.env[name] = v
-            for name in n.outputs[len(outs):]:
-                if name and name in self.consumed:
-                    raise n.error(f"output '{name}' is not supported")
+            self._convert(proto, CONVERTERS)
         outputs = [self.env[o.name] for o in self.model.graph.output]
         self.graph.set_outputs(outputs)
         # an aliased output (Identity, Dropout) takes its ONNX name where it can
@@ -190,6 +166,59 @@ class Importer:
                 self.graph.rename(v, name)
         self.graph.eliminate_dead_code()
         return self.graph
+
+    def _convert(self, proto: onnx.NodeProto, converters) -> None:
+        if proto.domain not in ("", "ai.onnx"):
+            raise FrontendError(f"{node_label(proto)} is in domain '{proto.domain}'; qcc "
+                                "imports only the default ONNX domain")
+        if not any(o in self.consumed for o in proto.output if o):
+            return  # dead: nothing reads it
+        if proto.op_type == "If" and self._inline_if(proto, converters):
+            return
+        n = ONode(self, proto)
+        try:
+            outs = self._fold(n)
+            if outs is None:
+                conv = converters.get(n.op)
+                outs = conv(self, n) if conv is not None else None
+                if isinstance(outs, Value):
+                    outs = [outs]
+            if outs is None:
+                outs = self.opaque(n)
+        except FrontendError:
+            raise
+        except Exception as e:
+            raise FrontendError(f"{n.label}: {_one_line(e)}") from e
+        for name, v in zip(n.outputs, outs):
+            if name and v is not None:
+                self.env[name] = v
+        for name in n.outputs[len(outs):]:
+            if name and name in self.consumed:
+                raise n.error(f"output '{name}' is not supported")
+
+    def _inline_if(self, proto: onnx.NodeProto, converters) -> bool:
+        """An If whose condition is known at import (exporters write them for shape checks
+        that static shapes settle) becomes the nodes of the branch it takes. False when the
+        condition is computed at run time: that stays an error (no control flow)."""
+        cond = self.env.get(proto.input[0]) if proto.input else None
+        if cond is None or not cond.is_const or np.asarray(cond.data).size != 1:
+            return False
+        key = "then_branch" if bool(np.asarray(cond.data).reshape(())) else "else_branch"
+        branch = next((a.g for a in proto.attribute if a.name == key), None)
+        if branch is None:
+            return False
+        for t in branch.initializer:
+            self.add_const(t.name, numpy_helper.to_array(t), f"initializer '{t.name}'")
+        self.onnx_names |= {o for n in branch.node for o in n.output if o}
+        self.consumed |= {x for n in branch.node for x in n.input if x} | {o.name for o in branch.output}
+        for inner in sort_nodes(branch, set(self.env)):
+            self._convert(inner, converters)
+        for name, o in zip(proto.output, branch.output):
+            if name:
+                if o.name not in self.env:
+                    raise FrontendError(f"{node_label(proto)}: its {key} does not define '{o.name}'")
+                self.env[name] = self.env[o.name]
+        return True
 
     def _fold(self, n: ONode) -> Optional[List[Value]]:
         """Constant-fold a node when its result is known at import; None if it is not."""
