@@ -705,7 +705,23 @@ def _schedule_kernels(func, target) -> Optional[object]:
         warnings.warn(f"qcc x86: int8 kernel schedule failed, kernel left unscheduled: {type(e).__name__}: "
                       f"{str(e).splitlines()[-1] if str(e) else ''}")
         return None
-    for b, kind in zip(blocks, kinds):
+    # an elementwise stage between the kernel and the function's output (a sigmoid's
+    # negated input: topi's fast_exp takes a tensor) would be a whole intermediate buffer
+    # written and read again; inlined, the epilogue is one pass over the accumulators
+    # (efficientnet's 1x1 16->96 conv at 112x112 with SiLU: two 4.8 MB float passes before)
+    # (epilogue stages only: a prologue inlined into a kernel that reads each input many
+    # times would be recomputed as often)
+    last_kernel = max(i for i, k in enumerate(kinds) if k)
+    kept = []
+    for i, (b, kind) in enumerate(zip(blocks, kinds)):
+        if kind is None and last_kernel < i < len(blocks) - 1 and not _is_reduction(sch.get(b)):
+            try:
+                sch.compute_inline(b)
+                continue
+            except Exception:  # noqa: BLE001 - not inlinable (several consumers, a reduction): kept
+                pass
+        kept.append((b, kind))
+    for b, kind in kept:
         if kind is None:  # prologue/epilogue stages FuseOps added
             try:
                 if _is_reduction(sch.get(b)):
