@@ -93,7 +93,7 @@ def _crop_dead_taps(node: Node, g: Graph) -> bool:
     the same weights, minus products that were exactly zero: integer results are
     unchanged bit for bit, float ones gain only summation order."""
     x, w = node.inputs[0], node.inputs[1]
-    if x is None or w is None or not w.is_const or node.opdef is None:
+    if x is None or w is None or not w.is_const:
         return False
     a = node.attrs
     r = len(w.shape) - 2

@@ -15,7 +15,7 @@ Range methods, per tensor:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -157,6 +157,23 @@ class Observer:
 
 # --- calibration data -------------------------------------------------------------------
 
+UNNAMED = "arr_0"  # what np.savez(f, x) calls an array given without a name
+
+
+def _calib_files(path: Path) -> List[Path]:
+    """The files of a --calib path: the .npz itself, or a folder's .npz/.npy files."""
+    return sorted(path.glob("*.np[yz]")) if path.is_dir() else [path]
+
+
+def by_input(arrays: Dict[str, Any], inputs: Sequence[str]) -> Dict[str, Any]:
+    """`arrays` keyed by model input: with one input, an array saved without a name
+    (UNNAMED, and nothing else) serves it -- unambiguous; any other unknown name is left
+    for the caller to report as a mistake rather than guessed about."""
+    if len(inputs) == 1 and list(arrays) == [UNNAMED] and inputs[0] != UNNAMED:
+        return {inputs[0]: arrays[UNNAMED]}
+    return arrays
+
+
 def sample_shapes(path) -> Dict[str, Tuple[int, ...]]:
     """The shape of each calibration array, {name: shape}, read from the .npy headers only
     (the data is not loaded): it fixes a model's dynamic input dims before import. What
@@ -168,9 +185,8 @@ def sample_shapes(path) -> Dict[str, Tuple[int, ...]]:
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         return tuple(int(d) for d in read(fh)[0])
 
-    path = Path(path)
-    files = sorted(path.glob("*.np[yz]")) if path.is_dir() else [path]
     out: Dict[str, Tuple[int, ...]] = {}
+    files = _calib_files(Path(path))
     for f in files:
         try:
             if f.suffix == ".npy":
@@ -192,7 +208,7 @@ def load_samples(path, graph: Graph, warn: Optional[Callable[[str], None]] = Non
     shaped like the graph's inputs. Bad data is a CalibError, never a crash."""
     path = Path(path)
     arrays: Dict[str, List[np.ndarray]] = {}
-    files = sorted(path.glob("*.np[yz]")) if path.is_dir() else [path]
+    files = _calib_files(path)
     if not files or not all(f.exists() for f in files):
         raise CalibError(f"{path}: no calibration data (expected an .npz or a folder of .npz/.npy files)")
     for f in files:
@@ -210,14 +226,11 @@ def load_samples(path, graph: Graph, warn: Optional[Callable[[str], None]] = Non
             why = (str(e).splitlines() or [""])[0] or type(e).__name__
             raise CalibError(f"{f}: cannot read calibration data ({why})") from None
     names = [v.name for v in graph.inputs]
+    keyed = by_input(arrays, names)
+    if keyed is not arrays and warn is not None:
+        warn(f"calibration array '{UNNAMED}' used for the model's only input '{names[0]}'")
+    arrays = keyed
     unknown = sorted(set(arrays) - set(names))
-    if len(names) == 1 and unknown == ["arr_0"] and len(arrays) == 1:
-        # one input, one array saved without a name (np.savez(f, x) calls it arr_0): unambiguous;
-        # an array under another name is a mistake to report, not to guess about
-        if warn is not None:
-            warn(f"calibration array '{unknown[0]}' used for the model's only input '{names[0]}'")
-        arrays = {names[0]: arrays.pop(unknown[0])}
-        unknown = []
     if unknown:
         raise CalibError(f"calibration data has '{unknown[0]}', which is not a model input "
                          f"(inputs: {', '.join(names)})")

@@ -202,15 +202,17 @@ def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
         except ValueError as e:
             raise CompileError(f"--precision: {e}") from None
     say(f"importing {model.name}")
-    from .calibrate import sample_shapes
-    from .frontend.onnx_load import resolve_input_shapes
+    from .calibrate import by_input, sample_shapes
+    from .frontend.onnx_load import load_model, model_inputs, resolve_input_shapes
 
     try:
-        chosen, shape_notes = resolve_input_shapes(model, opts.input_shapes,
-                                                   sample_shapes(opts.calib) if opts.calib else None)
+        proto = load_model(model)  # parsed once, for the shapes and the import
+        examples = by_input(sample_shapes(opts.calib), [vi.name for vi in model_inputs(proto.graph)]) \
+            if opts.calib else None
+        chosen, shape_notes = resolve_input_shapes(proto, opts.input_shapes, examples)
         if chosen:  # recorded in the manifest like shapes given on the command line
             opts = dataclasses.replace(opts, input_shapes={**opts.input_shapes, **chosen})
-        graph = import_onnx(model, opts.input_shapes)
+        graph = import_onnx(proto, opts.input_shapes)
     except FrontendError as e:
         raise CompileError(str(e)) from None
     float_bytes = weight_bytes(graph)

@@ -402,3 +402,7 @@ def test_an_unnamed_array_serves_the_only_input(graph, tmp_path):
     batches = load_samples(tmp_path / "c.npz", graph, warn=said.append)
     assert len(batches) == 2 and set(batches[0]) == {"x"}
     assert said == ["calibration array 'arr_0' used for the model's only input 'x'"]
+    # the same rule keys the shapes that fix dynamic dims before import (qcc.driver)
+    from qcc.calibrate import by_input, sample_shapes
+    assert by_input(sample_shapes(tmp_path / "c.npz"), ["x"]) == {"x": (4, 3, 8, 8)}
+    assert by_input({"y": (4,)}, ["x"]) == {"y": (4,)} and by_input({"arr_0": (4,)}, ["x", "z"]) == {"arr_0": (4,)}

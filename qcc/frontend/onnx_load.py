@@ -179,6 +179,12 @@ def _example_shape(dims: Sequence) -> str:
     return "x".join(ex) if ex else "1"
 
 
+def model_inputs(gp: onnx.GraphProto) -> List[onnx.ValueInfoProto]:
+    """The graph's real inputs (older exporters also list initializers as inputs)."""
+    inits = {t.name for t in gp.initializer}
+    return [vi for vi in gp.input if vi.name not in inits]
+
+
 def resolve_input_shapes(src, given: Optional[Dict[str, Sequence[int]]] = None,
                          examples: Optional[Dict[str, Sequence[int]]] = None):
     """Shapes for the model's inputs with dynamic dims that `given` leaves open, and one
@@ -186,24 +192,20 @@ def resolve_input_shapes(src, given: Optional[Dict[str, Sequence[int]]] = None,
 
     A model exported with a dynamic batch (or, like PP-OCR's, dynamic height and width)
     cannot compile as it is, yet the user has usually shown the shape already: the
-    calibration arrays (`examples`: each array's shape, samples along axis 0) have it.
-    The batch is 1 unless the model fixes it; other dynamic dims come from the examples.
-    Without an example, a dynamic batch alone still becomes 1. Anything else stays open,
-    for input_types to report with the --input-shape it needs."""
-    model = load_model(src)
-    gp = model.graph
-    inits = {t.name for t in gp.initializer}
-    given = dict(given or {})
+    calibration arrays (`examples`: {input: an array's shape}, samples along axis 0) have
+    it. The batch is 1 unless the model fixes it; other dynamic dims come from the
+    examples. Without an example, a dynamic batch alone still becomes 1. Anything else
+    stays open, for input_types to report with the --input-shape it needs."""
+    gp = load_model(src).graph
+    given, examples = dict(given or {}), examples or {}
     out, notes = {}, []
-    for vi in gp.input:
-        if vi.name in inits or vi.name in given or not vi.type.HasField("tensor_type"):
+    for vi in model_inputs(gp):
+        if vi.name in given or not vi.type.HasField("tensor_type"):
             continue
         dims = _dims(vi)
         if dims is None or all(isinstance(d, int) for d in dims) or not dims:
             continue
-        examples = examples or {}
-        only = list(examples) == ["arr_0"] and len([v for v in gp.input if v.name not in inits]) == 1
-        ex = list(examples.get(vi.name, next(iter(examples.values())) if only else ()))
+        ex = list(examples.get(vi.name, ()))
         if len(ex) == len(dims) + 1:  # batches stacked on a leading axis
             ex = ex[1:]
         shape, source = None, ""
@@ -226,7 +228,7 @@ def resolve_input_shapes(src, given: Optional[Dict[str, Sequence[int]]] = None,
 def input_types(gp: onnx.GraphProto, inits: set,
                 input_shapes: Optional[Dict[str, Sequence[int]]]) -> Dict[str, TensorType]:
     shapes = dict(input_shapes or {})
-    inputs = [vi for vi in gp.input if vi.name not in inits]
+    inputs = model_inputs(gp)
     names = [vi.name for vi in inputs]
     for k in shapes:
         if k not in names:
