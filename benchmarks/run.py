@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -363,10 +364,16 @@ def interleaved_medians(calls, rounds: int, burst: int = 1):
     wound down: on this kind of machine a model run after a 20 ms pause takes about twice
     its back-to-back time, one thread or two). burst N: one untimed call, then N timed
     back to back, their median kept: a serving loop's steady state. Interleaving spreads the
-    machine's noise over all contenders alike in both."""
+    machine's noise over all contenders alike in both. Each round runs them in its own
+    (seeded) shuffled order: in a fixed order a contender always ran right after the same
+    one (qcc float after qcc int8, whose thread pool was still awake)."""
     times = {k: [] for k in calls}
+    shuffle = random.Random(0).shuffle
     for _ in range(rounds):
-        for k, f in calls.items():
+        names = list(calls)
+        shuffle(names)
+        for k in names:
+            f = calls[k]
             if burst == 1:
                 t0 = time.perf_counter()
                 f()

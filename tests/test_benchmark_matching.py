@@ -50,3 +50,20 @@ def test_peaks_bound_the_int8_gain(capsys):
     run.print_layers({}, ipeak, ihow, fpeak, fhow)
     out = capsys.readouterr().out
     assert f"int8 can be at most {ipeak / fpeak:.2f}x float's speed" in out
+
+
+def test_interleaved_rounds_rotate_who_runs_after_whom():
+    """A contender timed right after another inherits its state (a thread pool still awake, a
+    warm cache): in a fixed order the same pair always met, a bias in the ratios."""
+    run = _bench_module()
+    order = []
+    calls = {k: (lambda k=k: order.append(k)) for k in "abcd"}
+    meds = run.interleaved_medians(calls, rounds=20)
+    assert set(meds) == set("abcd")
+    follows = {}
+    for r in range(0, len(order), 4):
+        one_round = order[r:r + 4]
+        assert sorted(one_round) == list("abcd")
+        for prev, cur in zip(one_round, one_round[1:]):
+            follows.setdefault(cur, set()).add(prev)
+    assert all(follows[k] == set("abcd") - {k} for k in "abcd")
