@@ -352,6 +352,19 @@ def test_opaque_op_keeps_attrs_and_runs():
     assert str(g.outputs[0].type) == "f32[2,3]"
 
 
+@pytest.mark.parametrize("dshape,ishape,axis", [((2, 100), (2, 7), 1), ((70, 3, 2), (5, 3, 2), 0),
+                                                 ((1, 128), (1, 32), -1)])
+def test_opaque_gather_elements_over_many_choices(dshape, ishape, axis):
+    # onnx's reference GatherElements fails past 64 entries along the axis (np.choose);
+    # RoBERTa gathers its token-type ids through a [1,128] table this way
+    m = mk([helper.make_node("GatherElements", ["d", "i"], ["y"], axis=axis)],
+           [vi("d", list(dshape)), vi("i", list(ishape), I64)], [vi("y", None)])
+    n = dshape[axis]
+    idx = RNG.integers(-n, n, ishape).astype(np.int64)
+    g = check(m, {"d": rand(*dshape), "i": idx})
+    assert ops(g) == ["onnx.GatherElements"]
+
+
 def test_opaque_op_from_an_old_opset_is_restated_at_21():
     # TopK-1 has k as an attribute; at opset 21 it is the K input
     m = mk([helper.make_node("TopK", ["x"], ["v", "i"], k=2)], [vi("x", [3, 5])],

@@ -8,6 +8,7 @@ evaluator is the slow part (milliseconds), and calibration runs the same node
 on many batches, so evaluators are cached by the serialised model.
 
 Models are built at opset `OPSET`, the opset docs/ops.md fixes for the IR.
+A few ops whose reference kernel is wrong run a numpy kernel instead (`_KERNELS`).
 """
 from __future__ import annotations
 
@@ -88,11 +89,28 @@ def _evaluator(model: onnx.ModelProto):
     return ev
 
 
+def _gather_elements(node, data, indices):
+    # onnx 1.23's kernel uses np.choose, which takes at most 64 choices; beyond that its
+    # fallback returns one element per row (RoBERTa's position ids index a [1,128] table)
+    axis = node.attrs.get("axis", 0)
+    indices = np.asarray(indices).astype(np.int64)
+    indices = np.where(indices < 0, indices + data.shape[axis], indices)
+    return [np.take_along_axis(data, indices, axis=axis)]
+
+
+# ops whose ONNX reference kernel gives wrong results: (node, *inputs) -> outputs
+_KERNELS = {"GatherElements": _gather_elements}
+
+
 def run_onnx_node(node, inputs) -> List[np.ndarray]:
     """Evaluate an opaque ONNX node on numpy inputs; outputs cast to the declared dtypes."""
-    ev = _evaluator(node_model(node))
-    feeds = {f"in{i}": np.asarray(a) for i, a in enumerate(inputs) if a is not None}
-    results = ev.run(None, feeds)
+    kernel = _KERNELS.get(node.op.split(".", 1)[1])
+    if kernel is not None:
+        results = kernel(node, *[np.asarray(a) for a in inputs])
+    else:
+        ev = _evaluator(node_model(node))
+        feeds = {f"in{i}": np.asarray(a) for i, a in enumerate(inputs) if a is not None}
+        results = ev.run(None, feeds)
     return [np.asarray(r).astype(to_numpy_dtype(v.dtype), copy=False)
             for r, v in zip(results, node.outputs)]
 
