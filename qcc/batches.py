@@ -42,13 +42,24 @@ def single_threaded_blas() -> Iterator[None]:
         yield
 
 
-def map_batches(fn: Callable[[T], R], items: Sequence[T]) -> List[R]:
-    """[fn(item) for item in items], the items on parallel threads; results in order.
+def imap_batches(fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
+    """fn(item) for each item, the items on parallel threads; results yielded in order.
 
+    Each result is handed on as soon as it and those before it are done, so a caller
+    that folds them into a running total holds only the few still in flight.
     `fn` must not share mutable state between items."""
     n = min(len(items), workers())
     with single_threaded_blas():
         if n <= 1:
-            return [fn(it) for it in items]
+            for it in items:
+                yield fn(it)
+            return
         with ThreadPoolExecutor(max_workers=n) as pool:
-            return list(pool.map(fn, items))
+            yield from pool.map(fn, items)
+
+
+def map_batches(fn: Callable[[T], R], items: Sequence[T]) -> List[R]:
+    """[fn(item) for item in items], the items on parallel threads; results in order.
+
+    `fn` must not share mutable state between items."""
+    return list(imap_batches(fn, items))

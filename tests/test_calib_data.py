@@ -362,6 +362,27 @@ def test_histogram_stays_fixed_size_over_growing_batches():
     assert np.isfinite([lo, hi]).all() and lo < 0 < hi
 
 
+def test_merged_observers_match_one_fed_in_order():
+    """observe() runs the batches side by side, each into observers of its own, and merges
+    them in sample order: the same histogram as one observer fed every batch in turn
+    (power-of-two grids; the narrower doubles to the wider), whatever the ranges' order."""
+    rng = np.random.default_rng(5)
+    parts = [np.zeros(50), rng.normal(size=3000) * 0.01, rng.normal(size=3000) * 40,
+             np.zeros(10), rng.normal(size=3000) * 3, np.array([np.nan, 2.0])]
+    one = Observer()
+    merged = Observer()
+    for p in parts:
+        one.update(p)
+        own = Observer()
+        own.update(p)
+        merged.merge(own)
+    merged.merge(Observer())  # nothing observed: no change
+    assert (merged.R, merged.min, merged.max, merged.count) == (one.R, one.min, one.max, one.count)
+    np.testing.assert_array_equal(merged.hist, one.hist)
+    for m in ("minmax", "percentile", "entropy", "mse"):
+        assert merged.range(m) == one.range(m), m
+
+
 def test_zeros_then_data_and_non_finite_values():
     ob = Observer()
     ob.update(np.zeros(100))
