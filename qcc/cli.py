@@ -25,8 +25,11 @@ class UsageError(Exception):
     pass
 
 
-def _parse_shape_arg(text: str) -> Tuple[str, Tuple[int, ...]]:
-    """`name=1x3x224x224` -> ("name", (1, 3, 224, 224))."""
+def _parse_shape_arg(text: str) -> List[Tuple[str, Tuple[int, ...]]]:
+    """`name=1x3x224x224` -> [("name", (1, 3, 224, 224))]; `a=1x8,b=1x8` names several."""
+    parts = text.split(",")
+    if len(parts) > 1 and all("=" in p for p in parts):
+        return [pair for p in parts for pair in _parse_shape_arg(p)]
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"'{text}': expected NAME=DIMS like data=1x3x224x224")
     name, dims = text.rsplit("=", 1)
@@ -36,7 +39,7 @@ def _parse_shape_arg(text: str) -> Tuple[str, Tuple[int, ...]]:
         raise argparse.ArgumentTypeError(f"'{text}': dims must be integers separated by 'x'") from None
     if any(d <= 0 for d in shape):
         raise argparse.ArgumentTypeError(f"'{text}': dims must be positive")
-    return name, shape
+    return [(name, shape)]
 
 
 def _int_at_least(low: int, what: str):
@@ -120,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, metavar="OUT", help="artifact folder to write")
     c.add_argument("--target", default="host", help="target preset (see `qcc targets`); default host")
     c.add_argument("--input-shape", action="append", default=[], type=_parse_shape_arg, metavar="NAME=DIMS",
-                   help="fix an input's dynamic dims, e.g. x=1x3x224x224 (repeatable)")
+                   help="fix an input's dynamic dims, e.g. x=1x3x224x224 (repeatable, or a=1x8,b=1x8)")
     c.add_argument("--calib", metavar="DATA", help="calibration data: .npz with one array per input, or a folder")
     c.add_argument("--calib-method", choices=["minmax", "percentile", "entropy", "mse"],
                    help="how activation ranges are chosen from calibration data (default percentile)")
@@ -247,7 +250,7 @@ def cmd_targets(args) -> int:
 
 def _input_shapes(args) -> Dict[str, Tuple[int, ...]]:
     shapes = {}
-    for name, shape in args.input_shape:
+    for name, shape in (pair for arg in args.input_shape for pair in arg):
         if name in shapes:
             raise UsageError(f"--input-shape {name} given twice")
         shapes[name] = shape

@@ -78,6 +78,18 @@ def test_errors_and_exit_codes(args, code, msg):
     assert msg in p.stderr
 
 
+@pytest.mark.parametrize("flags,shapes", [
+    (["--input-shape", "ids=1x32", "--input-shape", "mask=1x32"], {"ids": (1, 32), "mask": (1, 32)}),
+    (["--input-shape", "ids=2x17,mask=2x17"], {"ids": (2, 17), "mask": (2, 17)}),  # one flag, a list
+    (["--input-shape", "a,b=1x3"], {"a,b": (1, 3)}),                                # a comma in a name
+])
+def test_input_shape_flags(flags, shapes):
+    from qcc.cli import _input_shapes, build_parser
+
+    args = build_parser().parse_args(["compile", "m.onnx", "-o", "x", *flags])
+    assert _input_shapes(args) == shapes
+
+
 def test_passes_lists_builtins():
     p = qcc("passes")
     assert p.returncode == 0
