@@ -178,13 +178,15 @@ def _float_exit(n: Node, end_obs: Node, g: Graph) -> Optional[Value]:
     and multiplies of a hard-swish, a residual add, a squeeze-excite gate, a softmax).
     Rounding that result to 8 bits first would only add error -- clipped to the calibrated
     range, then rounded once more where the next layer quantizes its input -- and buy no
-    integer op. A relu/clip fused into the layer stays, as the float op it was. Graph outputs
-    and QDQ models' fixed output params keep their 8-bit requantize."""
+    integer op. A graph output is read as float too: a classifier's logits or an LM head's
+    8-bit requantize clipped every held-out input's logits to the range 16 calibration
+    inputs showed. A relu/clip fused into the layer stays, as the float op it was. QDQ
+    models' fixed output params keep their 8-bit requantize."""
     end_v = end_obs.output
-    if end_obs.attrs.get("scale") or end_v in g.outputs:
+    if end_obs.attrs.get("scale"):
         return None
     users = end_v.users()
-    if not users or any(u.op in _INTEGER_READERS for u in users):
+    if (not users and end_v not in g.outputs) or any(u.op in _INTEGER_READERS for u in users):
         return None
     own = _only_user(n.output)
     if own is not None and own.op == "observe":
@@ -461,6 +463,10 @@ class Quantize(Pass):
                             names=[name + ".dq"], after=acc)
             g.replace_value(exit_v, dq.output)
             g.eliminate_dead_code()
+            if dq.output in g.outputs:  # a graph output keeps the model's name for it
+                base = exit_v.name.removesuffix(".obs")
+                if not g.has_value(base):
+                    g.rename(dq.output, base)
             return {**bits_info, "op": n.op, "output_value": exit_v.name.removesuffix(".obs"),
                     "output": "int32 accumulator, dequantized (float readers only)",
                     "dequantize": dq.output.name, "input_range": list(qx.range or ()),

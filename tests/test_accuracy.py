@@ -180,3 +180,31 @@ def test_ppocr_cls_o3_meets_the_issue_target(ppocr_cls):
     q, frac = results["O3"]
     assert frac >= 0.9
     assert _agree(q, ref) >= 0.99
+
+
+# --- logits ---------------------------------------------------------------------------------
+
+def test_logits_beyond_the_calibrated_range_are_not_clipped():
+    """A classifier head's logits are a graph output: the int32 accumulator is dequantized, so
+    a held-out input whose logit passes every calibration sample's (an input aligned with one
+    column of the weight) is not clipped to the calibrated range (8-bit requantize: 3.7 dB)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 10)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["logits"])], "head",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
+                          [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    calib = [{"x": rng.uniform(-1, 1, (1, 64)).astype(np.float32)} for _ in range(16)]
+    graph, _ = run_pipeline(model, {"x": (1, 64)}, calib)
+    assert [n.op for n in graph.nodes if n.op in ("qmatmul", "matmul")] == ["qmatmul"]
+    x = np.sign(w[:, :1].T).astype(np.float32)  # inside the input's range, logit 0 at its peak
+    from qcc.interp import run
+
+    y = run(graph, {"x": x})["logits"]
+    ref = x @ w
+    assert abs(ref[0, 0]) > 2 * max(np.abs(c["x"] @ w).max() for c in calib)
+    sqnr = 10 * np.log10((ref ** 2).sum() / ((y - ref) ** 2).sum())
+    assert sqnr > 30, sqnr
