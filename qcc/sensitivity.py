@@ -64,6 +64,12 @@ class FloatCache:
             return num[id(v)]
 
         for n in g.nodes:
+            if n.op == "observe" and not n.attrs.get("scale"):
+                # an identity: the calibrated graph's float layers read their inputs through
+                # observers, a quantized copy's float layers read them directly; both must
+                # number alike, or no candidate reuses anything of the float run
+                num[id(n.outputs[0])] = of(n.inputs[0])
+                continue
             key = (n.op, _freeze(n.attrs), tuple(of(v) for v in n.inputs))
             for k, o in enumerate(n.outputs):
                 num[id(o)] = self._intern((key, k))
