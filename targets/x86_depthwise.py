@@ -189,20 +189,7 @@ def _extent(sch, loops) -> int:
 
 def schedule_dw_pack(sch, block) -> None:
     """Rows in parallel when there are enough of them."""
-    ann = sch.get(block).annotations
-    wq = int(ann["qcc_x86_wq"])
-    lo, hi = (int(v) for v in ann["qcc_x86_cols"])
-    n, c, ph, f = sch.get_loops(block)
-    r, col = sch.split(f, [None, wq])
-    sch.reorder(n, c, r, ph, col)
-    rows = sch.fuse(n, c, r)
-    if _extent(sch, [rows, ph]) * wq * 4 >= 1 << 18:
-        sch.parallel(rows)
-    parts = [v for v in (lo, hi - lo, wq - hi) if v > 0]
-    if len(parts) > 1:
-        sch.loop_partition(col, parts[:-1] + [None])
-    if _extent(sch, [ph]) > 1:  # each phase's column offset a constant: strided loads LLVM vectorizes
-        sch.unroll(ph)
+    _schedule_pack_rows(sch, block, parallel=True)
 
 
 def schedule_dw_conv(sch, block) -> None:
@@ -228,3 +215,126 @@ def schedule_dw_conv(sch, block) -> None:
     il = sch.get_loops(init)
     sch.vectorize(il[-1])
     sch.unroll(il[-2])
+
+
+# the pack planes and accumulators of one block of channels: what stays cache-resident between
+# the three stages when they run channel block by channel block (Zen 3-5, Skylake: 32-48 KB L1d,
+# 512 KB-2 MB L2)
+BLOCK_BYTES = 1 << 15
+
+
+def _divisor_at_most(n: int, cap: int) -> int:
+    return max(d for d in range(1, max(1, min(n, cap)) + 1) if n % d == 0)
+
+
+def schedule_dw_fused(sch, pack, conv, tail, target) -> bool:
+    """Pack, conv and epilogue (`tail`: the function's last stage, reading the conv's sums
+    elementwise) run one block of channels after another, instead of each stage over the
+    whole tensor: a det 48-channel 96x144 layer packed 2.6 MB of float32, then summed them
+    into 2.6 MB of accumulators, then read those back, each pass through L3. Per channel
+    block (BLOCK_BYTES) the pack plane and the accumulators stay in L1/L2; the blocks run in
+    parallel. The three stages' channel-block loops are merged (TVM's compute_at cannot
+    place the epilogue: it reads the flat accumulator at oh * wq + ow). Pure depthwise
+    convs only (one input and one output channel per group, batch 1), with an epilogue
+    that reads channel o of the sums for output channel o; returns False otherwise."""
+    from .cpu_rules import _vector_factor, vector_bits
+    from .exact_fp import FENCE
+
+    ann = sch.get(conv).annotations
+    nr, L = int(ann["qcc_x86_nr"]), int(ann["qcc_x86_lanes"])
+    n, o, f, ri, rh, rw = sch.get_loops(conv)
+    xf = sch.get(pack).writes[0].source
+    acc = sch.get(conv).writes[0].source
+    n_ch, phases, flat = (int(v) for v in xf.shape[1:])
+    if tail is None or _extent(sch, [ri]) != 1 or n_ch != int(acc.shape[1]) or int(xf.shape[0]) != 1:
+        return False
+    if not _reads_channel_by_channel(sch.get(tail), acc, n_ch):
+        return False
+    per_channel = 4 * (phases * flat + int(acc.shape[2]))
+    bc = _divisor_at_most(n_ch, BLOCK_BYTES // per_channel)
+    if bc == n_ch:  # one block: nothing to interleave
+        return False
+    macs = _extent(sch, sch.get_loops(conv))
+    # the conv: channel blocks, then tiles of nr vectors of one channel
+    ob, oi = sch.split(o, [None, bc])
+    v, lane = sch.split(f, [None, L])
+    vo, vi = sch.split(v, [None, nr])
+    sch.reorder(n, ob, oi, vo, ri, rh, rw, vi, lane)
+    conv_blocks = sch.fuse(n, ob)
+    tile = sch.fuse(oi, vo)
+    # the pack: the same channel blocks
+    pn, pc, ph, pf = sch.get_loops(pack)
+    pcb, _ = sch.split(pc, [None, bc])
+    pack_blocks = sch.fuse(pn, pcb)
+    _schedule_pack_rows(sch, pack, parallel=False, partition=False)
+    # the epilogue: the same channel blocks; rows, then a row's columns (affine in both the
+    # accumulator and the output: LLVM vectorizes it; fused with the rows it would not)
+    tn, to, th, tw = sch.get_loops(tail)
+    tob, _ = sch.split(to, [None, bc])
+    tail_blocks = sch.fuse(tn, tob)
+    # merged and made parallel before the reduction is decomposed and the columns
+    # partitioned (sch.parallel wants whole reduction blocks and no opaque ones below)
+    merged = sch.merge(pack_blocks, conv_blocks, tail_blocks)
+    if macs >= _PAR_MACS:
+        sch.parallel(merged)
+    if FENCE in str(sch.get(tail).body):  # LLVM does not vectorize a fence: TVM does it here
+        ext = _extent(sch, [tw])
+        vf = _vector_factor(ext, max(vector_bits(target) // 32, 4))
+        if vf is not None:
+            sch.vectorize(sch.split(tw, [None, vf])[1] if vf < ext else tw)
+    wb = sch.cache_write(conv, 0, "global")
+    sch.reverse_compute_at(wb, tile)
+    sch.vectorize(sch.get_loops(wb)[-1])
+    sch.vectorize(lane)
+    sch.unroll(vi)
+    sch.unroll(rw)
+    sch.unroll(rh)
+    init = sch.decompose_reduction(conv, ri)
+    il = sch.get_loops(init)
+    sch.vectorize(il[-1])
+    sch.unroll(il[-2])
+    _partition_pack_columns(sch, pack)  # after parallel: the partition's blocks are opaque
+    return True
+
+
+def _schedule_pack_rows(sch, block, parallel: bool, partition: bool = True) -> None:
+    """Rows (of each phase) in order, columns innermost; the rows parallel when asked and
+    there are enough of them; the columns partitioned (see _partition_pack_columns)."""
+    wq = int(sch.get(block).annotations["qcc_x86_wq"])
+    *outer, ph, f = sch.get_loops(block)
+    r, col = sch.split(f, [None, wq])
+    sch.reorder(r, ph, col)
+    if parallel:
+        rows = sch.fuse(*outer, r)
+        if _extent(sch, [rows, ph]) * wq * 4 >= 1 << 18:
+            sch.parallel(rows)
+    if _extent(sch, [ph]) > 1:  # each phase's column offset a constant: strided loads LLVM vectorizes
+        sch.unroll(ph)
+    if partition:
+        _partition_pack_columns(sch, block)
+
+
+def _partition_pack_columns(sch, block) -> None:
+    """The columns every phase reads inside the image get a loop of their own, free of the
+    padding test, which LLVM vectorizes."""
+    wq = int(sch.get(block).annotations["qcc_x86_wq"])
+    lo, hi = (int(v) for v in sch.get(block).annotations["qcc_x86_cols"])
+    col = sch.get_loops(block)[-1]
+    parts = [v for v in (lo, hi - lo, wq - hi) if v > 0]
+    if len(parts) > 1:
+        sch.loop_partition(col, parts[:-1] + [None])
+
+
+def _reads_channel_by_channel(block, acc, n_ch: int) -> bool:
+    """The block writes [1, n_ch, H, W] through four spatial loops and reads `acc` only at
+    channel = its own channel var: merging its channel loop with the conv's is then safe."""
+    ivs = block.iter_vars
+    if len(ivs) != 4 or any(int(iv.iter_type) != 0 for iv in ivs) or len(block.writes) != 1:
+        return False
+    out = block.writes[0].source
+    if len(out.shape) != 4 or int(out.shape[0]) != 1 or int(out.shape[1]) != n_ch:
+        return False
+    reads = [r for r in block.reads if r.source.same_as(acc)]
+    if not reads:
+        return False
+    return all(r.region[1].min.same_as(ivs[1].var) and int(r.region[1].extent) == 1 for r in reads)

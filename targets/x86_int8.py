@@ -67,7 +67,7 @@ import numpy as np
 from .conv_geometry import ConvGeometry, conv_geometry
 from .cpu_rules import _is_reduction, schedule_injective
 from .x86_depthwise import (MAX_GROUP_CHANNELS, dw_plan, dw_te, pack_dw_weights, schedule_dw_conv,
-                            schedule_dw_pack)
+                            schedule_dw_fused, schedule_dw_pack)
 from .lower_nn import weights_as_float
 from .strategy import FusedCPUStrategy, register_strategy
 
@@ -697,10 +697,6 @@ def _schedule_kernels(func, target) -> Optional[object]:
                 _schedule_pack(sch, b)
             elif kind == "matmul":
                 _schedule_matmul(sch, b)
-            elif kind == "dwconv":
-                schedule_dw_conv(sch, b)
-            elif kind == "dwpack":
-                schedule_dw_pack(sch, b)
     except Exception as e:  # noqa: BLE001 - a kernel this rule cannot schedule: leave it to the others
         warnings.warn(f"qcc x86: int8 kernel schedule failed, kernel left unscheduled: {type(e).__name__}: "
                       f"{str(e).splitlines()[-1] if str(e) else ''}")
@@ -721,8 +717,14 @@ def _schedule_kernels(func, target) -> Optional[object]:
             except Exception:  # noqa: BLE001 - not inlinable (several consumers, a reduction): kept
                 pass
         kept.append((b, kind))
+    try:
+        sch, fused_tail = _schedule_depthwise(sch, kept, target)
+    except Exception as e:  # noqa: BLE001 - as above
+        warnings.warn(f"qcc x86: depthwise kernel schedule failed, kernel left unscheduled: {type(e).__name__}: "
+                      f"{str(e).splitlines()[-1] if str(e) else ''}")
+        return None
     for b, kind in kept:
-        if kind is None:  # prologue/epilogue stages FuseOps added
+        if kind is None and b is not fused_tail:  # prologue/epilogue stages FuseOps added
             try:
                 if _is_reduction(sch.get(b)):
                     _parallel_outer(sch, b)
@@ -731,6 +733,29 @@ def _schedule_kernels(func, target) -> Optional[object]:
             except Exception:  # noqa: BLE001 - stays serial, still correct
                 pass
     return sch
+
+
+def _schedule_depthwise(sch, kept, target):
+    """The depthwise kernel's stages (x86_depthwise.py), if the function has one: fused per
+    channel block with the function's last stage as its epilogue where that applies (tried
+    on a copy of the schedule), else each stage on its own. Returns (schedule, the epilogue
+    block it scheduled or None)."""
+    pack = next((b for b, k in kept if k == "dwpack"), None)
+    conv = next((b for b, k in kept if k == "dwconv"), None)
+    if conv is None:
+        return sch, None
+    tail = kept[-1][0] if kept[-1][1] is None and len(kept) > 1 and kept[-2][0] is conv else None
+    if pack is not None:
+        trial = sch.copy()
+        try:
+            if schedule_dw_fused(trial, pack, conv, tail, target):
+                return trial, tail
+        except Exception:  # noqa: BLE001 - a shape this schedule does not take: the plain one
+            pass
+    schedule_dw_conv(sch, conv)
+    if pack is not None:
+        schedule_dw_pack(sch, pack)
+    return sch, None
 
 
 def int8_rule(isa: Isa):

@@ -10,6 +10,8 @@ cases build for `host` and skip where the host has no AVX-512 VNNI.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -199,6 +201,50 @@ def test_float_epilogue_is_vectorized_and_exact(isa, tail):
     ref = check(g, {"x": _feed(rng, (1, 16, 12, 16), "u8")}, PRESET[isa])
     if tail == "quantize":
         assert all(len(np.unique(v)) > 20 for v in ref.values())  # not all saturated
+
+
+@ISAS
+@pytest.mark.parametrize("tail", ["requantize", "hard_swish"])
+def test_depthwise_stages_run_channel_block_by_block(isa, tail):
+    """A depthwise kernel's pack, multiply-adds and epilogue run one block of channels after
+    another (one merged parallel loop: the packed plane and the sums stay in cache), not
+    each stage over the whole tensor; still bit-exact, on two threads and on one."""
+    import tvm
+
+    from qcc.targets.builder import configure_threads
+
+    rng = np.random.default_rng(6)
+    c, h, w = 96, 48, 72  # 3 M multiply-adds: parallel
+    g = Graph("dw_blocks")
+    x = g.add_input("x", TensorType((1, c, h, w), "u8"))
+    acc = g.add_node("qconv", [x, g.add_const("w", rng.integers(-128, 128, (c, 1, 3, 3)).astype(np.int8))],
+                     {"strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": c,
+                      "x_zero_point": 9}).output
+    if tail == "requantize":
+        m = [int(v) for v in rng.integers(1 << 30, 1 << 31, size=c)]
+        y = g.add_node("requantize", [acc], {"multiplier": m, "shift": [-12] * c, "axis": 1, "zero_point": 10,
+                                             "dtype": "u8"}, names=["y"]).output
+    else:
+        dq = g.add_node("dequantize", [acc], {"axis": 1, "scale": [float(v) for v in rng.uniform(1e-4, 3e-4, c)],
+                                              "zero_point": [0]}).output
+        y = g.add_node("quantize", [g.add_node("hard_swish", [dq]).output],
+                       {"axis": -1, "scale": [0.03], "zero_point": [20], "dtype": "u8"}, names=["y"]).output
+    g.set_outputs([y])
+    preset = get_target(PRESET[isa])
+    target = preset.target()
+    with target:
+        mod = strategy_for(preset).relax_pipeline(target)(lower_for(g, preset))
+    [text] = [f.script() for gv, f in mod.functions_items()
+              if isinstance(f, tvm.tirx.PrimFunc) and "dwconv" in gv.name_hint]
+    assert len(re.findall(r"for \w+_m in T\.parallel", text)) == 1, "the stages are not merged per channel block"
+    feeds = {"x": _feed(rng, (1, c, h, w), "u8")}
+    try:
+        for threads in (2, 1):
+            configure_threads(threads)
+            ref = check(g, feeds, PRESET[isa])
+    finally:
+        configure_threads(None)
+    assert len(np.unique(ref["y"])) > 20
 
 
 @ISAS
