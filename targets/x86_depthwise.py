@@ -25,6 +25,11 @@ Layout ("pixels in lanes", as the int8 conv of x86_int8.py; the graph stays NCHW
    and nr multiply-adds; tiles parallel.
 3. epilogue: y[n, o, oh, ow] = int32(acc[n, o, oh*Wq + ow]) + bias[o]; the requantize and
    activation FuseOps put after it are inlined into this stage.
+
+The three stages run one block of channels after another in one parallel loop
+(schedule_dw_fused), so a block's packed plane and sums are still in cache when the next
+stage reads them; kernels that do not fit that (a channel multiplier, an epilogue reading
+other channels) run each stage over the whole tensor (schedule_dw_pack, schedule_dw_conv).
 """
 from __future__ import annotations
 
