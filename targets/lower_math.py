@@ -59,6 +59,18 @@ def lower_div(cx, node, ins, attrs):
 def lower_pow(cx, node, ins, attrs):
     a, b = ins
     dt = cx.dtype_of(a)
+    e = cx.const_value(b)
+    if not _is_int(dt) and e is not None and e.size and (e == e.flat[0]).all() \
+            and float(e.flat[0]) in (2, 3, 4):
+        # x**2, x**3, x**4 (RMS/layer norms, GELU's tanh form) as products, like onnxruntime's
+        # Pow: libm's powf is a scalar call per element, which TVM warns about for y >= 3
+        x = cx.cast(a, _work_dtype(dt))
+        out_shape = tuple(node.outputs[0].shape)
+        if cx.shape_of(a) != out_shape:  # an exponent of higher rank adds axes
+            x = R.broadcast_to(x, out_shape)
+        x2 = R.multiply(x, x)
+        y = {2.0: x2, 3.0: R.multiply(x2, x), 4.0: R.multiply(x2, x2)}[float(e.flat[0])]
+        return R.astype(y, dt) if _work_dtype(dt) != dt else y
     if _is_int(dt):  # like ONNX Runtime: std::pow in double, truncated back
         return R.astype(R.power(R.astype(a, "float64"), cx.cast(b, "float64")), dt)
     work = _work_dtype(dt)

@@ -835,6 +835,23 @@ def test_ppocr_models_match_onnxruntime(model, shape):
     assert_close(got, dict(zip(got, ref)), rtol_range=1e-3, atol=1e-5)
 
 
+def test_pow_by_2_3_4_is_products(capfd):
+    """x**2, x**3 and x**4 by a constant (RMS norms, GELU's tanh form) lower to products, as
+    onnxruntime computes them, not to a scalar powf call per element (for y >= 3 TVM warned on
+    every build: GPT-2, ALBERT, T5); negative bases included."""
+    g = Graph("pow_small")
+    x = g.add_input("x", TensorType((3, 17), "f32"))
+    outs = [g.add_node("pow", [x, g.add_const(f"e{k}", np.array(k, np.float32))]).output for k in (2, 3, 4)]
+    outs.append(g.add_node("pow", [x, g.add_const("e3b", np.full((2, 1, 1), 3.0, np.float32))]).output)
+    g.set_outputs(outs)
+    xv = np.random.default_rng(0).uniform(-3, 3, (3, 17)).astype(np.float32)
+    got = check_graph(g, {"x": xv})
+    x2 = xv * xv
+    for v, want in zip(outs, (x2, x2 * xv, x2 * x2, np.broadcast_to(x2 * xv, (2, 3, 17)))):
+        np.testing.assert_array_equal(got[v.name], want)
+    assert "Detected pow" not in capfd.readouterr().err
+
+
 def test_transcendentals_are_vectorized_polynomials():
     """float32 exp, sigmoid, tanh, erf (and GELU, softmax) are polynomials LLVM vectorizes, not
     a call of libm's expf/tanhf/erff per element (measured: ~4 ns per element, 3-7 ms of
