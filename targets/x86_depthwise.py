@@ -242,7 +242,7 @@ def schedule_dw_fused(sch, pack, conv, tail, target) -> bool:
     place the epilogue: it reads the flat accumulator at oh * wq + ow). Pure depthwise
     convs only (one input and one output channel per group, batch 1), with an epilogue
     that reads channel o of the sums for output channel o; returns False otherwise."""
-    from .cpu_rules import _vector_factor, vector_bits
+    from .cpu_rules import vector_bits, vector_with_remainder
     from .exact_fp import FENCE
 
     ann = sch.get(conv).annotations
@@ -283,10 +283,12 @@ def schedule_dw_fused(sch, pack, conv, tail, target) -> bool:
     if macs >= _PAR_MACS:
         sch.parallel(merged)
     if FENCE in str(sch.get(tail).body):  # LLVM does not vectorize a fence: TVM does it here
-        ext = _extent(sch, [tw])
-        vf = _vector_factor(ext, max(vector_bits(target) // 32, 4))
-        if vf is not None:
-            sch.vectorize(sch.split(tw, [None, vf])[1] if vf < ext else tw)
+        # along each row (the sums' row pitch wq is not the output's: rows fused, the loads
+        # would be gathers), in vectors as wide as the row allows
+        lanes, width = max(vector_bits(target) // 32, 4), _extent(sch, [tw])
+        while lanes > 4 and lanes > width:
+            lanes //= 2
+        vector_with_remainder(sch, tw, lanes)
     wb = sch.cache_write(conv, 0, "global")
     sch.reverse_compute_at(wb, tile)
     sch.vectorize(sch.get_loops(wb)[-1])
