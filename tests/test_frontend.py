@@ -228,6 +228,28 @@ def test_normalised_attrs_match_onnxruntime(model, op, attrs):
     assert n.opdef.check_attrs(n.attrs) is None
 
 
+@pytest.mark.parametrize("shape,const_affine", [((2, 3, 5, 7), True), ((1, 1, 640), True),
+                                                  ((2, 4, 3, 2, 2), False)])
+def test_instance_norm_is_a_layer_norm_and_a_channel_affine(shape, const_affine):
+    """InstanceNormalization (also how torch exports GroupNorm) imports as layer_norm over
+    the spatial axes and a per-channel mul/add, not an opaque op; scale and bias may be
+    computed at run time."""
+    c = shape[1]
+    inputs, inits = [vi("x", list(shape))], []
+    if const_affine:
+        inits = [init("s", rand(c)), init("b", rand(c))]
+    else:
+        inputs += [vi("s", [c]), vi("b", [c])]
+    model = mk([helper.make_node("InstanceNormalization", ["x", "s", "b"], ["y"], epsilon=1e-3)],
+               inputs, [vi("y", None)], inits)
+    feeds = {"x": rand(*shape) * 3 + 1}
+    if not const_affine:
+        feeds.update(s=rand(c), b=rand(c))
+    g = check(model, feeds, rtol=1e-4, atol=1e-5)
+    assert node(g, "layer_norm").attrs == {"axis": 2, "epsilon": pytest.approx(1e-3)}
+    assert not any(op.startswith("onnx.") for op in ops(g))
+
+
 def test_shape_inputs_folded_away():
     # every shape-like input became an attribute: the node reads only its data input
     for _, model, op, _ in CASES:

@@ -160,6 +160,32 @@ def _layer_norm(imp, n):
                      "epsilon": float(n.attr("epsilon", 1e-5))}, n.outputs[0])
 
 
+@converter("InstanceNormalization")
+def _instance_norm(imp, n):
+    """Each sample's channel normalised over its spatial axes, then scale[c] * y + bias[c]:
+    a layer_norm over axes [2, rank) with unit scale, and a per-channel mul and add. (As an
+    opaque op it lowered through TVM's converter to a fused mean/normalise kernel whose
+    schedule recomputed the mean for every element: mobilevitv2's GroupNorm(1, C), exported
+    as InstanceNormalization over [1, 1, C*H*W], took 320 ms per 25600 values.)"""
+    x, scale, bias = n.input(0), n.input(1), n.input(2)
+    rank = x.type.rank
+    if rank < 3:
+        raise n.error(f"input of rank {rank}: InstanceNormalization needs (N, C, D1, ...)")
+    out = n.outputs[0]
+    dt = x.type.np_dtype
+    y = imp.emit("layer_norm", [x, imp.const(np.ones((1,), dt), f"{out}.one")],
+                 {"axis": 2, "epsilon": float(n.attr("epsilon", 1e-5))}, imp.fresh(f"{out}.norm"))
+    per_channel = [x.type.shape[1]] + [1] * (rank - 2)
+
+    def channels(v, what):
+        if v.is_const:
+            return imp.const(np.asarray(v.data).reshape(per_channel), f"{out}.{what}")
+        return imp.emit("reshape", [v], {"shape": per_channel}, imp.fresh(f"{out}.{what}"))
+
+    y = imp.emit("mul", [y, channels(scale, "scale")], {}, imp.fresh(f"{out}.scaled"))
+    return imp.emit("add", [y, channels(bias, "bias")], {}, out)
+
+
 @converter("Gemm")
 def _gemm(imp, n):
     return imp.emit("gemm", [n.input(0), n.input(1), n.input(2)],
