@@ -196,6 +196,7 @@ def test_float_epilogue_is_vectorized_and_exact(isa, tail, hw):
             outs.append(g.add_node("quantize", [hs], {"axis": -1, "scale": [0.03], "zero_point": [20],
                                                       "dtype": "u8"}, names=[name]).output)
     g.set_outputs(outs)
+    assert scalarized_kernels(g, PRESET[isa]) == []
     ex = compile_graph(g, PRESET[isa])
     ll = llvm_source(ex, "ll")
     assert re.search(r"llvm\.arithmetic\.fence\.v\d+f32", ll), "the fenced dequantize is scalar"
@@ -414,12 +415,40 @@ def test_ppocr_cls_o2_bit_exact(isa, tmp_path, ppocr_cls_path):
                 input_shapes={"x": shape})
     g = load_qir(tmp_path / "cls" / "model.qir")
     assert f"qcc_{isa}_conv" in lower_for(g, PRESET[isa]).script(show_meta=False)
+    assert scalarized_kernels(g, PRESET[isa]) == []
     runner = qcc.load(tmp_path / "cls")
     loose = inexact_values(g)  # downstream of softmax: 1e-6
     for _ in range(2):
         x = rng.uniform(-1, 1, shape).astype(np.float32)
         ref = interp_run(g, {"x": x})
         assert_bit_equal(runner.run({"x": x}), ref, {k: 1e-6 for k in ref if k in loose})
+
+
+def scalarized_kernels(g, preset_name) -> list:
+    """The kernels in which TVM's VectorizeLoop gave a vectorized loop up and made it scalar
+    (it names the loop `<var>_s`): it does so silently for any op it cannot vectorize, as it
+    did for every quantize's nearbyint and isnan (an epilogue 5x slower)."""
+    import tvm
+    from tvm import s_tir, tirx
+
+    preset = get_target(preset_name)
+    target = preset.target()
+    with target:
+        mod = strategy_for(preset).relax_pipeline(target)(lower_for(g, preset))
+    passes = tvm.ir.transform.Sequential([  # the s_tir pipeline up to VectorizeLoop
+        s_tir.transform.CanonicalizeLoop(), s_tir.transform.LowerInitBlock(),
+        s_tir.transform.PlanAndUpdateBufferAllocationLocation(), s_tir.transform.ConvertBlocksToOpaque(),
+        s_tir.transform.CompactBufferAllocation(), s_tir.transform.LowerMatchBuffer(),
+        s_tir.transform.StmtSimplify(), s_tir.transform.LowerOpaqueBlock(), tirx.transform.FlattenBuffer(),
+        tirx.transform.NarrowDataType(32), s_tir.transform.LoopPartition(), tirx.transform.VectorizeLoop(True)])
+    bad = []
+    for gv, f in mod.functions_items():
+        if isinstance(f, tvm.tirx.PrimFunc):
+            with target:
+                lowered = passes(tvm.IRModule({"main": f.with_attr("target", target)}))
+            if re.search(r"for \w+_s in", lowered.script()):
+                bad.append(gv.name_hint)
+    return bad
 
 
 @ISAS
