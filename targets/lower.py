@@ -43,7 +43,7 @@ TVM_DTYPES = {
 # of each (llvm.nearbyint.v16f32, an unordered compare). Every float -> integer rounding of
 # qcc's quantize and requantize is a nearbyint and every saturation tests isnan: an int8
 # depthwise conv with a hard-swish and a quantize in its epilogue ran that epilogue one
-# value at a time (127 us against 21 us with a relu; tests/test_targets_int.py checks the
+# value at a time (127 us against 21 us with a relu; tests/test_x86_int8.py checks the
 # vector form). Marking them changes no result: the same rounding, lane by lane.
 for _op in ("tirx.nearbyint", "tirx.isnan", "tirx.isinf", "tirx.isfinite"):
     if tvm.ir.Op.get(_op).get_attr("TVectorizable") is None:

@@ -209,10 +209,17 @@ def schedule_dw_conv(sch, block) -> None:
     tile = sch.fuse(n, o, vo)
     if _extent(sch, sch.get_loops(block)) >= _PAR_MACS:
         sch.parallel(tile)
+    _register_tile(sch, block, tile, ri, rh, rw, vi, lane)
+
+
+def _register_tile(sch, block, tile, ri, rh, rw, vi, lane) -> None:
+    """The tile's accumulators in a small stack buffer written back once, the lanes vectorized
+    (before decompose_reduction: vectorize wants a block with its init), taps and vectors
+    unrolled."""
     wb = sch.cache_write(block, 0, "global")
     sch.reverse_compute_at(wb, tile)
     sch.vectorize(sch.get_loops(wb)[-1])
-    sch.vectorize(lane)  # before decompose_reduction: vectorize wants a block with its init
+    sch.vectorize(lane)
     sch.unroll(vi)
     sch.unroll(rw)
     sch.unroll(rh)
@@ -289,17 +296,7 @@ def schedule_dw_fused(sch, pack, conv, tail, target) -> bool:
         while lanes > 4 and lanes > width:
             lanes //= 2
         vector_with_remainder(sch, tw, lanes)
-    wb = sch.cache_write(conv, 0, "global")
-    sch.reverse_compute_at(wb, tile)
-    sch.vectorize(sch.get_loops(wb)[-1])
-    sch.vectorize(lane)
-    sch.unroll(vi)
-    sch.unroll(rw)
-    sch.unroll(rh)
-    init = sch.decompose_reduction(conv, ri)
-    il = sch.get_loops(init)
-    sch.vectorize(il[-1])
-    sch.unroll(il[-2])
+    _register_tile(sch, conv, tile, ri, rh, rw, vi, lane)
     _partition_pack_columns(sch, pack)  # after parallel: the partition's blocks are opaque
     return True
 
