@@ -46,7 +46,7 @@ from .exact_fp import FENCE
 # below this many loop iterations a parallel launch (a barrier of TVM's static thread
 # pool: microseconds when the cores are free, a scheduler slice when they are not)
 # costs more than it saves
-PARALLEL_MIN_WORK = 1 << 16
+PARALLEL_MIN_WORK = 1 << 12  # (1 << 16 until 2026-12-04: see x86_int8._PAR_MACS)
 # block annotation: the innermost output axis interleaves this many sources (see schedule_injective)
 UNROLL_INNER = "qcc_unroll_inner"
 # accumulator tile: at most this many vector registers (fits AVX2/NEON's 16 with room)
@@ -160,12 +160,75 @@ def _parallel(sch, loops: Sequence, total_work: int, min_work: int = PARALLEL_MI
     return outer
 
 
+def _select_cuts(sch, block_rv, loops):
+    """(k, [c0, c1, ...]) when every if_then_else in the block picks its source by comparing
+    loop k's iterator with constants (a concatenation along axis k: `240 <= v1 ? b : a`),
+    else None. Cut at those constants, each part of the loop reads one source and the
+    selects fold away."""
+    if not _trivial_binding(sch, block_rv, loops):
+        return None
+    import re
+
+    block = sch.get(block_rv)
+    names = [iv.var.name for iv in block.iter_vars]
+    text = str(block.body)
+    num = r"(?:T\.int(?:32|64)\()?(-?\d+)\)?"
+    conds = re.findall(rf"if_then_else\(({num} (<=|<) (\w+)|(\w+) (<|>=) {num}),", text)
+    if not conds or len(conds) != text.count("if_then_else("):
+        return None
+    cuts, axes = set(), set()
+    for _, c1, _op1, v1, v2, _op2, c2 in conds:
+        var, const = (v1, int(c1)) if v1 else (v2, int(c2))
+        if var not in names:
+            return None
+        axes.add(names.index(var))
+        # c <= v and v < c split at c (as v >= c: the other forms are not what concat writes);
+        # c < v at c + 1
+        cuts.add(const + 1 if _op1 == "<" else const)
+    if len(axes) != 1:
+        return None
+    k = axes.pop()
+    ext = _extent(sch, loops[k])
+    cuts = sorted(c for c in cuts if ext is not None and 0 < c < ext)
+    return (k, cuts) if cuts else None
+
+
+def _cut_fused(sch, fused, parts, k: int, cuts) -> None:
+    """Partition `fused` (the fusion of loops with extents `parts`, outermost first) where
+    loop k of them crosses each cut (see _select_cuts)."""
+    if fused is None or k >= len(parts) or any(p is None for p in parts):
+        return
+    stride = 1
+    for p in parts[k + 1:]:
+        stride *= p
+    bounds = [c * stride for c in cuts]
+    sizes = [b - a for a, b in zip([0] + bounds[:-1], bounds)]
+    par = int(sch.get(fused).kind) == int(tirx.ForKind.PARALLEL)  # the parts must stay parallel
+    for part in sch.loop_partition(fused, sizes + [None]):
+        if par:
+            sch.parallel(part)
+
+
 def schedule_injective(sch, block_rv, target, min_work: int = PARALLEL_MIN_WORK) -> None:
     """Outer loops fused + parallel; the innermost loop left to LLVM's loop vectorizer,
-    or vectorized here (power-of-two lanes) when it holds a fenced product."""
+    or vectorized here (power-of-two lanes) when it holds a fenced product. A concatenation
+    along an outer axis is cut into one loop per source (_select_cuts): a select between
+    two buffers in the loop kept LLVM from vectorizing it (mixnet_s's concatenated
+    depthwise branches with SiLU: 6.6 ns per value)."""
     loops = list(sch.get_loops(block_rv))
     if not loops:
         return
+    select = _select_cuts(sch, block_rv, loops)
+    outer_n = [_extent(sch, lp) for lp in loops]
+    fused = _schedule_injective_loops(sch, block_rv, loops, target, min_work)
+    if select is not None and fused is not None:
+        fused, n_fused = fused
+        _cut_fused(sch, fused, outer_n[:n_fused], *select)
+
+
+def _schedule_injective_loops(sch, block_rv, loops, target, min_work):
+    """schedule_injective's loops: returns (the fused outer loop, how many of the block's
+    leading loops it fuses) or None."""
     block = sch.get(block_rv)
     total = _work(sch, loops)
     # trailing unit loops ([1, C, 1, 1]) make the contiguous axis the one before them
@@ -175,7 +238,7 @@ def schedule_injective(sch, block_rv, target, min_work: int = PARALLEL_MIN_WORK)
     lanes = max(vector_bits(target) // bits, 4)
     inner = loops[-1]
     ext = _extent(sch, inner)
-    vec = None
+    vec, split = None, False
     # LLVM's loop vectorizer does better than an explicit vector loop on plain
     # elementwise code (measured: rounding/select chains scalarized when explicit); it
     # does not vectorize a loop holding a fenced product (exact_fp.py), so those are
@@ -188,29 +251,29 @@ def schedule_injective(sch, block_rv, target, min_work: int = PARALLEL_MIN_WORK)
         # (a 1.3 MB uint8 depth_to_space: 158 -> 13 us)
         outer_in, phase = sch.split(inner, factors=[None, k])
         sch.unroll(phase)
-        _parallel(sch, loops[:-1], total, min_work)
-        return
+        return _parallel(sch, loops[:-1], total, min_work), len(loops) - 1
     if explicit and ext is not None and ext % lanes and len(loops) > 1:
         # a row that is no whole number of vectors (14, 7, 18 wide): rows and columns
         # fused, vectors of full width and a short serial remainder (vector_with_remainder)
-        _parallel(sch, loops[:-2], total, min_work)
+        outer = _parallel(sch, loops[:-2], total, min_work)
         vector_with_remainder(sch, sch.fuse(loops[-2], loops[-1]), lanes)
-        return
+        return outer, len(loops) - 2
     if explicit and ext is not None and ext >= 4:
         v = _vector_factor(ext, lanes)
         if v is not None:
             if v < ext:
                 outer_in, vec = sch.split(inner, factors=[None, v])
-                loops = loops[:-1] + [outer_in]
+                loops, split = loops[:-1] + [outer_in], True
             else:
                 vec, loops = inner, loops[:-1]
     elif ext is None:
-        return
+        return None
     if vec is None:
         loops = loops[:-1]  # the innermost stays serial (LLVM may vectorize it)
-    _parallel(sch, loops, total, min_work)
+    outer = _parallel(sch, loops, total, min_work)
     if vec is not None:
         sch.vectorize(vec)
+    return None if split else (outer, len(loops))  # (a split loop is not one of the block's)
 
 
 def vector_with_remainder(sch, loop, lanes: int) -> None:

@@ -47,7 +47,8 @@ MAX_GROUP_CHANNELS = 4
 # accumulator vectors of one tile: AVX2 has 16 registers, one holds the broadcast weight
 MAX_TILE_VECTORS = 12
 _EXACT = 1 << 24  # float32 holds every integer below this exactly
-_PAR_MACS = 1 << 21  # below this a kernel runs on one thread (as x86_int8)
+_PAR_MACS = 1 << 17  # below this a kernel runs on one thread (as x86_int8; float multiply-adds
+# run a quarter of VNNI's rate, so a quarter of its threshold)
 
 
 def lanes_for(preset) -> Optional[int]:
@@ -329,16 +330,22 @@ def _partition_pack_columns(sch, block) -> None:
         sch.loop_partition(col, parts[:-1] + [None])
 
 
-def _reads_channel_by_channel(block, acc, n_ch: int) -> bool:
-    """The block writes [1, n_ch, H, W] through four spatial loops and reads `acc` only at
-    channel = its own channel var: merging its channel loop with the conv's is then safe."""
+def _reads_channel_by_channel(block, acc, n_ch: Optional[int], axis: int = 1) -> bool:
+    """The block writes [1, n_ch, H, W] (n_ch: any when None) through four spatial loops and
+    reads `acc` only at index = its own channel var on `axis` (and 0 on the axes before it
+    but the first): merging its channel loop with the conv's is then safe."""
     ivs = block.iter_vars
     if len(ivs) != 4 or any(int(iv.iter_type) != 0 for iv in ivs) or len(block.writes) != 1:
         return False
     out = block.writes[0].source
-    if len(out.shape) != 4 or int(out.shape[0]) != 1 or int(out.shape[1]) != n_ch:
+    if len(out.shape) != 4 or int(out.shape[0]) != 1 or (n_ch is not None and int(out.shape[1]) != n_ch):
         return False
     reads = [r for r in block.reads if r.source.same_as(acc)]
     if not reads:
         return False
-    return all(r.region[1].min.same_as(ivs[1].var) and int(r.region[1].extent) == 1 for r in reads)
+
+    def zero(rng):
+        return hasattr(rng.min, "value") and int(rng.min.value) == 0 and int(rng.extent) == 1
+
+    return all(r.region[axis].min.same_as(ivs[1].var) and int(r.region[axis].extent) == 1
+               and all(zero(r.region[a]) for a in range(1, axis)) for r in reads)

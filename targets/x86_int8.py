@@ -49,7 +49,9 @@ function with three stages:
    accumulators), the whole reduction inside the tile, tiles parallel.
    Weights are packed in numpy: [g, O/mr, C/4, KH, KW, mr, 4].
 3. epilogue: y[n, o, oh, ow] = acc[...] + bias'[o], in NCHW; the requantize (and
-   whatever else FuseOps put after the conv) is inlined into it.
+   whatever else FuseOps put after the conv) is inlined into it. When a block of mr
+   channels' sums fits in cache, stages 2 and 3 run block by block in one parallel
+   loop (`_schedule_conv_blocks`), else stage 3 is a pass of its own.
 
 Matmul layout (lanes along N, as TVM's dot_16x4): a[.., M, K] stays row-major
 (packed to uint8 with K padded to 4), b is packed to [N/16, K/4, 16, 4]; tile
@@ -72,11 +74,16 @@ from .lower_nn import weights_as_float
 from .strategy import FusedCPUStrategy, register_strategy
 
 _I32 = (-(1 << 31), (1 << 31) - 1)
-# Below these sizes a stage runs on one thread: a parallel launch costs microseconds (far
-# more when the cores are shared), more than a small kernel's whole work.
-_PAR_MACS = 1 << 21
-_PAR_BYTES = 1 << 18
-_PAR_ELEMS = 1 << 15
+# Below these sizes a stage runs on one thread: a parallel launch costs a microsecond or
+# two on idle cores (far more when they are shared), more than a small stage's work. Set
+# from whole-model runs on 2 threads (2026-12-04, interleaved medians, all bit-identical):
+# from 2M MACs / 256 kB / 32k values down to these, with the per-channel-block convs,
+# mobilenetv4_conv_small 0.82 -> 0.57 ms, rexnet_100 3.28 -> 2.73, efficientformerv2_s0
+# 6.86 -> 5.56, PP-OCR cls 0.32 -> 0.29, rec 3.21 -> 3.04; twice these sizes measured the
+# same within noise.
+_PAR_MACS = 1 << 19
+_PAR_BYTES = 1 << 13
+_PAR_ELEMS = 1 << 11
 # The largest tile buffer TVM 0.27 (LowerTVMBuiltin) puts on the stack; a larger one is a
 # workspace alloc/free per tile, inside the parallel loop: 16 zmm accumulators at most.
 _STACK_TILE_BYTES = 1023
@@ -371,6 +378,8 @@ def conv_te(p: ConvPlan, x, wpk, bias):
     og = p.og
 
     def out(n, o, oh, ow):
+        if p.groups == 1:  # channel o is acc's channel o: a per-channel-block schedule can see it
+            return acc[n, 0, o, oh * wq + ow] + bias[o]
         return acc[n, o // og, o % og, oh * wq + ow] + bias[o]
 
     return te.compute((p.n, p.o, oh_n, ow_n), out, name=f"{isa.prefix}_out")
@@ -691,9 +700,7 @@ def _schedule_kernels(func, target) -> Optional[object]:
         register_intrinsics(isa)
     try:
         for b, kind in zip(blocks, kinds):
-            if kind == "conv":
-                _schedule_conv(sch, b)
-            elif kind == "pack":
+            if kind == "pack":
                 _schedule_pack(sch, b)
             elif kind == "matmul":
                 _schedule_matmul(sch, b)
@@ -719,8 +726,13 @@ def _schedule_kernels(func, target) -> Optional[object]:
         kept.append((b, kind))
     try:
         sch, fused_tail = _schedule_depthwise(sch, kept, target)
+        for i, (b, kind) in enumerate(kept):
+            if kind == "conv":
+                sch, tail = _schedule_dense_conv(sch, b, _tail_of(kept, i), target)
+                if tail is not None:
+                    fused_tail = tail
     except Exception as e:  # noqa: BLE001 - as above
-        warnings.warn(f"qcc x86: depthwise kernel schedule failed, kernel left unscheduled: {type(e).__name__}: "
+        warnings.warn(f"qcc x86: conv kernel schedule failed, kernel left unscheduled: {type(e).__name__}: "
                       f"{str(e).splitlines()[-1] if str(e) else ''}")
         return None
     for b, kind in kept:
@@ -735,6 +747,82 @@ def _schedule_kernels(func, target) -> Optional[object]:
     return sch
 
 
+def _tail_of(kept, i):
+    """The function's last stage when it directly follows kernel stage i (its epilogue)."""
+    return kept[-1][0] if kept[-1][1] is None and i == len(kept) - 2 else None
+
+
+def _schedule_dense_conv(sch, conv, tail, target):
+    """The conv per block of output channels with its epilogue (see _schedule_conv_blocks)
+    where that applies (tried on a copy), else tiled over the whole output. Returns
+    (schedule, the epilogue block it scheduled or None)."""
+    if tail is not None:
+        trial = sch.copy()
+        try:
+            if _schedule_conv_blocks(trial, conv, tail, target):
+                return trial, tail
+        except Exception:  # noqa: BLE001 - a shape this schedule does not take: the plain one
+            pass
+    _schedule_conv(sch, conv)
+    return sch, None
+
+
+# a channel block's accumulators (mr channels x the whole flattened image) must stay in
+# the core's cache between the conv writing them and the epilogue reading them
+_BLOCK_ACC_BYTES = 1 << 16
+
+
+def _schedule_conv_blocks(sch, conv, tail, target) -> bool:
+    """One parallel loop over blocks of mr output channels, each running the conv's tiles
+    for those channels and then their epilogue, instead of the conv over the whole output
+    and then the epilogue over the whole output: the accumulators are read back from L1/L2,
+    and the kernel makes one parallel launch, not two (on a mobile net's 10x10 and 5x5 maps
+    the launches, and an epilogue too small to be worth its own, were much of the time).
+    For convs whose block of accumulators is small (_BLOCK_ACC_BYTES), one group, batch 1,
+    an epilogue reading channel o of the sums for output channel o, and whole tiles of mr
+    channels; returns False otherwise."""
+    from .cpu_rules import vector_bits, vector_with_remainder
+    from .exact_fp import FENCE
+    from .x86_depthwise import _reads_channel_by_channel
+
+    ann = sch.get(conv).annotations
+    mr, nr = int(ann["qcc_x86_mr"]), int(ann["qcc_x86_nr"])
+    isa = ISAS[str(ann["qcc_x86_isa"])]
+    acc = sch.get(conv).writes[0].source
+    _, groups, ogp, flat = (int(v) for v in acc.shape)
+    if int(acc.shape[0]) != 1 or groups != 1 or mr * flat * 4 > _BLOCK_ACC_BYTES:
+        return False
+    if not _reads_channel_by_channel(sch.get(tail), acc, None, axis=2):
+        return False
+    if -(-int(sch.get(tail).writes[0].source.shape[1]) // mr) < 2:  # one block: nothing to interleave
+        return False
+    macs = _extent(sch, sch.get_loops(conv))
+    n, g, oc, f, rc, rh, rw, ri = sch.get_loops(conv)
+    v, lane = sch.split(f, [None, isa.lanes])
+    oco, oci = sch.split(oc, [None, mr])
+    vo, vi = sch.split(v, [None, nr])
+    if isa.is_float:  # ri has extent 1: the lanes innermost, to vectorize
+        sch.reorder(n, g, oco, vo, rc, rh, rw, ri, oci, vi, lane)
+    else:
+        sch.reorder(n, g, oco, vo, rc, rh, rw, oci, vi, lane, ri)
+    blocks = sch.fuse(n, g, oco)
+    tn, to, th, tw = sch.get_loops(tail)
+    tob, _ = sch.split(to, [None, mr])
+    tail_blocks = sch.fuse(tn, tob)
+    if _extent(sch, [blocks]) != _extent(sch, [tail_blocks]):  # the padded channels' tiles
+        return False
+    merged = sch.merge(blocks, tail_blocks)
+    if macs >= _PAR_MACS:
+        sch.parallel(merged)
+    if FENCE in str(sch.get(tail).body):  # LLVM does not vectorize a fence: TVM does it here
+        lanes, width = max(vector_bits(target) // 32, 4), _extent(sch, [tw])
+        while lanes > 4 and lanes > width:
+            lanes //= 2
+        vector_with_remainder(sch, tw, lanes)
+    _register_tile(sch, conv, vo, rc, oci, vi, lane, None if isa.is_float else isa.conv_intrin)
+    return True
+
+
 def _schedule_depthwise(sch, kept, target):
     """The depthwise kernel's stages (x86_depthwise.py), if the function has one: fused per
     channel block with the function's last stage as its epilogue where that applies (tried
@@ -744,7 +832,7 @@ def _schedule_depthwise(sch, kept, target):
     conv = next((b for b, k in kept if k == "dwconv"), None)
     if conv is None:
         return sch, None
-    tail = kept[-1][0] if kept[-1][1] is None and len(kept) > 1 and kept[-2][0] is conv else None
+    tail = next((_tail_of(kept, i) for i, (b, _) in enumerate(kept) if b is conv), None)
     if pack is not None:
         trial = sch.copy()
         try:

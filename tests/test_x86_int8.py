@@ -163,6 +163,23 @@ def test_depthwise_inner_loop_is_vector_fma(preset, register):
     assert len(fma) >= 16, f"{len(fma)} {register} FMAs"
 
 
+def _kernel_bodies(ll: str, name: str):
+    """The LLVM IR of the kernels whose name matches `name`: each compute function with the
+    parallel task bodies TVM emits right after it (a parallel loop's body is a function of
+    its own, `__tvm_parallel_lambda*`)."""
+    chunks = re.findall(r"^define [^\n]*@([\w.]+)\(.*?^\}", ll, re.S | re.M)
+    texts = re.findall(r"^define [^\n]*@[\w.]+\(.*?^\}", ll, re.S | re.M)
+    out, owner = [], None
+    for fn, text in zip(chunks, texts):
+        if fn.endswith("_compute_"):
+            owner = re.search(name, fn) is not None
+        elif not fn.startswith("__tvm_parallel_lambda"):
+            owner = None
+        if owner:
+            out.append(text)
+    return out
+
+
 @ISAS
 @pytest.mark.parametrize("tail", ["add", "quantize"])
 @pytest.mark.parametrize("hw", [(12, 16), (14, 14), (7, 7)])
@@ -201,7 +218,7 @@ def test_float_epilogue_is_vectorized_and_exact(isa, tail, hw):
     ll = llvm_source(ex, "ll")
     assert re.search(r"llvm\.arithmetic\.fence\.v\d+f32", ll), "the fenced dequantize is scalar"
     for kind in ("conv", "dwconv"):  # each kernel on its own
-        body = "\n".join(re.findall(rf"^define [^\n]*@\w*qcc_{isa}_{kind}\w*_compute_\(.*?^\}}", ll, re.S | re.M))
+        body = "\n".join(_kernel_bodies(ll, rf"qcc_{isa}_{kind}"))
         assert re.search(r"llvm\.arithmetic\.fence\.v\d+f32", body), f"the {kind}'s fenced dequantize is scalar"
     if tail == "quantize":
         assert re.search(r"llvm\.nearbyint\.v\d+f32", ll), "the quantize rounds one value at a time"
@@ -247,6 +264,54 @@ def test_depthwise_stages_run_channel_block_by_block(isa, tail):
               if isinstance(f, tvm.tirx.PrimFunc) and "dwconv" in gv.name_hint]
     assert len(re.findall(r"for \w+_m in T\.parallel", text)) == 1, "the stages are not merged per channel block"
     feeds = {"x": _feed(rng, (1, c, h, w), "u8")}
+    try:
+        for threads in (2, 1):
+            configure_threads(threads)
+            ref = check(g, feeds, PRESET[isa])
+    finally:
+        configure_threads(None)
+    assert len(np.unique(ref["y"])) > 20
+
+
+@ISAS
+@pytest.mark.parametrize("shape", [(96, 192, 12, 12, 1), (64, 100, 12, 12, 3), (48, 40, 14, 14, 3)])
+@pytest.mark.parametrize("tail", ["requantize", "hard_swish"])
+def test_small_conv_runs_channel_block_by_block(isa, tail, shape):
+    """A conv whose sums fit in cache runs its tiles and its epilogue one block of output
+    channels after another, in one parallel loop (the epilogue is not a second pass over
+    the whole output, nor a second parallel launch); still bit-exact on two threads and on
+    one, with the channel count a multiple of the tile's rows or not."""
+    import tvm
+
+    from qcc.targets.builder import configure_threads
+
+    cin, c, h, w, k = shape
+    rng = np.random.default_rng(7)
+    g = Graph("conv_blocks")
+    x = g.add_input("x", TensorType((1, cin, h, w), "u8"))
+    wv = rng.integers(-128, 128, (c, cin, k, k)).astype(np.int8)
+    acc = g.add_node("qconv", [x, g.add_const("w", wv), g.add_const("b", rng.integers(-9999, 9999, c).astype(np.int32))],
+                     {"strides": [1, 1], "pads": [k // 2] * 4, "dilations": [1, 1], "group": 1,
+                      "x_zero_point": 9}).output
+    if tail == "requantize":
+        m = [int(v) for v in rng.integers(1 << 30, 1 << 31, size=c)]
+        y = g.add_node("requantize", [acc], {"multiplier": m, "shift": [-14] * c, "axis": 1, "zero_point": 10,
+                                             "dtype": "u8"}, names=["y"]).output
+    else:
+        dq = g.add_node("dequantize", [acc], {"axis": 1, "scale": [float(v) for v in rng.uniform(2e-5, 6e-5, c)],
+                                              "zero_point": [0]}).output
+        y = g.add_node("quantize", [g.add_node("hard_swish", [dq]).output],
+                       {"axis": -1, "scale": [0.03], "zero_point": [20], "dtype": "u8"}, names=["y"]).output
+    g.set_outputs([y])
+    preset = get_target(PRESET[isa])
+    target = preset.target()
+    with target:
+        mod = strategy_for(preset).relax_pipeline(target)(lower_for(g, preset))
+    [text] = [f.script() for gv, f in mod.functions_items()
+              if isinstance(f, tvm.tirx.PrimFunc) and f"qcc_{isa}_conv" in gv.name_hint]
+    assert len(re.findall(r"for \w+_m in T\.parallel", text)) == 1, "conv and epilogue are not merged per block"
+    assert len(re.findall(r"^    for ", text, re.M)) == 2, "the epilogue has a loop of its own"  # pack, blocks
+    feeds = {"x": _feed(rng, (1, cin, h, w), "u8")}
     try:
         for threads in (2, 1):
             configure_threads(threads)
@@ -339,12 +404,14 @@ def test_instruction_in_generated_code(isa):
 @ISAS
 def test_no_workspace_allocation_inside_parallel_tiles(isa):
     """The accumulator tile lives on the stack: no parallel task body (where the tiles run)
-    calls TVMBackendAllocWorkspace. A "local" tile buffer would (TVM 0.27), once per tile."""
+    calls TVMBackendAllocWorkspace. A "local" tile buffer would (TVM 0.27), once per tile.
+    (A map this large is tiled over the whole output; a small one runs per block of
+    channels, where each block's sums are a workspace of their own.)"""
     import re
 
     rng = np.random.default_rng(2)
     g = Graph("big_1x1")
-    x = g.add_input("x", TensorType((1, 32, 40, 60), "u8"))  # 3.7M MACs: parallel tiles
+    x = g.add_input("x", TensorType((1, 32, 80, 120), "u8"))  # 15M MACs: parallel tiles
     w = g.add_const("w", rng.integers(-128, 128, (48, 32, 1, 1)).astype(np.int8))
     g.set_outputs([g.add_node("qconv", [x, w], {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1],
                                                "group": 1, "x_zero_point": 3}).output])
