@@ -46,7 +46,7 @@ from .exact_fp import FENCE
 # below this many loop iterations a parallel launch (a barrier of TVM's static thread
 # pool: microseconds when the cores are free, a scheduler slice when they are not)
 # costs more than it saves
-PARALLEL_MIN_WORK = 1 << 12  # (1 << 16 until 2026-12-04: see x86_int8._PAR_MACS)
+PARALLEL_MIN_WORK = 1 << 14  # (1 << 16 until 2026-12-04: see x86_int8._PAR_MACS)
 # block annotation: the innermost output axis interleaves this many sources (see schedule_injective)
 UNROLL_INNER = "qcc_unroll_inner"
 # accumulator tile: at most this many vector registers (fits AVX2/NEON's 16 with room)

@@ -47,7 +47,7 @@ MAX_GROUP_CHANNELS = 4
 # accumulator vectors of one tile: AVX2 has 16 registers, one holds the broadcast weight
 MAX_TILE_VECTORS = 12
 _EXACT = 1 << 24  # float32 holds every integer below this exactly
-_PAR_MACS = 1 << 17  # below this a kernel runs on one thread (as x86_int8; float multiply-adds
+_PAR_MACS = 1 << 18  # below this a kernel runs on one thread (as x86_int8; float multiply-adds
 # run a quarter of VNNI's rate, so a quarter of its threshold)
 
 

@@ -75,15 +75,18 @@ from .strategy import FusedCPUStrategy, register_strategy
 
 _I32 = (-(1 << 31), (1 << 31) - 1)
 # Below these sizes a stage runs on one thread: a parallel launch costs a microsecond or
-# two on idle cores (far more when they are shared), more than a small stage's work. Set
-# from whole-model runs on 2 threads (2026-12-04, interleaved medians, all bit-identical):
-# from 2M MACs / 256 kB / 32k values down to these, with the per-channel-block convs,
-# mobilenetv4_conv_small 0.82 -> 0.57 ms, rexnet_100 3.28 -> 2.73, efficientformerv2_s0
-# 6.86 -> 5.56, PP-OCR cls 0.32 -> 0.29, rec 3.21 -> 3.04; twice these sizes measured the
-# same within noise.
-_PAR_MACS = 1 << 19
-_PAR_BYTES = 1 << 13
-_PAR_ELEMS = 1 << 11
+# two on idle cores (far more when they are shared or asleep), more than a small stage's
+# work. Set from whole-model runs on 2 threads (2026-12-04, interleaved medians, all
+# bit-identical), lowered from 2M MACs / 256 kB / 32k values, with the per-channel-block
+# convs, "warm" (back-to-back calls) / "single" (one call per round, onnxruntime running
+# in between): mobilenetv4_conv_small 0.67 / 1.15 -> 0.59 / 1.20 ms, rexnet_100 3.29 /
+# 3.81 -> 2.84 / 3.28, efficientformerv2_s0 6.27 / 6.36 -> 5.39 / 5.53, PP-OCR rec 3.85
+# / 3.62 -> 3.80 / 3.44, cls 0.31 / 0.33 -> 0.28 / 0.41. Half these sizes gains a little
+# more warm (mobilenetv4 0.55) but loses on single calls of tiny models (cls 0.48, mobilenetv4
+# 1.29): each extra parallel kernel then pays for waking the pool's threads.
+_PAR_MACS = 1 << 20
+_PAR_BYTES = 1 << 15
+_PAR_ELEMS = 1 << 13
 # The largest tile buffer TVM 0.27 (LowerTVMBuiltin) puts on the stack; a larger one is a
 # workspace alloc/free per tile, inside the parallel loop: 16 zmm accumulators at most.
 _STACK_TILE_BYTES = 1023
