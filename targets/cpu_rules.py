@@ -296,6 +296,19 @@ def vector_with_remainder(sch, loop, lanes: int) -> None:
     sch.vectorize(sch.split(loop, factors=[None, lanes])[1] if lanes < full else loop)
 
 
+def vectorize_fenced_row(sch, block_rv, row, target) -> None:
+    """An epilogue's row loop (`row`, innermost), when the block holds a fenced product (LLVM
+    leaves those scalar): vectorized here along the row, in vectors as wide as the row allows
+    plus a serial remainder. Along the row, not rows fused: a kernel's sums have a row pitch
+    that is not the output's, and fused rows would load them by gathers."""
+    if FENCE not in str(sch.get(block_rv).body):
+        return
+    lanes, width = max(vector_bits(target) // 32, 4), _extent(sch, row)
+    while lanes > 4 and width is not None and lanes > width:
+        lanes //= 2
+    vector_with_remainder(sch, row, lanes)
+
+
 def schedule_reduction_plain(sch, block_rv, target, min_work: int = PARALLEL_MIN_WORK) -> None:
     """Spatial loops fused + parallel, the reduction loops serial inside (order kept)."""
     block = sch.get(block_rv)

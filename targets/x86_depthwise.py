@@ -250,8 +250,7 @@ def schedule_dw_fused(sch, pack, conv, tail, target) -> bool:
     place the epilogue: it reads the flat accumulator at oh * wq + ow). Pure depthwise
     convs only (one input and one output channel per group, batch 1), with an epilogue
     that reads channel o of the sums for output channel o; returns False otherwise."""
-    from .cpu_rules import vector_bits, vector_with_remainder
-    from .exact_fp import FENCE
+    from .cpu_rules import vectorize_fenced_row
 
     ann = sch.get(conv).annotations
     nr, L = int(ann["qcc_x86_nr"]), int(ann["qcc_x86_lanes"])
@@ -290,13 +289,7 @@ def schedule_dw_fused(sch, pack, conv, tail, target) -> bool:
     merged = sch.merge(pack_blocks, conv_blocks, tail_blocks)
     if macs >= _PAR_MACS:
         sch.parallel(merged)
-    if FENCE in str(sch.get(tail).body):  # LLVM does not vectorize a fence: TVM does it here
-        # along each row (the sums' row pitch wq is not the output's: rows fused, the loads
-        # would be gathers), in vectors as wide as the row allows
-        lanes, width = max(vector_bits(target) // 32, 4), _extent(sch, [tw])
-        while lanes > 4 and lanes > width:
-            lanes //= 2
-        vector_with_remainder(sch, tw, lanes)
+    vectorize_fenced_row(sch, tail, tw, target)
     _register_tile(sch, conv, tile, ri, rh, rw, vi, lane)
     _partition_pack_columns(sch, pack)  # after parallel: the partition's blocks are opaque
     return True

@@ -625,7 +625,11 @@ def _schedule_pack(sch, block) -> None:
     sch.unroll(ci)
 
 
-def _schedule_conv(sch, block) -> None:
+def _conv_tile_loops(sch, block):
+    """The conv's loops split into register tiles (mr channels x nr vectors of lanes pixels)
+    and ordered channel blocks, pixel tiles, reduction, tile: returns (intrinsic or None,
+    channel-block loops (n, g, oc/mr), pixel-tile loop, rc, and the tile's rows, vectors
+    and lanes)."""
     ann = sch.get(block).annotations
     mr, nr = int(ann["qcc_x86_mr"]), int(ann["qcc_x86_nr"])
     isa = ISAS[str(ann["qcc_x86_isa"])]
@@ -637,10 +641,15 @@ def _schedule_conv(sch, block) -> None:
         sch.reorder(n, g, oco, vo, rc, rh, rw, ri, oci, vi, lane)
     else:
         sch.reorder(n, g, oco, vo, rc, rh, rw, oci, vi, lane, ri)
-    tile = sch.fuse(n, g, oco, vo)
+    return None if isa.is_float else isa.conv_intrin, (n, g, oco), vo, rc, oci, vi, lane
+
+
+def _schedule_conv(sch, block) -> None:
+    intrin, blocks, vo, rc, oci, vi, lane = _conv_tile_loops(sch, block)
+    tile = sch.fuse(*blocks, vo)
     if _extent(sch, sch.get_loops(block)) >= _PAR_MACS:
         sch.parallel(tile)
-    _register_tile(sch, block, tile, rc, oci, vi, lane, None if isa.is_float else isa.conv_intrin)
+    _register_tile(sch, block, tile, rc, oci, vi, lane, intrin)
 
 
 def _schedule_matmul(sch, block) -> None:
@@ -784,31 +793,21 @@ def _schedule_conv_blocks(sch, conv, tail, target) -> bool:
     For convs whose block of accumulators is small (_BLOCK_ACC_BYTES), one group, batch 1,
     an epilogue reading channel o of the sums for output channel o, and whole tiles of mr
     channels; returns False otherwise."""
-    from .cpu_rules import vector_bits, vector_with_remainder
-    from .exact_fp import FENCE
+    from .cpu_rules import vectorize_fenced_row
     from .x86_depthwise import _reads_channel_by_channel
 
-    ann = sch.get(conv).annotations
-    mr, nr = int(ann["qcc_x86_mr"]), int(ann["qcc_x86_nr"])
-    isa = ISAS[str(ann["qcc_x86_isa"])]
+    mr = int(sch.get(conv).annotations["qcc_x86_mr"])
     acc = sch.get(conv).writes[0].source
-    _, groups, ogp, flat = (int(v) for v in acc.shape)
-    if int(acc.shape[0]) != 1 or groups != 1 or mr * flat * 4 > _BLOCK_ACC_BYTES:
+    batch, groups, _, flat = (int(v) for v in acc.shape)
+    if batch != 1 or groups != 1 or mr * flat * 4 > _BLOCK_ACC_BYTES:
         return False
     if not _reads_channel_by_channel(sch.get(tail), acc, None, axis=2):
         return False
     if -(-int(sch.get(tail).writes[0].source.shape[1]) // mr) < 2:  # one block: nothing to interleave
         return False
     macs = _extent(sch, sch.get_loops(conv))
-    n, g, oc, f, rc, rh, rw, ri = sch.get_loops(conv)
-    v, lane = sch.split(f, [None, isa.lanes])
-    oco, oci = sch.split(oc, [None, mr])
-    vo, vi = sch.split(v, [None, nr])
-    if isa.is_float:  # ri has extent 1: the lanes innermost, to vectorize
-        sch.reorder(n, g, oco, vo, rc, rh, rw, ri, oci, vi, lane)
-    else:
-        sch.reorder(n, g, oco, vo, rc, rh, rw, oci, vi, lane, ri)
-    blocks = sch.fuse(n, g, oco)
+    intrin, blocks, vo, rc, oci, vi, lane = _conv_tile_loops(sch, conv)
+    blocks = sch.fuse(*blocks)
     tn, to, th, tw = sch.get_loops(tail)
     tob, _ = sch.split(to, [None, mr])
     tail_blocks = sch.fuse(tn, tob)
@@ -817,12 +816,8 @@ def _schedule_conv_blocks(sch, conv, tail, target) -> bool:
     merged = sch.merge(blocks, tail_blocks)
     if macs >= _PAR_MACS:
         sch.parallel(merged)
-    if FENCE in str(sch.get(tail).body):  # LLVM does not vectorize a fence: TVM does it here
-        lanes, width = max(vector_bits(target) // 32, 4), _extent(sch, [tw])
-        while lanes > 4 and lanes > width:
-            lanes //= 2
-        vector_with_remainder(sch, tw, lanes)
-    _register_tile(sch, conv, vo, rc, oci, vi, lane, None if isa.is_float else isa.conv_intrin)
+    vectorize_fenced_row(sch, tail, tw, target)
+    _register_tile(sch, conv, vo, rc, oci, vi, lane, intrin)
     return True
 
 

@@ -229,16 +229,51 @@ def test_float_epilogue_is_vectorized_and_exact(isa, tail, hw):
         assert all(len(np.unique(v)) > 20 for v in ref.values())  # not all saturated
 
 
+def _epilogue(g, acc, c, tail, rng, shift: int, scales):
+    """`acc`'s epilogue as -O2 writes it: a per-channel requantize to u8, or a dequantize,
+    hard-swish and quantize ("hard_swish"); returns its output, named y."""
+    if tail == "requantize":
+        m = [int(v) for v in rng.integers(1 << 30, 1 << 31, size=c)]
+        return g.add_node("requantize", [acc], {"multiplier": m, "shift": [shift] * c, "axis": 1, "zero_point": 10,
+                                                "dtype": "u8"}, names=["y"]).output
+    dq = g.add_node("dequantize", [acc], {"axis": 1, "scale": [float(v) for v in rng.uniform(*scales, c)],
+                                          "zero_point": [0]}).output
+    return g.add_node("quantize", [g.add_node("hard_swish", [dq]).output],
+                      {"axis": -1, "scale": [0.03], "zero_point": [20], "dtype": "u8"}, names=["y"]).output
+
+
+def _kernel_script(g, isa, name: str) -> str:
+    """The scheduled TIR of the one kernel of `g` whose name holds `name`."""
+    import tvm
+
+    preset = get_target(PRESET[isa])
+    target = preset.target()
+    with target:
+        mod = strategy_for(preset).relax_pipeline(target)(lower_for(g, preset))
+    [text] = [f.script() for gv, f in mod.functions_items()
+              if isinstance(f, tvm.tirx.PrimFunc) and name in gv.name_hint]
+    return text
+
+
+def _check_on_two_threads_and_one(g, feeds, isa):
+    """check() with the pool at two threads, then at one; returns the reference outputs."""
+    from qcc.targets.builder import configure_threads
+
+    try:
+        for threads in (2, 1):
+            configure_threads(threads)
+            ref = check(g, feeds, PRESET[isa])
+    finally:
+        configure_threads(None)
+    return ref
+
+
 @ISAS
 @pytest.mark.parametrize("tail", ["requantize", "hard_swish"])
 def test_depthwise_stages_run_channel_block_by_block(isa, tail):
     """A depthwise kernel's pack, multiply-adds and epilogue run one block of channels after
     another (one merged parallel loop: the packed plane and the sums stay in cache), not
     each stage over the whole tensor; still bit-exact, on two threads and on one."""
-    import tvm
-
-    from qcc.targets.builder import configure_threads
-
     rng = np.random.default_rng(6)
     c, h, w = 96, 48, 72  # 3 M multiply-adds: parallel
     g = Graph("dw_blocks")
@@ -246,30 +281,10 @@ def test_depthwise_stages_run_channel_block_by_block(isa, tail):
     acc = g.add_node("qconv", [x, g.add_const("w", rng.integers(-128, 128, (c, 1, 3, 3)).astype(np.int8))],
                      {"strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": c,
                       "x_zero_point": 9}).output
-    if tail == "requantize":
-        m = [int(v) for v in rng.integers(1 << 30, 1 << 31, size=c)]
-        y = g.add_node("requantize", [acc], {"multiplier": m, "shift": [-12] * c, "axis": 1, "zero_point": 10,
-                                             "dtype": "u8"}, names=["y"]).output
-    else:
-        dq = g.add_node("dequantize", [acc], {"axis": 1, "scale": [float(v) for v in rng.uniform(1e-4, 3e-4, c)],
-                                              "zero_point": [0]}).output
-        y = g.add_node("quantize", [g.add_node("hard_swish", [dq]).output],
-                       {"axis": -1, "scale": [0.03], "zero_point": [20], "dtype": "u8"}, names=["y"]).output
-    g.set_outputs([y])
-    preset = get_target(PRESET[isa])
-    target = preset.target()
-    with target:
-        mod = strategy_for(preset).relax_pipeline(target)(lower_for(g, preset))
-    [text] = [f.script() for gv, f in mod.functions_items()
-              if isinstance(f, tvm.tirx.PrimFunc) and "dwconv" in gv.name_hint]
+    g.set_outputs([_epilogue(g, acc, c, tail, rng, shift=-12, scales=(1e-4, 3e-4))])
+    text = _kernel_script(g, isa, "dwconv")
     assert len(re.findall(r"for \w+_m in T\.parallel", text)) == 1, "the stages are not merged per channel block"
-    feeds = {"x": _feed(rng, (1, c, h, w), "u8")}
-    try:
-        for threads in (2, 1):
-            configure_threads(threads)
-            ref = check(g, feeds, PRESET[isa])
-    finally:
-        configure_threads(None)
+    ref = _check_on_two_threads_and_one(g, {"x": _feed(rng, (1, c, h, w), "u8")}, isa)
     assert len(np.unique(ref["y"])) > 20
 
 
@@ -281,10 +296,6 @@ def test_small_conv_runs_channel_block_by_block(isa, tail, shape):
     channels after another, in one parallel loop (the epilogue is not a second pass over
     the whole output, nor a second parallel launch); still bit-exact on two threads and on
     one, with the channel count a multiple of the tile's rows or not."""
-    import tvm
-
-    from qcc.targets.builder import configure_threads
-
     cin, c, h, w, k = shape
     rng = np.random.default_rng(7)
     g = Graph("conv_blocks")
@@ -293,31 +304,11 @@ def test_small_conv_runs_channel_block_by_block(isa, tail, shape):
     acc = g.add_node("qconv", [x, g.add_const("w", wv), g.add_const("b", rng.integers(-9999, 9999, c).astype(np.int32))],
                      {"strides": [1, 1], "pads": [k // 2] * 4, "dilations": [1, 1], "group": 1,
                       "x_zero_point": 9}).output
-    if tail == "requantize":
-        m = [int(v) for v in rng.integers(1 << 30, 1 << 31, size=c)]
-        y = g.add_node("requantize", [acc], {"multiplier": m, "shift": [-14] * c, "axis": 1, "zero_point": 10,
-                                             "dtype": "u8"}, names=["y"]).output
-    else:
-        dq = g.add_node("dequantize", [acc], {"axis": 1, "scale": [float(v) for v in rng.uniform(2e-5, 6e-5, c)],
-                                              "zero_point": [0]}).output
-        y = g.add_node("quantize", [g.add_node("hard_swish", [dq]).output],
-                       {"axis": -1, "scale": [0.03], "zero_point": [20], "dtype": "u8"}, names=["y"]).output
-    g.set_outputs([y])
-    preset = get_target(PRESET[isa])
-    target = preset.target()
-    with target:
-        mod = strategy_for(preset).relax_pipeline(target)(lower_for(g, preset))
-    [text] = [f.script() for gv, f in mod.functions_items()
-              if isinstance(f, tvm.tirx.PrimFunc) and f"qcc_{isa}_conv" in gv.name_hint]
+    g.set_outputs([_epilogue(g, acc, c, tail, rng, shift=-14, scales=(2e-5, 6e-5))])
+    text = _kernel_script(g, isa, f"qcc_{isa}_conv")
     assert len(re.findall(r"for \w+_m in T\.parallel", text)) == 1, "conv and epilogue are not merged per block"
     assert len(re.findall(r"^    for ", text, re.M)) == 2, "the epilogue has a loop of its own"  # pack, blocks
-    feeds = {"x": _feed(rng, (1, cin, h, w), "u8")}
-    try:
-        for threads in (2, 1):
-            configure_threads(threads)
-            ref = check(g, feeds, PRESET[isa])
-    finally:
-        configure_threads(None)
+    ref = _check_on_two_threads_and_one(g, {"x": _feed(rng, (1, cin, h, w), "u8")}, isa)
     assert len(np.unique(ref["y"])) > 20
 
 
