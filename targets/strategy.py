@@ -123,6 +123,13 @@ class FusedCPUStrategy(LoweringStrategy):
     # long sums (global pooling) keep this many partial sums, which vectorize (lower_math)
     partial_sums = 16
 
+    def tir_pipeline(self, target):
+        """TVM's default TIR pipeline, with small scratch buffers kept on the stack
+        (stack_buffers.py): the kernels' register tiles and per-block sums."""
+        from .stack_buffers import register
+
+        return register()
+
     def base_relax_pipeline(self, target):
         import tvm
         from tvm import relax

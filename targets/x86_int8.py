@@ -87,9 +87,6 @@ _I32 = (-(1 << 31), (1 << 31) - 1)
 _PAR_MACS = 1 << 20
 _PAR_BYTES = 1 << 15
 _PAR_ELEMS = 1 << 13
-# The largest tile buffer TVM 0.27 (LowerTVMBuiltin) puts on the stack; a larger one is a
-# workspace alloc/free per tile, inside the parallel loop: 16 zmm accumulators at most.
-_STACK_TILE_BYTES = 1023
 
 
 # --- instruction sets -----------------------------------------------------------------------
@@ -216,15 +213,18 @@ def _pick_tile(isa: Isa, rows: int, vecs: int, max_rows: int = 24) -> Tuple[int,
     """(mr, nr): mr rows x nr vectors per register tile, mr*nr <= isa.max_acc, and the
     accumulators, nr loaded vectors and one broadcast in the register file.
 
-    Cost model (measured on Zen 4, 40x120x6625 matmul: 4x4 516 GOP/s, 5x4 486, 4x3 443,
-    8x2 403, 8x1 310): padded work times the load/broadcast overhead per vpdpbusd, each
-    broadcast (one per row) costing most."""
+    Cost model (measured on Zen 4, 40x120x6625 matmul: 4x4 516 GOP/s, 4x3 443, 8x2 403,
+    8x1 310): padded work times the load/broadcast overhead per vpdpbusd, each broadcast
+    (one per row) costing most. Tiles above 16 zmm accumulators (1 kB) used to be heap
+    workspaces, one per tile; stack_buffers.py keeps them on the stack, so only the
+    register file bounds them. On a conv at ~89% of the VNNI peak (3x3 96->24 at 96x144,
+    Zen 5, one thread) every tile from 3x4 to 12x2 ran within 5% (0.61-0.64 ms): the cost
+    model matters for padding and small maps more than for the inner loop."""
     best = None
-    max_acc = min(isa.max_acc, _STACK_TILE_BYTES // (isa.lanes * 4))
     for nr in (4, 3, 2, 1):
         if nr > max(1, vecs) and nr > 1:
             continue
-        cap = min(max_rows, max_acc // nr, (isa.registers - isa.scratch - nr) // nr)
+        cap = min(max_rows, isa.max_acc // nr, (isa.registers - isa.scratch - nr) // nr)
         for mr in range(min(cap, rows), 0, -1):
             work = math.ceil(rows / mr) * mr * math.ceil(vecs / nr) * nr
             key = (work * (1 + 0.8 / nr + 0.3 / mr), -nr)
@@ -673,10 +673,11 @@ def _schedule_matmul(sch, block) -> None:
 def _register_tile(sch, block, tile, k_outer, rows, vecs, lane, intrin) -> None:
     """Accumulate the tile in a small buffer (registers), tensorize the lanes x group step.
 
-    The buffer's scope is "global", not "local": TVM 0.27's LowerTVMBuiltin keeps only
-    small *global* allocations on the stack and turns every "local" one into a
-    TVMBackendAllocWorkspace/Free pair, here once per tile (measured: 1x1 32->48 conv at
-    96x144, a third of its time in the workspace pool). On a CPU both are plain memory."""
+    The buffer's scope is "global", not "local": TVM 0.27's LowerTVMBuiltin turns every
+    "local" allocation, and a global one of 1 kB or more, into a TVMBackendAllocWorkspace/
+    Free pair, here once per tile (measured: 1x1 32->48 conv at 96x144, a third of its
+    time in the workspace pool); stack_buffers.py keeps the global ones on the stack
+    whatever their size. On a CPU both scopes are plain memory."""
     wb = sch.cache_write(block, 0, "global")
     sch.reverse_compute_at(wb, tile)
     wl = sch.get_loops(wb)
