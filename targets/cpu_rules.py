@@ -439,7 +439,7 @@ def schedule_tiled_reduction(sch, block_rv, target, fuse_epilogue: bool = True,
     consumers = list(sch.get_consumers(block_rv))
     # accumulators in registers: a small tile buffer, written back per tile. Scope "global",
     # not "local": TVM 0.27 heap-allocates every "local" buffer through the workspace pool
-    # (an alloc/free pair per tile); global ones go on the stack (stack_buffers.py)
+    # (an alloc/free pair per tile); global ones go on the stack (cpu_tir_passes.py)
     local = sch.cache_write(block_rv, 0, "global")
     sch.reverse_compute_at(local, fused, preserve_unit_loops=True)
     _vectorize_tile(sch, local, target)

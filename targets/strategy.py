@@ -124,9 +124,9 @@ class FusedCPUStrategy(LoweringStrategy):
     partial_sums = 16
 
     def tir_pipeline(self, target):
-        """TVM's default TIR pipeline, with small scratch buffers kept on the stack
-        (stack_buffers.py): the kernels' register tiles and per-block sums."""
-        from .stack_buffers import register
+        """TVM's default TIR pipeline plus cpu_tir_passes.py: scratch buffers (the kernels'
+        register tiles and per-block sums) kept on the stack, codegen-unknown pragmas dropped."""
+        from .cpu_tir_passes import register
 
         return register()
 

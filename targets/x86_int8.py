@@ -216,7 +216,7 @@ def _pick_tile(isa: Isa, rows: int, vecs: int, max_rows: int = 24) -> Tuple[int,
     Cost model (measured on Zen 4, 40x120x6625 matmul: 4x4 516 GOP/s, 4x3 443, 8x2 403,
     8x1 310): padded work times the load/broadcast overhead per vpdpbusd, each broadcast
     (one per row) costing most. Tiles above 16 zmm accumulators (1 kB) used to be heap
-    workspaces, one per tile; stack_buffers.py keeps them on the stack, so only the
+    workspaces, one per tile; cpu_tir_passes.py keeps them on the stack, so only the
     register file bounds them. On a conv at ~89% of the VNNI peak (3x3 96->24 at 96x144,
     Zen 5, one thread) every tile from 3x4 to 12x2 ran within 5% (0.61-0.64 ms): the cost
     model matters for padding and small maps more than for the inner loop."""
@@ -676,7 +676,7 @@ def _register_tile(sch, block, tile, k_outer, rows, vecs, lane, intrin) -> None:
     The buffer's scope is "global", not "local": TVM 0.27's LowerTVMBuiltin turns every
     "local" allocation, and a global one of 1 kB or more, into a TVMBackendAllocWorkspace/
     Free pair, here once per tile (measured: 1x1 32->48 conv at 96x144, a third of its
-    time in the workspace pool); stack_buffers.py keeps the global ones on the stack
+    time in the workspace pool); cpu_tir_passes.py keeps the global ones on the stack
     whatever their size. On a CPU both scopes are plain memory."""
     wb = sch.cache_write(block, 0, "global")
     sch.reverse_compute_at(wb, tile)

@@ -151,6 +151,27 @@ def test_opaque_op_compiles_and_is_named_in_the_report(tmp_path):
     np.testing.assert_allclose(qcc.load(out).run({"x": x})["y"], ort(path, {"x": x})[0], rtol=1e-5, atol=1e-6)
 
 
+def test_scatter_compiles_without_codegen_warnings(tmp_path):
+    """ScatterND (opaque: TOPI's scatter kernel) compiles with nothing on stderr and matches
+    onnxruntime: TOPI wraps the kernel in a "pragma_scope" attribute that LLVM's code
+    generator did not know, and TVM printed "Warning: Unknown pragma pragma_scope" on the
+    user's terminal (cpu_tir_passes.DropSeqScopes)."""
+    g = helper.make_graph(
+        [helper.make_node("ScatterND", ["x", "idx", "upd"], ["s"]), helper.make_node("Relu", ["s"], ["y"])], "m",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 6])],
+        [numpy_helper.from_array(np.array([[2], [0]], np.int64), "idx"),
+         numpy_helper.from_array(np.arange(-6, 6, dtype=np.float32).reshape(2, 6), "upd")])
+    path = tmp_path / "scatter.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    out = tmp_path / "out"
+    p = cli("compile", path, "-o", out, "--quiet")
+    assert p.returncode == 0, p.stderr
+    assert p.stderr == "", p.stderr
+    x = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+    np.testing.assert_array_equal(qcc.load(out).run({"x": x})["y"], ort(path, {"x": x})[0])
+
+
 def test_python_api_compiles_two_targets_in_one_process(tmp_path):
     a = qcc.compile(TINY, tmp_path / "a", input_shapes={"input": (1, 3, 32, 32)}, target="x86-avx2")
     b = qcc.compile(TINY, tmp_path / "b", input_shapes={"input": (1, 3, 32, 32)}, target="host")

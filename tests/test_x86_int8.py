@@ -397,7 +397,7 @@ def test_instruction_in_generated_code(isa):
 def test_no_workspace_allocation_inside_parallel_tiles(isa, hw):
     """The accumulator tile lives on the stack: no parallel task body (where the tiles run)
     calls TVMBackendAllocWorkspace. TVM 0.27 makes a workspace of every "local" buffer and
-    of a global one of 1 kB or more, once per tile; stack_buffers.py keeps the tiles of more
+    of a global one of 1 kB or more, once per tile; cpu_tir_passes.py keeps the tiles of more
     than 16 AVX-512 accumulators (asserted: this one's is larger) and a small map's
     per-block sums (20x24: the conv runs block by block) on the stack. Results exact."""
     import re
