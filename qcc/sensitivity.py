@@ -101,6 +101,26 @@ class FloatCache:
             self.last = None
 
 
+def activation_bytes(g: Graph) -> int:
+    """Bytes of every value one run of `g` computes (what FloatCache keeps per batch)."""
+    return sum(o.type.size * o.type.np_dtype.itemsize for n in g.nodes for o in n.outputs
+               if o.type is not None)
+
+
+def release_memory() -> None:
+    """Collect garbage and return the C heap's free memory to the system (glibc's
+    malloc_trim; elsewhere only the collection): freed numpy arrays of a few hundred kB
+    stay in the process's heap otherwise, and count in its resident size."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _freeze(v):
     """Attributes as a hashable key."""
     if isinstance(v, dict):

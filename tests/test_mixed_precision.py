@@ -335,13 +335,24 @@ def test_error_search_passes_over_layers_too_quiet_to_matter():
 
 
 def test_measurements_use_fewer_batches_when_inputs_are_large():
+    from qcc.pass_manager import PassContext
     from qcc.passes.assign_bitwidths import AssignBitwidths
+    from qcc.sensitivity import activation_bytes
 
+    g, _ = _calibrated_tiny()
     batches = [{"x": np.zeros((1, 3, 384, 576), np.float32)} for _ in range(6)]
-    assert len(AssignBitwidths()._measurement_batches(batches)) == 2  # 663k values each
-    assert len(AssignBitwidths(sample_values=10)._measurement_batches(batches)) == 1
+    ctx = PassContext()
+    assert len(AssignBitwidths()._measurement_batches(g, batches, ctx)) == 2  # 663k values each
+    assert len(AssignBitwidths(sample_values=10)._measurement_batches(g, batches, ctx)) == 1
     small = [{"x": np.zeros((1, 3, 48, 192), np.float32)} for _ in range(6)]
-    assert len(AssignBitwidths()._measurement_batches(small)) == 4
+    assert len(AssignBitwidths()._measurement_batches(g, small, ctx)) == 4
+    assert "bitwidth_search_batches" not in ctx.report
+    # ... and when the activations the search keeps (three sets per batch) would pass cache-bytes
+    act = activation_bytes(g)
+    assert act > 0
+    few = AssignBitwidths(cache_bytes=3 * act * 2)._measurement_batches(g, small, ctx)
+    assert len(few) == 2 and ctx.report["bitwidth_search_batches"].startswith("2 of 4")
+    assert len(AssignBitwidths(cache_bytes=1)._measurement_batches(g, small, PassContext())) == 1
 
 
 def test_size_budget_wins_over_the_error_budget():
