@@ -198,8 +198,9 @@ class AssignBitwidths(Pass):
     sample_values: int = 1_500_000
     # ... and no more than keep this many bytes of activations: the search keeps every value
     # of one float run per batch, plus the current assignment's and the last candidate's
-    # (3x); BEiT-base (86M parameters, 4 batches of one image) peaked at 4.2 GB before this
-    cache_bytes: int = 1 << 30
+    # (3x). BEiT-base computes 450 MB of values per 224x224 image: 3 batches, not 4; a
+    # model four times its size gets one, where it would have needed ~20 GB
+    cache_bytes: int = 4 << 30
     # stop the error search after this many raises in a row measured and undone (0: never):
     # the greedy order puts the noisiest layers per MAC first, so after a run of raises that
     # bought nothing the rest are unlikely to, and each costs a model run
