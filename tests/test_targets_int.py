@@ -375,7 +375,12 @@ def test_quantize_small_shapes_nan_inf():
             for dt, zp in (("u8", 128), ("i8", -3), ("i32", 7))]
     g.set_outputs(outs)
     xs = np.array([np.nan, np.inf, -np.inf, 1.25, -1.25, 0.25, 1e10, -0.0], np.float32).reshape(1, 8, 1, 1)
-    check_int_graph(g, {"x": xs})
+    _, ref = check_int_graph(g, {"x": xs})
+    # NaN -> the zero point; +-inf saturate like any out-of-range value (ONNX QuantizeLinear)
+    assert ref["q_u8"].ravel()[:3].tolist() == [128, 255, 0]
+    assert ref["q_i8"].ravel()[:3].tolist() == [-3, 127, -128]
+    # (i32: x / s is clipped to the int32 range before the zero point is added, as 1e10 is)
+    assert ref["q_i32"].ravel()[:3].tolist() == [7, 2 ** 31 - 1, -2 ** 31 + 7]
 
 
 # --- FMA contraction: float math between integer segments is exact ---------------------------

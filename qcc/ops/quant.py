@@ -75,12 +75,13 @@ def _out_of(dtype_attr):
                                 "dtype": Attr("str", choices=_QDTYPES)},
              infer=_out_of("dtype"), traits=(QUANT,))
 def quantize(x, *, scale, zero_point, axis, dtype):
-    """Float to integer: clamp(round_half_even(x / scale) + zero_point)."""
+    """Float to integer: clamp(round_half_even(x / scale) + zero_point); +-inf saturate
+    like any out-of-range value (ONNX QuantizeLinear), NaN becomes the zero point."""
     s = _per_axis(scale, x.ndim, axis, np.float32)
     z = _per_axis(zero_point, x.ndim, axis, np.int32)
     lo, hi = int_range(dtype)
     q = np.rint(x.astype(np.float32, copy=False) / s).astype(np.float32, copy=False)
-    np.nan_to_num(q, copy=False, nan=0.0, posinf=hi, neginf=lo)
+    q[np.isnan(q)] = 0.0
     if hi - lo < 1 << 17:  # float32 holds q + z exactly below 2^24, and anything above clamps alike
         q += z.astype(np.float32)
         return np.clip(q, lo, hi, out=q).astype(to_numpy_dtype(dtype))
