@@ -64,13 +64,13 @@ def lower_observe(cx, node, ins, attrs):
 
 # --- quantize / dequantize ---------------------------------------------------------------
 
-def _rint_saturate(cx, v, bound: float):
+def _rint_saturate(cx, v, lo: float, hi: float):
     """One elementwise stage: q = rint(v) (half to even), NaN -> 0 (the reference's
-    zero point), then clipped to [-bound, bound] so the integer cast is defined (+-inf
-    saturate there like any value out of range). `q` is bound once (a Let), so inlining
-    this stage never duplicates the rounding. One select and a min/max: the epilogue of
-    every kernel ending in a quantize runs this per value (a chain testing +inf and -inf
-    as well cost four more vector instructions each)."""
+    zero point), then clipped to [lo, hi] (+-inf saturate there like any value out of
+    range). `q` is bound once (a Let), so inlining this stage never duplicates the
+    rounding. One select and a min/max: the epilogue of every kernel ending in a
+    quantize runs this per value (a chain testing +inf and -inf as well cost four more
+    vector instructions each)."""
     from tvm import relax, te, tirx
 
     if not isinstance(v, relax.Var):
@@ -80,7 +80,7 @@ def _rint_saturate(cx, v, bound: float):
         def body(*i):
             q = tirx.Var("q", "float32")
             f = lambda c: tirx.const(c, "float32")  # noqa: E731
-            sat = tirx.Select(tirx.isnan(q), f(0.0), tirx.max(tirx.min(q, f(bound)), f(-bound)))
+            sat = tirx.Select(tirx.isnan(q), f(0.0), tirx.max(tirx.min(q, f(hi)), f(lo)))
             return tirx.Let(q, tirx.nearbyint(t(*i)), sat)
 
         return te.compute(t.shape, body, name="rint_saturate")
@@ -98,13 +98,19 @@ def lower_quantize(cx, node, ins, attrs):
     lo, hi = int_range(dtype)
     s = _axis_const(cx, attrs["scale"], rank, axis, np.float32, "float32")
     zp = [int(z) for z in attrs["zero_point"]]
+    if len(set(zp)) == 1 and hi - lo < (1 << 17) and abs(zp[0]) < (1 << 24):
+        # one zero point, 8/16-bit: clamp(q + z, lo, hi) == clamp(q, lo - z, hi - z) + z
+        # exactly (integers below 2^24 in float32), so the float clamp is the only one
+        z = zp[0]
+        q = R.astype(_rint_saturate(cx, R.divide(x, s), float(lo - z), float(hi - z)), "int32")
+        return R.astype(R.add(q, cx.const(np.array(z, np.int32), "int32")) if z else q, tvm_dtype(dtype))
     # Saturate in float first (every bound is a float32 integer), then add the zero point
     # in an integer type wide enough that nothing wraps, then clamp to the dtype.
     if (lo, hi) == _I32 or max(abs(z) for z in zp) >= (1 << 24):
         work, bound = "int64", float(1 << 31)
     else:
         work, bound = "int32", float(1 << 30)
-    q = _rint_saturate(cx, R.divide(x, s), bound)
+    q = _rint_saturate(cx, R.divide(x, s), -bound, bound)
     qi = R.astype(q, work)
     if not _all_zero(zp):
         qi = R.add(qi, _axis_const(cx, zp, rank, axis, np.int64, work))
