@@ -158,7 +158,7 @@ def layer_bytes(n: Node, choice: str) -> int:
         return 0
     w, b = consts
     if choice == "float" or n.op not in QUANTIZABLE:
-        return w.type.size * w.type.np_dtype.itemsize + (b.type.size * b.type.np_dtype.itemsize if b else 0)
+        return w.type.nbytes + (b.type.nbytes if b else 0)
     wbits = choice_bits(choice)[0]
     channels = w.shape[0] if n.op == "conv" else n.output.shape[-1]
     wb = (w.type.size + 1) // 2 if wbits == 4 else w.type.size * wbits // 8
@@ -177,7 +177,7 @@ def _fixed_bytes(graph: Graph, layers: List[Node]) -> int:
     total = weight_bytes(graph)
     for c in graph.constants.values():
         if id(c) in owned and id(c) not in shared:
-            total -= c.type.size * c.type.np_dtype.itemsize
+            total -= c.type.nbytes
     return total
 
 
@@ -267,10 +267,11 @@ class AssignBitwidths(Pass):
 
         per = max(sum(int(np.asarray(a).size) for a in batches[0].values()), 1)
         n = max(1, min(self.samples, self.sample_values // per, len(batches)))
-        by_memory = max(1, self.cache_bytes // max(3 * activation_bytes(graph), 1))
+        per_batch = activation_bytes(graph)
+        by_memory = max(1, self.cache_bytes // max(3 * per_batch, 1))
         if by_memory < n:
             ctx.report["bitwidth_search_batches"] = (
-                f"{by_memory} of {n}: one batch's activations are {activation_bytes(graph) / 2**20:.0f} MB "
+                f"{by_memory} of {n}: one batch's activations are {per_batch / 2**20:.0f} MB "
                 f"and the search keeps three sets (cache-bytes={self.cache_bytes})")
             n = by_memory
         return batches[:n]

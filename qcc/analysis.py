@@ -38,5 +38,5 @@ def weight_bytes(g: Graph) -> int:
         if c.dtype in ("i4", "u4"):
             total += (c.type.size + 1) // 2
         else:
-            total += c.type.size * c.type.np_dtype.itemsize
+            total += c.type.nbytes
     return total

@@ -7,7 +7,7 @@ given — the SQNR of that layer's output against the float model on that data.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -37,13 +37,18 @@ def layer_name(node) -> str:
     return node.name[: -len(".acc")] if node.op in ("qconv", "qmatmul") and node.name.endswith(".acc") else node.name
 
 
-def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
+def signal_noise(ref: np.ndarray, got: np.ndarray) -> Tuple[float, float, int]:
+    """(sum of ref^2, sum of (got - ref)^2, element count), in float64: what sqnr_db of
+    several arrays together needs, without keeping them."""
     ref = ref.astype(np.float64)
-    noise = float(np.mean((got.astype(np.float64) - ref) ** 2))
-    signal = float(np.mean(ref ** 2))
+    return float(np.sum(ref ** 2)), float(np.sum((got.astype(np.float64) - ref) ** 2)), ref.size
+
+
+def sqnr_db(signal: float, noise: float, count: int) -> float:
+    """SQNR in dB of summed signal and noise powers over `count` elements (signal_noise)."""
     if noise == 0:
         return float("inf")
-    return round(10 * np.log10(max(signal, 1e-30) / noise), 2)
+    return round(10 * np.log10(max(signal / count, 1e-30) / (noise / count)), 2)
 
 
 def layer_errors(float_graph: Graph, quant_graph: Graph, samples: Sequence[Dict[str, np.ndarray]],
@@ -65,10 +70,6 @@ def layer_errors(float_graph: Graph, quant_graph: Graph, samples: Sequence[Dict[
             if info.get(kind):
                 by_quant_value.setdefault(info[kind], []).append((name, kind))
 
-    def powers(ref, got):
-        ref = ref.astype(np.float64)
-        return float(np.sum(ref ** 2)), float(np.sum((got.astype(np.float64) - ref) ** 2)), ref.size
-
     class _Refs(Interpreter):
         def on_value(self, value, array):
             if value.name in refs_wanted:
@@ -83,7 +84,7 @@ def layer_errors(float_graph: Graph, quant_graph: Graph, samples: Sequence[Dict[
                 if kind == "requantize":  # an 8-bit output: its real values
                     q = quant_graph.value(value.name).quant
                     array = dequantize(array, scale=list(q.scale), zero_point=list(q.zero_point), axis=-1)
-                self.sums[name] = powers(ref, array)  # a requantize, when there is one, wins
+                self.sums[name] = signal_noise(ref, array)  # a requantize, when there is one, wins
 
     def one(feeds) -> Dict[str, tuple]:
         fi = _Refs(float_graph)
@@ -95,7 +96,7 @@ def layer_errors(float_graph: Graph, quant_graph: Graph, samples: Sequence[Dict[
         sums = qi.sums
         for (k, ref), got in zip(fo.items(), qo.values()):
             if ref.dtype.kind == "f":
-                sums["output:" + k] = powers(ref, got)
+                sums["output:" + k] = signal_noise(ref, got)
         return sums
 
     totals: Dict[str, List[float]] = {}
@@ -105,13 +106,7 @@ def layer_errors(float_graph: Graph, quant_graph: Graph, samples: Sequence[Dict[
             t[0] += signal
             t[1] += noise
             t[2] += count
-    out = {}
-    for name, (signal, noise, count) in totals.items():
-        if noise == 0:
-            out[name] = float("inf")
-        else:
-            out[name] = round(10 * np.log10(max(signal / count, 1e-30) / (noise / count)), 2)
-    return out
+    return {name: sqnr_db(*t) for name, t in totals.items()}
 
 
 def build_report(g: Graph, float_graph_bytes: int, opaque: List[str], pass_report: Optional[Dict] = None,

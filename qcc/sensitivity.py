@@ -104,8 +104,7 @@ class FloatCache:
 def activation_bytes(g: Graph) -> int:
     """Bytes of every value one run of `g` computes (what FloatCache keeps per batch); an
     observer hands its input on unchanged, so its output is not counted again."""
-    return sum(o.type.size * o.type.np_dtype.itemsize for n in g.nodes if n.op != "observe"
-               for o in n.outputs if o.type is not None)
+    return sum(o.type.nbytes for n in g.nodes if n.op != "observe" for o in n.outputs if o.type is not None)
 
 
 def release_memory() -> None:

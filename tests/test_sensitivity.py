@@ -151,3 +151,18 @@ def test_map_batches_keeps_the_order(monkeypatch):
 
     assert batches.map_batches(slow_first, list(range(9))) == [i * i for i in range(9)]
     assert len(threads) > 1  # the items did run side by side
+
+
+def test_report_sqnr_from_batch_sums_equals_sqnr_of_the_concatenation():
+    """The report's per-layer SQNR is summed batch by batch (qcc.report.signal_noise) so the
+    batches need not be kept: it must equal 10 log10(mean ref^2 / mean err^2) over all of them."""
+    from qcc.report import signal_noise, sqnr_db
+
+    rng = np.random.default_rng(3)
+    refs = [rng.standard_normal(n).astype(np.float32) * s for n, s in ((700, 1.0), (50, 9.0), (1, 0.1))]
+    gots = [r + rng.standard_normal(r.size).astype(np.float32) * 0.05 for r in refs]
+    sums = np.sum([signal_noise(r, g) for r, g in zip(refs, gots)], axis=0)
+    ref, got = (np.concatenate(a).astype(np.float64) for a in (refs, gots))
+    direct = 10 * np.log10(np.mean(ref ** 2) / np.mean((got - ref) ** 2))
+    assert sqnr_db(*sums) == round(direct, 2)
+    assert sqnr_db(*signal_noise(ref, ref)) == float("inf")

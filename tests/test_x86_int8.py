@@ -408,11 +408,14 @@ def test_no_workspace_allocation_inside_parallel_tiles(isa, hw):
     w = g.add_const("w", rng.integers(-128, 128, (96, 64, 1, 1)).astype(np.int8))
     g.set_outputs([g.add_node("qconv", [x, w], {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1],
                                                "group": 1, "x_zero_point": 3}).output])
-    mr, nr = (int(v) for v in re.search(r'"qcc_x86_mr": (\d+), "qcc_x86_nr": (\d+)',
-                                        _kernel_script(g, isa, f"qcc_{isa}_conv")).groups())
-    lanes = 16 if isa == "vnni" else 8
+    from qcc.targets.x86_int8 import ISAS as KERNEL_ISAS
+
+    script = _kernel_script(g, isa, f"qcc_{isa}_conv")
+    mr, nr = (int(v) for v in re.search(r'"qcc_x86_mr": (\d+), "qcc_x86_nr": (\d+)', script).groups())
     if isa == "vnni" and hw == (80, 120):
-        assert mr * nr * lanes * 4 > 1024, (mr, nr)
+        assert mr * nr * KERNEL_ISAS[isa].lanes * 4 > 1024, (mr, nr)
+    if hw == (20, 24):
+        assert re.search(r"for \w+_m in T\.parallel", script), "the small map does not run block by block"
     ex = compile_graph(g, PRESET[isa])
     ll = llvm_source(ex, "ll")
     lambdas = re.findall(r"^define [^\n]*@__tvm_parallel_lambda[^\n]*\{\n(.*?)^\}", ll, re.S | re.M)

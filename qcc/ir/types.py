@@ -113,6 +113,11 @@ class TensorType:
     def np_dtype(self) -> np.dtype:
         return to_numpy_dtype(self.dtype)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of a numpy array of this type (sub-byte ints take a byte each)."""
+        return self.size * self.np_dtype.itemsize
+
     @classmethod
     def of(cls, array: np.ndarray, dtype: Optional[str] = None) -> "TensorType":
         return cls(tuple(array.shape), dtype or from_numpy_dtype(array.dtype))
