@@ -14,6 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import qcc
+from qcc.artifact import ArtifactError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "examples/tiny_cnn.onnx"
@@ -170,6 +171,24 @@ def test_scatter_compiles_without_codegen_warnings(tmp_path):
     assert p.stderr == "", p.stderr
     x = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
     np.testing.assert_array_equal(qcc.load(out).run({"x": x})["y"], ort(path, {"x": x})[0])
+
+
+def test_kernels_carry_no_argument_checks_the_model_entry_still_checks(tmp_path):
+    """The kernels' entry points are built without MakePackedAPI's argument checks
+    (cpu_tir_passes: two thirds of a small model's code); a wrong input is still refused,
+    by qcc before the VM and by the VM's own check of its parameters."""
+    import tvm
+
+    out = tmp_path / "out"
+    qcc.compile(TINY, out, input_shapes={"input": (1, 3, 32, 32)})
+    assert b"on argument #" not in (out / "model.so").read_bytes()
+    m = qcc.load(out)
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(m.run({"input": x})["probs"], ort(TINY, {"input": x})[0], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ArtifactError, match="shape"):
+        m.run({"input": x[:, :, :16]})
+    with pytest.raises(Exception, match="mismatch"):
+        m._runner._main(tvm.runtime.tensor(np.ascontiguousarray(x[:, :, :16])))
 
 
 def test_python_api_compiles_two_targets_in_one_process(tmp_path):
