@@ -7,7 +7,9 @@ the integer code's float seams need no casts); canonicalize next so every later 
 fuse before observing so observers sit on the tensors that will really exist;
 equalize after fuse (it rescales the folded weights, and reads the batch-norm
 statistics fuse keeps) and before observing (the observers must see the rescaled
-channels); bias-correct, when used, after the bit widths are chosen (it quantizes a
+channels); smooth after equalize (it balances what equalize could not reach: the tensors
+after a nonlinearity, measured with equalize's scales in place) and, for the same reason,
+before observing; bias-correct, when used, after the bit widths are chosen (it quantizes a
 copy exactly as quantize will) and before quantize (the correction is a float bias);
 ranges before bit widths, bit widths before quantize; round-weights between them (it
 rounds each layer on the grid its chosen bits give; by default only the 4- and 16-bit
@@ -21,13 +23,13 @@ PIPELINES = {
     # float activations, int8 weights: no calibration data needed
     "O1": "promote-f16,canonicalize,fuse,quantize-weights,canonicalize",
     # the static int8 pipeline; cross-layer equalization is data-free and cheap
-    "O2": "promote-f16,canonicalize,fuse,equalize,insert-observers,propagate-ranges,assign-bitwidths,round-weights,quantize,"
+    "O2": "promote-f16,canonicalize,fuse,equalize,smooth,insert-observers,propagate-ranges,assign-bitwidths,round-weights,quantize,"
           "fold-requantize,canonicalize",
     # O2 with the better calibration method (mixed-precision search joins with issue 5)
     # (bias-correct is not in: on PP-OCR cls it measured neutral to harmful, see
     # docs/equalization.md); -O3 also tunes the kernels in the back end (targets/tune.py:
     # --tune-budget, --tune-db)
-    "O3": "promote-f16,canonicalize,fuse,equalize,insert-observers{method=mse},propagate-ranges,"
+    "O3": "promote-f16,canonicalize,fuse,equalize,smooth,insert-observers{method=mse},propagate-ranges,"
           "assign-bitwidths,round-weights,quantize,fold-requantize,canonicalize",
 }
 
