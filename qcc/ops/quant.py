@@ -80,7 +80,8 @@ def quantize(x, *, scale, zero_point, axis, dtype):
     s = _per_axis(scale, x.ndim, axis, np.float32)
     z = _per_axis(zero_point, x.ndim, axis, np.int32)
     lo, hi = int_range(dtype)
-    q = np.rint(x.astype(np.float32, copy=False) / s).astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # a huge x / s is +-inf, which saturates below
+        q = np.rint(x.astype(np.float32, copy=False) / s).astype(np.float32, copy=False)
     q[np.isnan(q)] = 0.0
     if hi - lo < 1 << 17:  # float32 holds q + z exactly below 2^24, and anything above clamps alike
         q += z.astype(np.float32)
