@@ -39,6 +39,7 @@ import numpy as np
 from qcc.ir.graph import Graph, Node, Value
 from qcc.pass_manager import PassContext
 from qcc.passes_registry import Pass, register_pass
+from qcc.quantization import params_for_range, quantize_array, quantize_weights
 
 from .equalize import _clamp, _in_ranges, _layer_ok, _scale_reader, _summary
 
@@ -101,22 +102,20 @@ def activations(g: Graph, values: List[Value], samples, budget: int) -> Dict[str
 
 
 def _fake_quant_activation(x: np.ndarray, percentile: float) -> np.ndarray:
-    """x on the uint8 grid insert-observers' default would give it: [p, 100-p] percentiles
-    (widened to hold 0), asymmetric."""
+    """x on the uint8 grid insert-observers' default gives it: its [100-p, p] percentiles."""
     lo, hi = np.percentile(x, [100.0 - percentile, percentile])
-    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
-    if hi - lo <= 0:
-        return x
-    step = (hi - lo) / 255.0
-    zp = np.round(-lo / step)
-    return ((np.clip(np.round(x / step) + zp, 0, 255) - zp) * step).astype(np.float32)
+    qp = params_for_range(lo, hi, "u8")
+    q = quantize_array(x, qp).astype(np.float32) - qp.zero_point_array(x.ndim)
+    return (q * qp.scale_array(x.ndim)).astype(np.float32)
 
 
-def _fake_quant_weights(w: np.ndarray) -> np.ndarray:
-    """Symmetric int8 per output channel (axis 0), as quantize-weights does."""
-    m = np.abs(w).reshape(w.shape[0], -1).max(1).reshape((-1,) + (1,) * (w.ndim - 1))
-    step = np.where(m > 0, m / 127.0, 1.0)
-    return (np.round(w / step) * step).astype(np.float32)
+def _fake_quant_weights(r: Node, w: np.ndarray) -> np.ndarray:
+    """w on the int8 grid quantize gives the reader's weights (per output channel)."""
+    axis = 1 if r.op == "gemm" and not r.attrs.get("trans_b", 0) else 0
+    q, scale = quantize_weights(w, axis)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    return (q.astype(np.float64) * scale.reshape(shape)).astype(np.float32)
 
 
 def _apply_layer(r: Node, x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -148,7 +147,7 @@ def quantization_error(x: np.ndarray, rs: List[Node], refs: List[np.ndarray], s:
     xq = _fake_quant_activation(x / s.reshape(shape).astype(np.float32), percentile)
     errs = []
     for r, ref in zip(rs, refs):
-        wq = _fake_quant_weights(_scaled_weights(r, s))
+        wq = _fake_quant_weights(r, _scaled_weights(r, s))
         y = _apply_layer(r, xq, wq)
         errs.append(float(((y - ref) ** 2).sum() / max(float((ref ** 2).sum()), 1e-30)))
     return float(np.mean(errs))
