@@ -12,14 +12,14 @@ producer's kernel (one multiply per element there).
 
 Whether it pays is measured, not assumed: quantized per tensor, one wide channel sets the
 step of all the narrow ones, but moving the scale into the weights coarsens the weights'
-per-output-channel step instead. For each candidate tensor the pass takes per-channel
-minimum, maximum and mean square on the calibration data (the first `samples` batches) and
-predicts each reader's output noise power from both sources -- uniform noise of the
-activation step (a uint8 grid over the tensor's [min, max]) through the weights' energy,
-plus the weights' int8 step through the activations' power -- for s_i = a_i^α / w_i^(1-α)
-(a_i the channel's largest |x|, w_i the readers' largest |weight| on it) at α in
-`ALPHAS`, and keeps the best s only if
-it cuts the predicted noise by `min-gain-db`. Without calibration data nothing changes.
+per-output-channel step instead. For each candidate tensor the pass keeps its float
+activations on the calibration data (up to `samples` batches, no more than `cache-bytes`
+for all candidates) and, for s_i = a_i^α / w_i^(1-α) (a_i the channel's 99.99th-percentile
+|x|, w_i the readers' largest |weight| on it) at each α in `ALPHAS`, runs every reader with
+the scaled tensor on the default observer's uint8 grid (its [0.01, 99.99] percentiles) and
+the scaled weights on quantize's int8 per-channel grid. The s whose readers' output error
+is lowest is kept if it beats no scaling by `min-gain-db`; the report gives that gain
+(`measured_gain_db`, on the calibration data). Without calibration data nothing changes.
 
 PP-LCNet's stem (PP-OCR det) is the case it was written for: after a depthwise conv +
 hard-swish + scalar affine, one channel reaches 12.5 while another stays within
@@ -178,7 +178,7 @@ class Smooth(Pass):
     """Per-channel scales from an activation into its reader layers, where a nonlinearity stops equalize (measured, needs --calib)."""
 
     name = "smooth"
-    min_gain_db: float = 1.0  # predicted noise cut a tensor's mul must buy
+    min_gain_db: float = 1.0  # cut of the readers' measured int8 error a tensor's mul must buy
     max_scale: float = 16.0  # scales limited to [1/max-scale, max-scale] around their median
     samples: int = 32  # calibration batches the errors are measured on, at most ...
     cache_bytes: int = 1 << 28  # ... and no more than fit in this many bytes of activations
@@ -207,7 +207,7 @@ class Smooth(Pass):
             for r in rs:
                 r.set_input(0, m.output)
                 _scale_reader(r, s, graph)
-            report[v.name] = {**_summary(s, "calibration"), "predicted_gain_db": round(float(gain), 2)}
+            report[v.name] = {**_summary(s, "calibration"), "measured_gain_db": round(float(gain), 2)}
         if report:
             ctx.report["smoothed"] = report
         return bool(report)
