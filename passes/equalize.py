@@ -169,19 +169,22 @@ def _scale_producer(p: Node, s: np.ndarray, g: Graph) -> None:
         p.output.meta["bn_stats"] = (np.asarray(stats[0]) / s, np.asarray(stats[1]) / s)
 
 
-def _scale_reader(r: Node, s: np.ndarray, g: Graph) -> None:
+def scaled_reader_weights(r: Node, s: np.ndarray) -> np.ndarray:
+    """The weights of reader `r` (conv of any group, or gemm) with input channel i times s_i."""
     w = r.inputs[1].data.astype(np.float64)
     if r.op == "gemm":
-        w2 = w * (s.reshape(1, -1) if r.attrs.get("trans_b", 0) else s.reshape(-1, 1))
-    else:
-        grp = r.attrs.get("group", 1)
-        O, Cg = w.shape[:2]
-        opg = O // grp
-        f = np.empty((O, Cg))
-        for k in range(grp):
-            f[k * opg:(k + 1) * opg] = s[k * Cg:(k + 1) * Cg][None, :]
-        w2 = w * f.reshape((O, Cg) + (1,) * (w.ndim - 2))
-    _set_const(r, 1, w2, g)
+        return w * (s.reshape(1, -1) if r.attrs.get("trans_b", 0) else s.reshape(-1, 1))
+    grp = r.attrs.get("group", 1)
+    O, Cg = w.shape[:2]
+    opg = O // grp
+    f = np.empty((O, Cg))
+    for k in range(grp):
+        f[k * opg:(k + 1) * opg] = s[k * Cg:(k + 1) * Cg][None, :]
+    return w * f.reshape((O, Cg) + (1,) * (w.ndim - 2))
+
+
+def _scale_reader(r: Node, s: np.ndarray, g: Graph) -> None:
+    _set_const(r, 1, scaled_reader_weights(r, s), g)
 
 
 def _set_const(n: Node, i: int, arr: np.ndarray, g: Graph) -> None:

@@ -41,7 +41,7 @@ from qcc.pass_manager import PassContext
 from qcc.passes_registry import Pass, register_pass
 from qcc.quantization import params_for_range, quantize_array, quantize_weights
 
-from .equalize import _clamp, _in_ranges, _layer_ok, _scale_reader, _summary
+from .equalize import _clamp, _in_ranges, _layer_ok, _scale_reader, _summary, scaled_reader_weights
 
 ALPHAS = (0.25, 0.5, 0.75, 1.0)  # migration strengths tried
 # elementwise ops that end a fused kernel's float epilogue: a per-channel mul after one of
@@ -130,15 +130,6 @@ def _apply_layer(r: Node, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return next(iter(Interpreter(p).run({"x": x}).values()))
 
 
-def _scaled_weights(r: Node, s: np.ndarray) -> np.ndarray:
-    w = r.inputs[1].data.astype(np.float64)
-    if r.op == "gemm":
-        return w * (s.reshape(1, -1) if r.attrs.get("trans_b", 0) else s.reshape(-1, 1))
-    if w.shape[1] == 1 and s.size > 1:  # depthwise: output channels o*m .. o*m+m-1 read input channel o
-        return w * np.repeat(s, w.shape[0] // s.size).reshape((-1,) + (1,) * (w.ndim - 1))
-    return w * s.reshape((1, -1) + (1,) * (w.ndim - 2))
-
-
 def quantization_error(x: np.ndarray, rs: List[Node], refs: List[np.ndarray], s: np.ndarray,
                        percentile: float) -> float:
     """Mean over readers of their output's relative quantization noise power when x is
@@ -147,7 +138,7 @@ def quantization_error(x: np.ndarray, rs: List[Node], refs: List[np.ndarray], s:
     xq = _fake_quant_activation(x / s.reshape(shape).astype(np.float32), percentile)
     errs = []
     for r, ref in zip(rs, refs):
-        wq = _fake_quant_weights(r, _scaled_weights(r, s))
+        wq = _fake_quant_weights(r, scaled_reader_weights(r, s))
         y = _apply_layer(r, xq, wq)
         errs.append(float(((y - ref) ** 2).sum() / max(float((ref ** 2).sum()), 1e-30)))
     return float(np.mean(errs))
@@ -162,9 +153,10 @@ def choose_scales(x: np.ndarray, rs: List[Node], alphas, max_scale: float,
     refs = [_apply_layer(r, x, r.inputs[1].data.astype(np.float32)) for r in rs]
     base = quantization_error(x, rs, refs, np.ones(C), percentile)
     best, best_err = np.ones(C), base
+    live = (a > 0) & (w > 0)
+    w = np.where(live, w, 1.0)
     for alpha in alphas:
-        live = (a > 0) & (w > 0)
-        s = np.where(live, a ** alpha / np.where(w > 0, w, 1.0) ** (1.0 - alpha), 1.0)
+        s = np.where(live, a ** alpha / w ** (1.0 - alpha), 1.0)
         s = _clamp(s, max_scale)
         err = quantization_error(x, rs, refs, s, percentile)
         if err < best_err:
@@ -198,6 +190,8 @@ class Smooth(Pass):
             if x is None:
                 continue
             s, err, base = choose_scales(x, rs, ALPHAS, self.max_scale, self.percentile)
+            if not err < base:  # no scale beat none (an exact tensor too: both 0)
+                continue
             gain = 10 * np.log10(base / err) if err > 0 else np.inf
             if gain < self.min_gain_db:
                 continue

@@ -187,7 +187,7 @@ def test_kernels_carry_no_argument_checks_the_model_entry_still_checks(tmp_path)
     np.testing.assert_allclose(m.run({"input": x})["probs"], ort(TINY, {"input": x})[0], rtol=1e-4, atol=1e-5)
     with pytest.raises(ArtifactError, match="shape"):
         m.run({"input": x[:, :, :16]})
-    with pytest.raises(Exception, match="mismatch"):
+    with pytest.raises(RuntimeError, match="mismatch"):
         m._runner._main(tvm.runtime.tensor(np.ascontiguousarray(x[:, :, :16])))
 
 
