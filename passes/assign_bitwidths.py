@@ -319,7 +319,8 @@ class _Search:
         one later candidates reuse."""
         from qcc.sensitivity import output_sqnr, quantized_copy
 
-        return output_sqnr(self.cache(), quantized_copy(self.graph, self.decisions), keep=True)
+        return output_sqnr(self.cache(), quantized_copy(self.graph, self.decisions,
+                                                          rounded=self.ctx.options.get("rounded_weights")), keep=True)
 
     def keep(self) -> None:
         self.cache().accept()
@@ -332,7 +333,8 @@ class _Search:
         if not todo:
             return
         self.ctx.progress(f"measuring {len(todo)} layers at {choice}")
-        for name, db in layer_sensitivity(self.graph, self.cache(), todo, self.ctx.progress, choice).items():
+        for name, db in layer_sensitivity(self.graph, self.cache(), todo, self.ctx.progress, choice,
+                                          self.ctx.options.get("rounded_weights")).items():
             self.sens[(name, choice)] = db
             r = self.report[name]
             r.setdefault("sensitivity_db_by_choice", {})[choice] = round(db, 2)

@@ -173,11 +173,12 @@ def _sweep(q: Graph, targets: Dict[str, str], means: Dict[str, np.ndarray], samp
     return shifts
 
 
-def _empirical(g: Graph, layers: List[Node], decisions: Dict[str, str], samples) -> Dict[str, np.ndarray]:
+def _empirical(g: Graph, layers: List[Node], decisions: Dict[str, str], samples,
+               rounded: Optional[Dict] = None) -> Dict[str, np.ndarray]:
     from qcc.sensitivity import quantized_copy
 
     means = _float_means(g, {n.name for n in layers}, samples)
-    q = quantized_copy(g, decisions)
+    q = quantized_copy(g, decisions, rounded=rounded)
     accs = {n.output.name: n for n in q.nodes if n.op in ("qconv", "qmatmul")}
     targets = {}
     for n in layers:
@@ -236,7 +237,8 @@ class BiasCorrect(Pass):
         layers = [n for n in graph.nodes if _correctable(n, decisions)]
         samples = ctx.options.get("calib")
         if isinstance(samples, list) and samples:
-            shifts = _empirical(graph, layers, decisions, samples[: self.samples or None])
+            shifts = _empirical(graph, layers, decisions, samples[: self.samples or None],
+                                ctx.options.get("rounded_weights"))
             how = "empirical"
         elif self.data_free:
             shifts, how = _data_free(graph, layers), "data-free"

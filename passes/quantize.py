@@ -14,7 +14,9 @@ ctx.options["bitwidths"] ("int8", "float", or "w{4,8,16}a{8,16}", e.g. "w4a8",
 observed tensor that reaches an a16 layer (through range-preserving ops) is
 quantized to i16 -- the producing layer requantizes straight to it -- and an 8-bit
 layer reading it requantizes back. The accumulator is i64 (`acc="i64"`) when the
-product bound from the dtypes and K, plus the bias, could pass int32.
+product bound from the dtypes and K, plus the bias, could pass int32. A layer decided at
+8-bit weights that `round-weights{defer=true}` rounded (ctx.options["rounded_weights"])
+gets those integers instead of round-to-nearest's.
 
 Before: %x.obs = qcc.observe(%x) {range=[-1.0, 1.0], ...}
         %c = qcc.conv(%x.obs, %w, %b) {...} : f32[1,8,4,4]
@@ -242,6 +244,10 @@ class Quantize(Pass):
         decisions = ctx.options.get("bitwidths", {})
         changed = False
         layers = ctx.report.setdefault("layers_quantized", {})
+        if ctx.options.get("rounded_weights"):  # round-weights{defer=true}'s choices
+            from qcc.passes.round_weights import apply_rounded_weights
+
+            changed = bool(apply_rounded_weights(graph, decisions, ctx.options["rounded_weights"]))
         bits = {n.name: layer_bits(decisions.get(n.name)) for n in graph.nodes if n.op in COMPUTE}
         # object.__setattr__: a frozen pass keeps per-run scratch out of its options
         object.__setattr__(self, "_wide", _wide_observers(

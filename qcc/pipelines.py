@@ -11,9 +11,11 @@ channels); smooth after equalize (it balances what equalize could not reach: the
 after a nonlinearity, measured with equalize's scales in place) and, for the same reason,
 before observing; bias-correct, when used, after the bit widths are chosen (it quantizes a
 copy exactly as quantize will) and before quantize (the correction is a float bias);
-ranges before bit widths, bit widths before quantize; round-weights between them (it
-rounds each layer on the grid its chosen bits give; by default only the 4- and 16-bit
-choices, where it measured a gain, docs/round-weights.md); folding requantize last,
+ranges before bit widths, bit widths before quantize; round-weights on both sides of the
+search: before it, {defer=true} rounds every layer for 8-bit weights into a table that
+quantize applies, so the search measures each layer with the weights it will get (and a
+layer it keeps in float keeps its float weights); after it, the layers moved to 4 or 16
+bits are rounded on their own grids (docs/round-weights.md); folding requantize last,
 once every quantize/dequantize pair is in place.
 """
 
@@ -23,13 +25,14 @@ PIPELINES = {
     # float activations, int8 weights: no calibration data needed
     "O1": "promote-f16,canonicalize,fuse,quantize-weights,canonicalize",
     # the static int8 pipeline; cross-layer equalization is data-free and cheap
-    "O2": "promote-f16,canonicalize,fuse,equalize,smooth,insert-observers,propagate-ranges,assign-bitwidths,round-weights,quantize,"
+    "O2": "promote-f16,canonicalize,fuse,equalize,smooth,insert-observers,propagate-ranges,round-weights{defer=true},assign-bitwidths,round-weights,quantize,"
           "fold-requantize,canonicalize",
     # O2 with the better calibration method (mixed-precision search joins with issue 5);
     # without smooth, whose error measure assumes the percentile ranges of O2's observers
     # (on PP-OCR cls, -O3 with it flipped 4 of 208 crops, 1 without: docs/equalization.md)
     # (bias-correct is not in: on PP-OCR cls it measured neutral to harmful, see
-    # docs/equalization.md); -O3 also tunes the kernels in the back end (targets/tune.py:
+    # docs/equalization.md; nor round-weights{defer=true}: with -O3's mse ranges it cost
+    # 0.9 dB on 640 PP-OCR cls crops, docs/round-weights.md); -O3 also tunes the kernels in the back end (targets/tune.py:
     # --tune-budget, --tune-db)
     "O3": "promote-f16,canonicalize,fuse,equalize,insert-observers{method=mse},propagate-ranges,"
           "assign-bitwidths,round-weights,quantize,fold-requantize,canonicalize",

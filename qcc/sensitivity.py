@@ -199,12 +199,14 @@ def output_sqnr(cache: FloatCache, g: Graph, keep: bool = False) -> float:
     return worst
 
 
-def quantized_copy(g: Graph, decisions: Dict[str, str], quantize_opts: Optional[Dict] = None) -> Graph:
-    """A copy of the calibrated graph `g` quantized with the given per-layer decisions."""
+def quantized_copy(g: Graph, decisions: Dict[str, str], quantize_opts: Optional[Dict] = None,
+                   rounded: Optional[Dict] = None) -> Graph:
+    """A copy of the calibrated graph `g` quantized with the given per-layer decisions (and
+    the weight roundings round-weights{defer=true} chose, `rounded`)."""
     from .pass_manager import PassContext, PassManager
 
     c = g.copy()
-    ctx = PassContext(options={"bitwidths": decisions})
+    ctx = PassContext(options={"bitwidths": decisions, "rounded_weights": rounded or {}})
     ctx.properties.add("ranged")
     opts = " ".join(f"{k}={v}" for k, v in (quantize_opts or {}).items())
     PassManager(f"quantize{{{opts}}},fold-requantize" if opts else "quantize,fold-requantize").run(c, ctx)
@@ -212,14 +214,15 @@ def quantized_copy(g: Graph, decisions: Dict[str, str], quantize_opts: Optional[
 
 
 def layer_sensitivity(g: Graph, cache: FloatCache, layers: Sequence[str],
-                      progress: Optional[Callable[[str], None]] = None, choice: str = "int8") -> Dict[str, float]:
+                      progress: Optional[Callable[[str], None]] = None, choice: str = "int8",
+                      rounded: Optional[Dict] = None) -> Dict[str, float]:
     """Output SQNR (dB) when only that layer is quantized, at `choice` ("int8", "w4a8",
     "w8a16", ...; see assign-bitwidths), every other layer in float (higher = less sensitive)."""
     out = {}
     every = [n.name for n in g.nodes if n.op in ("conv", "gemm", "matmul", "conv_transpose")]
     for k, name in enumerate(layers):
         decisions = {l: (choice if l == name else "float") for l in every}
-        out[name] = output_sqnr(cache, quantized_copy(g, decisions))
+        out[name] = output_sqnr(cache, quantized_copy(g, decisions, rounded=rounded))
         if progress:
             progress(f"sensitivity: {k + 1}/{len(layers)} layers")
     return out
