@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import fnmatch
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -79,18 +79,48 @@ LAYERS = ("conv", "gemm", "matmul")
 @dataclass
 class Layer:
     """One layer to round: its weights as [groups, output channels per group, K] in float64
-    (rows = quantize's channels, columns = the im2col'd inputs), their grid, and H = XᵀX
-    of its inputs per fold (the rows of even and of odd images): [2, G, K, K]."""
+    (rows = quantize's channels, columns = the im2col'd inputs), their grid, and the
+    calibration rows of its input per fold (the rows of even and of odd images): summed
+    into H = XᵀX ([2, G, K, K]) once a fold holds K of them, kept as rows until then."""
 
     node: Node
     bits: int
     W: np.ndarray
     scale: np.ndarray  # [G, R]: quantize's per-channel scale
     frozen: np.ndarray  # [G, R]: channels to leave as they are
-    H: np.ndarray = None
+    H: Optional[np.ndarray] = None
+    held: List[List[np.ndarray]] = field(default_factory=lambda: [[], []])  # per fold: [G, rows, K]
     rows: int = 0
     images: int = 0
     rounded: Optional[np.ndarray] = None  # round_layer's result in the weight's layout (None: nearest)
+
+    def add_rows(self, f: int, X: np.ndarray) -> None:
+        """Hold fold f's rows; into H once they are K (a rank-49 update of a K = 4608
+        layer's 170 MB H per batch was memory-bound, 20x the arithmetic it did)."""
+        self.held[f].append(X)
+        if sum(x.shape[1] for x in self.held[f]) >= X.shape[2]:
+            self._fold_in(f)
+
+    def _fold_in(self, f: int) -> None:
+        if not self.held[f]:
+            return
+        X = np.concatenate(self.held[f], axis=1)
+        self.held[f] = []
+        if self.H is None:
+            G, _, K = self.W.shape
+            self.H = np.zeros((2, G, K, K))
+        self.H[f] += np.matmul(X.transpose(0, 2, 1), X)
+
+    def hessians(self) -> np.ndarray:
+        """[2, G, K, K]: H per fold, with the rows still held. A layer with fewer rows than
+        K (a deep 3x3 conv at 7x7 on few images) holds only its rows until it is rounded,
+        so the pass holds one such H per core, not one per layer."""
+        self._fold_in(0)
+        self._fold_in(1)
+        if self.H is None:
+            G, _, K = self.W.shape
+            self.H = np.zeros((2, G, K, K))
+        return self.H
 
 
 def _bias(n: Node) -> Tuple[bool, Optional[np.ndarray]]:
@@ -194,27 +224,36 @@ def layers_to_round(graph: Graph, decisions: Dict[str, str], int8: bool = False
 
 # --- the calibration inputs ---------------------------------------------------------------
 
-def _input_rows(n: Node, x: np.ndarray) -> np.ndarray:
-    """The layer's input as im2col rows per group: [G, samples*positions, K]."""
-    x = np.asarray(x, np.float64)
+def _input_rows(n: Node, x: np.ndarray, max_rows: int, rng) -> Tuple[np.ndarray, np.ndarray, int]:
+    """The layer's input as im2col rows per group, at most `max_rows` of them sampled without
+    replacement: ([G, rows, K] float64, the rows' indices among all N*positions, positions
+    per image). Only the sampled windows are gathered: a stem conv's full im2col is
+    hundreds of MB for the 4096 rows kept."""
     if n.op != "conv":
-        return x.reshape(1, -1, x.shape[-1])
+        X = x.reshape(1, -1, x.shape[-1])
+        per_image = max(X.shape[1] // max(x.shape[0], 1), 1)
+        idx = _sample(X.shape[1], max_rows, rng)
+        return X[:, idx].astype(np.float64), idx, per_image
     r = x.ndim - 2
     a = n.attrs
     k = n.inputs[1].shape[2:]
     pads = a.get("pads") or [0] * (2 * r)
     xp = pad_spatial(x, pads[:r], pads[r:])
-    win = windows(xp, k, a.get("strides") or [1] * r, a.get("dilations") or [1] * r)  # N,C,*out,*k
+    win = windows(xp, k, a.get("strides") or [1] * r, a.get("dilations") or [1] * r)  # N,C,*out,*k (a view)
     N, C = win.shape[:2]
-    G = int(a.get("group", 1))
     out = win.shape[2:2 + r]
-    win = win.reshape(N, G, C // G, *out, *k)
-    perm = (1, 0, *range(3, 3 + r), 2, *range(3 + r, 3 + 2 * r))  # G, N, *out, Cg, *k
-    return win.transpose(perm).reshape(G, N * int(np.prod(out)), -1)
+    idx = _sample(N * int(np.prod(out)), max_rows, rng)
+    b, *o = np.unravel_index(idx, (N, *out))
+    patches = win[(b, slice(None), *o)]  # rows, C, *k
+    G = int(a.get("group", 1))
+    X = patches.reshape(len(idx), G, -1).transpose(1, 0, 2).astype(np.float64)
+    return X, idx, int(np.prod(out))
 
 
-def _gram(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    return np.matmul(A.transpose(0, 2, 1), B)
+def _sample(total: int, max_rows: int, rng) -> np.ndarray:
+    if max_rows and total > max_rows:
+        return np.sort(rng.choice(total, max_rows, replace=False))
+    return np.arange(total)
 
 
 def accumulate_hessians(graph: Graph, layers: List[Layer], samples, max_rows: int, seed: int = 0) -> None:
@@ -225,22 +264,15 @@ def accumulate_hessians(graph: Graph, layers: List[Layer], samples, max_rows: in
     by_input: Dict[str, List[Layer]] = {}
     for l in layers:
         by_input.setdefault(l.node.inputs[0].name, []).append(l)
-        G, _, K = l.W.shape
-        l.H = np.zeros((2, G, K, K))
     rng = np.random.default_rng(seed)
 
     class _Gram(Interpreter):
         def on_value(self, value, array):
             for l in by_input.get(value.name, ()):
-                X = _input_rows(l.node, array)
-                per_image = max(X.shape[1] // max(array.shape[0], 1), 1)
-                idx = np.arange(X.shape[1])
-                if max_rows and X.shape[1] > max_rows:
-                    idx = np.sort(rng.choice(X.shape[1], max_rows, replace=False))
+                X, idx, per_image = _input_rows(l.node, array, max_rows, rng)
                 image = l.images + idx // per_image  # counted over all batches (batches of 1)
                 for f in (0, 1):
-                    Xf = X[:, idx[image % 2 == f]]
-                    l.H[f] += _gram(Xf, Xf)
+                    l.add_rows(f, X[:, image % 2 == f])
                 l.rows += idx.size
                 l.images += array.shape[0]
 
@@ -279,22 +311,26 @@ def gptq(W: np.ndarray, H: np.ndarray, scale: np.ndarray, qmax: int, pinned: np.
     G, R, K = W.shape
     order = np.argsort(-np.diagonal(H, axis1=1, axis2=2), axis=1, kind="stable")  # [G, K]
     gi = np.arange(G)[:, None, None]
-    Hp = H[gi, order[:, :, None], order[:, None, :]]
+    rev = order[:, ::-1]
+    # H in act-order, reversed (for the upper factor below), as one new array: a K = 4608
+    # layer's H is 170 MB, and each fresh copy cost a second of page faults here
+    Hr = H[gi, rev[:, :, None], rev[:, None, :]].astype(np.float32)
     Wp = np.take_along_axis(W, order[:, None, :], axis=2)
     pin = np.take_along_axis(pinned, order[:, None, :], axis=2)
-    mean = np.maximum(np.diagonal(Hp, axis1=1, axis2=2).mean(1), 1e-12)
     diag = np.arange(K)
+    base = Hr[:, diag, diag].copy()
+    mean = np.maximum(base.mean(1), 1e-12)
     for _ in range(6):  # more damping while H is not numerically positive definite
         try:
-            Hd = Hp.copy()
-            Hd[:, diag, diag] += (damp * mean)[:, None]
+            Hr[:, diag, diag] = base + (damp * mean)[:, None]
             # upper R with H = R Rᵀ: the lower factor of H with its order reversed, reversed back
-            Rt = np.linalg.cholesky(Hd[:, ::-1, ::-1])[:, ::-1, ::-1]
+            Rt = np.linalg.cholesky(Hr)[:, ::-1, ::-1]
             break
         except np.linalg.LinAlgError:
             damp *= 10
     else:
         return nearest(W, scale, qmax)
+    del Hr
     rd = np.diagonal(Rt, axis1=1, axis2=2)  # [G, K]
     Q = np.empty_like(Wp)
     D = np.empty_like(Wp)
@@ -329,7 +365,7 @@ def round_layer(l: Layer, damp: float) -> Dict:
     sign = np.sign(W)
     near = nearest(W, l.scale, qmax) * l.scale[..., None]
 
-    H0, H1 = l.H
+    H0, H1 = l.hessians()
     H = H0 + H1
 
     def solve(Hfit):
@@ -339,13 +375,14 @@ def round_layer(l: Layer, damp: float) -> Dict:
     held_near = output_error(near, W, H1) + output_error(near, W, H0)
     held_opt = output_error(solve(H0), W, H1) + output_error(solve(H1), W, H0)
     opt = solve(H)
-    e_near, e_opt = output_error(near, W, H), output_error(opt, W, H)
+    e_near, e_opt = held_near, output_error(opt, W, H)  # (the error is linear in H: H0 + H1)
     better = (held_opt < held_near * (1 - 1e-9)) & (e_opt < e_near * (1 - 1e-9)) & ~l.frozen  # [G, R]
     l.rounded = _from_rows(l.node, np.where(better[..., None], opt, W)) if better.any() else None
     energy = float(output_error(W, 0.0, H).sum()) or 1.0
     en, eo = float(e_near.sum()), float(np.where(better, e_opt, e_near).sum())
     # held out, over every channel it could round (unselected: selecting by it would flatter)
     hn, ho = float(held_near[~l.frozen].sum()), float(held_opt[~l.frozen].sum())
+    l.H = None  # done with it: the pass then holds one H per core, not one per layer
     return {"weight_bits": l.bits, "rows": l.rows, "channels_changed": int(better.sum()),
             "channels": int(better.size), "nearest_rel_error": _sig(en / energy),
             "rounded_rel_error": _sig(eo / energy), "reduction_db": _db(en, eo),
