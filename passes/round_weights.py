@@ -57,7 +57,6 @@ After:  %w.rw = const @w.rw : f32[8,3,3,3]  (= q * scale, q the optimised intege
 from __future__ import annotations
 
 import fnmatch
-import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -468,7 +467,6 @@ class RoundWeights(Pass):
                          "round-to-nearest")
             ctx.report[key] = {"method": "none (no calibration data)"}
             return False
-        t0 = time.perf_counter()
         table = ctx.options.get(ROUNDED, {})
         layers, skipped = layers_to_round(graph, {} if self.defer else decisions, self.int8 or self.defer)
         pats = [p for p in self.exclude.split(";") if p]
@@ -482,7 +480,7 @@ class RoundWeights(Pass):
             layers.remove(l)
         if not layers:  # the default -O2 on an all-int8 model: no float run for nothing
             ctx.report[key] = {"method": "gptq", "layers": {}, "skipped": skipped,
-                               "mean_held_out_reduction_db": 0.0, "seconds": 0.0}
+                               "mean_held_out_reduction_db": 0.0}
             return False
         ctx.progress(f"round-weights: {len(layers)} layers")
         # BLAS on one thread, the layers' rounding side by side: the matrices here are small
@@ -507,6 +505,5 @@ class RoundWeights(Pass):
         ctx.report[key] = {
             "method": "gptq", "layers": report, "skipped": skipped,
             "mean_held_out_reduction_db": round(float(np.mean(
-                [r["held_out_reduction_db"] for r in report.values()])), 2) if report else 0.0,
-            "seconds": round(time.perf_counter() - t0, 3)}
+                [r["held_out_reduction_db"] for r in report.values()])), 2) if report else 0.0}
         return changed
