@@ -22,10 +22,13 @@ is wrapped where the contraction cannot see through it:
   a clamp and a float-to-int conversion -- exactly the quantize pattern -- so it is out.
 - CUDA: `__fmul_rn(a, b)` / `__dmul_rn`, which nvcc never contracts.
 
-A product is fenced only when some output depends on it and on no inexact op (a
-transcendental: exp, sigmoid, erf -- polynomials here --, softmax): behind those the
-compiled result differs from the reference in its last bits whatever is fenced, so the
-fence would only cost its scalar pass (a GELU epilogue's dequantize).
+A product is fenced only when some output or some integer value (a quantize's result)
+depends on it and on no inexact op (a transcendental: exp, sigmoid, erf -- polynomials
+here --, softmax): behind those the compiled result differs from the reference in its
+last bits whatever is fenced, so the fence would only cost its scalar pass (a GELU
+epilogue's dequantize). The integers count because a last-bit difference before a
+quantize can change an integer, and that reaches the outputs in full: PP-OCR cls, whose
+only output follows a softmax, differed by 5e-4 when only outputs counted.
 
 tests/test_targets_int.py checks the compiled elementwise kernels hold no FMA and match
 the interpreter bit for bit. Multiplies inside reductions (conv, matmul: their FMA inner
@@ -121,6 +124,9 @@ def _consumers(func: relax.Function):
         for block in seq.blocks:
             for b in block.bindings:
                 v = b.value
+                ty = b.var.ty
+                if isinstance(ty, relax.TensorType) and str(ty.dtype).startswith(("int", "uint")):
+                    integral.add(b.var)
                 if isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op):
                     if v.op.same_as(mul):
                         values[b.var] = v
@@ -145,7 +151,7 @@ def _consumers(func: relax.Function):
                 if any(x in tainted for x in ins):
                     tainted.add(b.var)
 
-    fields, returned = {}, set()
+    fields, returned, integral = {}, set(), set()
     if isinstance(func.body, relax.SeqExpr):
         visit_seq(func.body)
         todo = list(args_of(func.body.body))
@@ -154,11 +160,15 @@ def _consumers(func: relax.Function):
             if v not in returned:
                 returned.add(v)
                 todo.extend(fields.get(v, ()))
-    return uses, values, tainted, returned
+    # an integer value (a quantize's result) is observed exactly too: one last-bit
+    # difference before it can become a different integer, and that difference reaches the
+    # outputs in full whatever inexact op (a softmax) comes after
+    return uses, values, tainted, returned | integral
 
 
 def _reaches_exact_output(var, uses, tainted, returned) -> bool:
-    """Whether some value the function returns depends on `var` and on no inexact value."""
+    """Whether some value the function returns, or some integer value it computes, depends
+    on `var` and on no inexact value."""
     todo, seen = [var], set()
     while todo:
         v = todo.pop()

@@ -424,6 +424,29 @@ def test_float_epilogues_have_no_fma(shape):
         assert not re.findall(_FMA, asm), f"{preset}: FMA in the elementwise kernels"
 
 
+def test_products_before_a_quantize_are_fenced_behind_a_softmax_output():
+    """A model whose only output follows a softmax (PP-OCR cls) still needs its float
+    products fenced where they reach a quantize: an FMA's last bit can change an integer,
+    and that difference reaches the output in full (5e-4 on cls, not a last bit)."""
+    shape = (1, 8, 4, 4)
+    g = Graph("fma_softmax")
+    a = g.add_input("a", TensorType(shape, "u8"))
+    b = g.add_input("b", TensorType(shape, "u8"))
+    da = g.add_node("dequantize", [a], {"scale": [0.0123456], "zero_point": [3]}).output
+    db = g.add_node("dequantize", [b], {"scale": [0.0311], "zero_point": [100]}).output
+    hs = g.add_node("hard_sigmoid", [g.add_node("add", [da, db]).output], {"alpha": 0.2, "beta": 0.5}).output
+    q = g.add_node("quantize", [hs], {"scale": [0.0037], "zero_point": [0], "dtype": "u8"}, names=["hs.q"]).output
+    d = g.add_node("dequantize", [q], {"scale": [0.0037], "zero_point": [0]}).output
+    g.set_outputs([g.add_node("softmax", [d], {"axis": 1}).output])
+    for preset in ("host", "arm-a76"):
+        ll = llvm_source(compile_graph(g, preset), "ll")  # (the softmax's exp has FMAs of its own)
+        assert "llvm.arithmetic.fence" in ll, f"{preset}: hard_sigmoid's x * alpha not fenced"
+    rng = np.random.default_rng(1)
+    feeds = {v.name: int_feed(rng, shape, "u8") for v in g.inputs}
+    ref = interp_run(g, feeds)
+    assert_bit_equal(_run_compiled(g, feeds), ref, {k: 1e-6 for k in ref})
+
+
 def test_fma_fence_is_needed():
     """Without ExactFloatMultiply LLVM does fuse these (the test above is not vacuous)."""
     import re
