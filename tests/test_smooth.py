@@ -149,7 +149,8 @@ def test_smooth_balances_an_ill_conditioned_gemm_reader():
 
 def test_the_report_says_what_was_smoothed_and_equalized(tmp_path):
     """report.json carries each smoothed tensor (its scales' spread and the measured gain)
-    next to the equalized layers: the choices are visible after a compile."""
+    next to the equalized layers and the rounded ones: the choices are visible after a
+    compile."""
     import json
 
     import onnx
@@ -164,3 +165,6 @@ def test_the_report_says_what_was_smoothed_and_equalized(tmp_path):
     h = report["smoothed"]["h"]
     assert h["channels"] == 8 and h["measured_gain_db"] >= 1.0 and h["max_scale"] > h["min_scale"]
     assert "equalized" not in report  # no positively homogeneous pair in this chain
+    # and the weight rounding the bit-width search measured (round-weights{defer=true})
+    rounded = report["round_weights_before_search"]["layers"]
+    assert rounded and all(r["weight_bits"] == 8 and "held_out_reduction_db" in r for r in rounded.values())
