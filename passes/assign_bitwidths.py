@@ -290,6 +290,7 @@ class _Search:
         self.samples = samples
         self.size_budget = size_budget
         self.fixed = _fixed_bytes(graph, layers)
+        self.rounded = ctx.options.get("rounded_weights")  # round-weights{defer=true}'s integers
         self._cache = None
         self.sens: Dict[Tuple[str, str], float] = {}
 
@@ -319,8 +320,8 @@ class _Search:
         one later candidates reuse."""
         from qcc.sensitivity import output_sqnr, quantized_copy
 
-        return output_sqnr(self.cache(), quantized_copy(self.graph, self.decisions,
-                                                          rounded=self.ctx.options.get("rounded_weights")), keep=True)
+        return output_sqnr(self.cache(), quantized_copy(self.graph, self.decisions, rounded=self.rounded),
+                           keep=True)
 
     def keep(self) -> None:
         self.cache().accept()
@@ -334,7 +335,7 @@ class _Search:
             return
         self.ctx.progress(f"measuring {len(todo)} layers at {choice}")
         for name, db in layer_sensitivity(self.graph, self.cache(), todo, self.ctx.progress, choice,
-                                          self.ctx.options.get("rounded_weights")).items():
+                                          self.rounded).items():
             self.sens[(name, choice)] = db
             r = self.report[name]
             r.setdefault("sensitivity_db_by_choice", {})[choice] = round(db, 2)

@@ -401,7 +401,7 @@ def round_layer(l: Layer, damp: float) -> Dict:
 def write_weights(n: Node, arr: np.ndarray) -> None:
     """Give layer `n` the weights `arr` (on its grid) as a new `.rw` constant."""
     old = n.inputs[1]
-    arr = arr.astype(old.data.dtype)
+    arr = arr.astype(old.data.dtype, copy=False)
     name = old.name if old.name.endswith(".rw") else old.name + ".rw"
     graph = n.graph
     c = graph.add_const(name, arr, old.dtype)
@@ -506,7 +506,10 @@ class RoundWeights(Pass):
             if l.rounded is None:
                 continue
             if self.defer:
-                table[l.node.name] = (l.node.inputs[1].name, l.bits, l.rounded)
+                # in the constant's dtype: applied to every candidate the search measures,
+                # as is, without a copy per candidate
+                w = l.node.inputs[1]
+                table[l.node.name] = (w.name, l.bits, l.rounded.astype(w.data.dtype))
             else:
                 write_weights(l.node, l.rounded)
                 changed = True

@@ -32,8 +32,8 @@ PIPELINES = {
     # (on PP-OCR cls, -O3 with it flipped 4 of 208 crops, 1 without: docs/equalization.md)
     # (bias-correct is not in: on PP-OCR cls it measured neutral to harmful, see
     # docs/equalization.md; nor round-weights{defer=true}: with -O3's mse ranges it cost
-    # 0.9 dB on 640 PP-OCR cls crops, docs/round-weights.md); -O3 also tunes the kernels in the back end (targets/tune.py:
-    # --tune-budget, --tune-db)
+    # 0.9 dB on 640 PP-OCR cls crops, docs/round-weights.md); -O3 also tunes the kernels
+    # in the back end (targets/tune.py: --tune-budget, --tune-db)
     "O3": "promote-f16,canonicalize,fuse,equalize,insert-observers{method=mse},propagate-ranges,"
           "assign-bitwidths,round-weights,quantize,fold-requantize,canonicalize",
 }

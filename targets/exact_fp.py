@@ -109,7 +109,8 @@ def _inexact(call: relax.Call) -> bool:
 
 def _consumers(func: relax.Function):
     """(var -> [(consumer op name, its bound var)], var -> its multiply call, the vars whose
-    value is inexact (computed from an _INEXACT op), the vars the function returns)."""
+    value is inexact (computed from an _INEXACT op), the vars observed exactly: those the
+    function returns and every integer value)."""
     uses, values, tainted = {}, {}, set()
     mul = tvm.ir.Op.get("relax.multiply")
 
@@ -166,7 +167,7 @@ def _consumers(func: relax.Function):
     return uses, values, tainted, returned | integral
 
 
-def _reaches_exact_output(var, uses, tainted, returned) -> bool:
+def _reaches_exact_output(var, uses, tainted, exact) -> bool:
     """Whether some value the function returns, or some integer value it computes, depends
     on `var` and on no inexact value."""
     todo, seen = [var], set()
@@ -175,7 +176,7 @@ def _reaches_exact_output(var, uses, tainted, returned) -> bool:
         if v in seen or v in tainted:
             continue
         seen.add(v)
-        if v in returned:
+        if v in exact:
             return True
         todo.extend(out for _, out in uses.get(v, ()))
     return False
@@ -230,9 +231,9 @@ def ExactFloatMultiply(target) -> tvm.transform.Pass:  # noqa: N802 - a TVM pass
         m = _FenceMultiplies(mod, mul_scalar)
         for gv, func in mod.functions_items():
             if isinstance(func, relax.Function):
-                uses, values, tainted, returned = _consumers(func)
+                uses, values, tainted, exact = _consumers(func)
                 m.fence_calls = {values[v] for v in uses if v in values and _needs_fence(v, uses)
-                                 and _reaches_exact_output(v, uses, tainted, returned)}
+                                 and _reaches_exact_output(v, uses, tainted, exact)}
                 if m.fence_calls:
                     m.builder_.update_func(gv, m.visit_expr(func))
         return m.builder_.get()
