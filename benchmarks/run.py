@@ -12,9 +12,9 @@ anything.
 After the table: the three largest conv/matmul layers (by MACs) of each qcc int8 build with
 their kernel's time and achieved GMAC/s, against the machine's int8 peak (measured with
 the multiply-accumulate loop of qcc's kernels, VNNI or AVX2, where the CPU has one, else
-computed from the clock, and said so). Depthwise layers run as float32 multiply-adds
-(targets/x86_depthwise.py) and float layers as float: their share of the int8 peak is
-only a yardstick.
+computed from the clock, and said so). Depthwise layers reduce four taps, not four
+channels, per multiply-accumulate (targets/x86_depthwise.py; float32 multiply-adds on
+AVX2) and float layers run as float: their share of the int8 peak is only a yardstick.
 """
 from __future__ import annotations
 

@@ -490,6 +490,22 @@ def _vectorize_tile(sch, block_rv, target) -> None:
         sch.vectorize(tile[-1])  # odd lengths left to LLVM (see _vector_factor)
 
 
+def _reads_plain_indices(block) -> bool:
+    """Every index the block reads at is a loop variable, a constant, or a variable plus or
+    minus a constant. reverse_compute_at covers a consumer's reads with a box: one reading a
+    flat accumulator at oh * W + ow from a tile of part of a row got whole rows, written from
+    sums other tiles had not made yet (x86's VNNI depthwise kernel, when its own schedule
+    failed: half the outputs wrong on two threads)."""
+    from tvm import tirx as _t
+
+    def plain(e) -> bool:
+        if isinstance(e, (_t.Var, _t.IntImm)):
+            return True
+        return isinstance(e, (_t.Add, _t.Sub)) and isinstance(e.a, _t.Var) and isinstance(e.b, _t.IntImm)
+
+    return all(plain(r.min) for rd in block.reads for r in rd.region)
+
+
 def _fuse_epilogue(sch, consumers, loop, target) -> None:
     """Compute each elementwise consumer chain of the tiled block per tile (reverse_compute_at
     at the tile loop), in order; a consumer that does not fit stays its own loop nest."""
@@ -502,7 +518,7 @@ def _fuse_epilogue(sch, consumers, loop, target) -> None:
             continue
         seen.add(name)
         block = sch.get(c)
-        if _is_reduction(block):
+        if _is_reduction(block) or not _reads_plain_indices(block):
             continue
         try:
             sch.reverse_compute_at(c, loop, preserve_unit_loops=True)

@@ -1,8 +1,7 @@
 """x86 int8 kernels: qconv and qmatmul on AVX-512 VNNI and AVX2, search-free and bit-exact.
 
 `X86Strategy` (registered for the "x86" family) replaces the lowering of `qconv`
-(2-D; depthwise-like ones go to x86_depthwise.py's exact float32 kernel, scheduled by
-the same rule) and `qmatmul` (constant 2-D right operand) with TE kernels
+(2-D; depthwise-like ones go to x86_depthwise.py's kernels, scheduled by the same rule) and `qmatmul` (constant 2-D right operand) with TE kernels
 built around one multiply-accumulate instruction, and schedules the fused
 functions that contain them with its own dlight rule. Two instruction sets share
 every line of it but the packed dtypes and the intrinsic (`Isa`):
@@ -915,8 +914,8 @@ def _generic(op: str):
 
 
 def lower_qconv_x86(isa: Isa, cx, node, ins, attrs):
-    """qconv through the `isa` kernel when it applies, a depthwise-like one through the exact
-    float32 kernel (x86_depthwise.py), else the generic lowering."""
+    """qconv through the `isa` kernel when it applies, a depthwise-like one through
+    x86_depthwise.py's (VNNI taps, or exact float32 on AVX2), else the generic lowering."""
     x, w, b = (list(ins) + [None])[:3]
     wv = cx.const_value(w)
     bv = cx.const_value(b) if b is not None else None
@@ -929,11 +928,11 @@ def lower_qconv_x86(isa: Isa, cx, node, ins, attrs):
         wpk, folded = packed
         return cx.emit_te(lambda xt, wt, bt: conv_te(plan, xt, wt, bt), x, cx.const(wpk, isa.wt),
                           cx.const(folded, "int32"), primfunc_name_hint=f"{isa.prefix}_conv")
-    dw = dw_plan(cx.shape_of(x), cx.dtype_of(x), wv.shape, attrs, 16 if isa is VNNI else 8)
+    dw = dw_plan(cx.shape_of(x), cx.dtype_of(x), wv.shape, attrs, 16 if isa is VNNI else 8, vnni=isa is VNNI)
     packed = pack_dw_weights(dw, wv, bv) if dw is not None else None
     if packed is not None:
-        wf, bias = packed
-        return cx.emit_te(lambda xt, wt, bt: dw_te(dw, xt, wt, bt), x, cx.const(wf, "float32"),
+        wd, bias = packed
+        return cx.emit_te(lambda xt, wt, bt: dw_te(dw, xt, wt, bt), x, cx.const(wd, str(wd.dtype)),
                           cx.const(bias, "int32"), primfunc_name_hint=f"{isa.prefix}_dwconv")
     return _generic("qconv")(cx, node, ins, attrs)
 

@@ -153,14 +153,21 @@ def test_depthwise_qconv_bit_exact(isa, name):
     assert len(np.unique(ref["rq_u8"])) > 2
 
 
-@pytest.mark.parametrize("preset,register", [("x86-avx2", "ymm"), ("x86-avx512", "zmm")])
-def test_depthwise_inner_loop_is_vector_fma(preset, register):
-    """Built, not run (AVX-512 may be absent): the taps are full-width float multiply-adds."""
+@pytest.mark.parametrize("preset,instruction,least", [("x86-avx2", r"vfmadd\d+ps\s[^\n]*ymm", 16),
+                                                      ("x86-avx512", r"vpdpbusd\s[^\n]*zmm", 12)])
+def test_depthwise_inner_loop_is_full_width(preset, instruction, least):
+    """Built, not run (AVX-512 may be absent): the taps are full-width float multiply-adds
+    (AVX2), or four taps a full-width vpdpbusd (AVX-512 VNNI, no float left in the sums)."""
     import re
 
     g, _ = g_conv("dw_3x3_s1")
-    fma = re.findall(rf"\tvfmadd\d+ps\s[^\n]*{register}", _asm(compile_graph(g, preset)))
-    assert len(fma) >= 16, f"{len(fma)} {register} FMAs"
+    asm = _asm(compile_graph(g, preset))
+    found = re.findall(rf"\t{instruction}", asm)
+    assert len(found) >= least, f"{len(found)} of {instruction}"
+    if "vpdpbusd" in instruction:
+        assert not re.search(r"\tvfmadd", asm), "float multiply-adds left in the VNNI depthwise kernel"
+        # the taps' words are packed as vectors (LLVM left an 18-wide row's loop scalar)
+        assert re.search(r"\tvpmovzxbd\s[^\n]*[yz]mm", asm), "the pack of a short row is scalar"
 
 
 def _kernel_bodies(ll: str, name: str):
@@ -288,6 +295,30 @@ def test_depthwise_stages_run_channel_block_by_block(isa, tail):
     assert len(np.unique(ref["y"])) > 20
 
 
+@_isas("vnni")
+def test_depthwise_kernel_stays_exact_under_the_generic_rules(isa, monkeypatch):
+    """When the x86 rule cannot schedule a depthwise kernel, the generic CPU rules take it,
+    and it stays exact on two threads: their per-tile epilogue must not take the epilogue
+    reading the flat accumulator at oh * W + ow (the box covering a tile's part of a row
+    was whole rows, written from sums not made yet: half the outputs wrong)."""
+    from qcc.targets import x86_int8
+
+    def fail(*_args, **_kwargs):
+        raise RuntimeError("a shape the depthwise schedule does not take")
+
+    monkeypatch.setattr(x86_int8, "_schedule_depthwise", fail)
+    rng = np.random.default_rng(8)
+    c, h, w = 32, 48, 72
+    g = Graph("dw_generic")
+    x = g.add_input("x", TensorType((1, c, h, w), "u8"))
+    acc = g.add_node("qconv", [x, g.add_const("w", rng.integers(-128, 128, (c, 1, 3, 3)).astype(np.int8))],
+                     {"strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": c,
+                      "x_zero_point": 9}, names=["acc"]).output
+    g.set_outputs([acc])
+    with pytest.warns(UserWarning, match="schedule failed"):
+        _check_on_two_threads_and_one(g, {"x": _feed(rng, (1, c, h, w), "u8")}, isa)
+
+
 @ISAS
 @pytest.mark.parametrize("shape", [(96, 192, 12, 12, 1), (64, 100, 12, 12, 3), (48, 40, 14, 14, 3)])
 @pytest.mark.parametrize("tail", ["requantize", "hard_swish"])
@@ -314,8 +345,9 @@ def test_small_conv_runs_channel_block_by_block(isa, tail, shape):
 
 @ISAS
 def test_qconv_fallbacks_stay_exact(isa):
-    """A depthwise conv whose sums could pass 2^24 (float32 would round them), i16
-    activations and non-constant weights take the generic lowering, and stay exact."""
+    """A depthwise conv whose sums could pass 2^24 (float32 would round them; VNNI's integer
+    sums take it), i16 activations and non-constant weights take the generic lowering, and
+    stay exact."""
     rng = np.random.default_rng(5)
     g = Graph("fallbacks")
     x = g.add_input("x", TensorType((1, 2, 24, 24), "u8"))
@@ -328,7 +360,8 @@ def test_qconv_fallbacks_stay_exact(isa):
                      {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1,
                       "x_zero_point": -300}, names=["c16"]).output
     g.set_outputs([dw, c16])
-    assert not _uses(g, isa, PRESET[isa])
+    text = lower_for(g, PRESET[isa]).script(show_meta=False)
+    assert (f"qcc_{isa}_dwconv" in text) == (isa == "vnni") and f"qcc_{isa}_conv" not in text
     check(g, {"x": np.full((1, 2, 24, 24), 255, np.uint8), "x16": rng.integers(-999, 999, (1, 3, 5, 5)).astype(np.int16)},
           PRESET[isa])
 
