@@ -44,6 +44,7 @@ other channels) run each stage over the whole tensor (schedule_dw_pack, schedule
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -160,7 +161,11 @@ def dw_plan(x_shape, x_dtype: str, w_shape, attrs, lanes: int, vnni: bool = Fals
     lo, hi = (-128, 127) if x_dtype == "int8" else (0, 255)
     if not lo <= zx <= hi:
         return None
-    return DwPlan(**geom.fields(), zx=zx, x_signed=x_dtype == "int8", lanes=lanes, vnni=vnni)
+    # kernels wider than four taps take two words a row (three of eight bytes wasted on a
+    # 5x5): slower than the float32 kernel on cls's 5x5 layers (1.4-3.5x), so they stay
+    # there unless their sums are too large for it (pack_dw_weights)
+    return DwPlan(**geom.fields(), zx=zx, x_signed=x_dtype == "int8", lanes=lanes,
+                  vnni=vnni and geom.kw <= 4)
 
 
 def pack_dw_weights(p: DwPlan, w: np.ndarray, bias: Optional[np.ndarray]):
@@ -178,6 +183,16 @@ def pack_dw_weights(p: DwPlan, w: np.ndarray, bias: Optional[np.ndarray]):
     if int(np.abs(wi).reshape(p.o, -1).sum(axis=1).max(initial=0)) * p.x_range >= _EXACT:
         return None
     return wi.astype(np.float32), b.astype(np.int32)
+
+
+def pack_dw(p: DwPlan, w: np.ndarray, bias: Optional[np.ndarray], vnni: bool):
+    """(plan, weights, bias) for the kernel: the plan's, or on VNNI the taps layout when the
+    float32 kernel cannot hold the sums exactly; None when neither takes the conv."""
+    packed = pack_dw_weights(p, w, bias)
+    if packed is None and vnni and not p.vnni and not p.is_float:
+        p = dataclasses.replace(p, vnni=True)
+        packed = pack_dw_weights(p, w, bias)
+    return None if packed is None else (p, *packed)
 
 
 def dw_te(p: DwPlan, x, wf, bias):

@@ -67,7 +67,7 @@ import numpy as np
 
 from .conv_geometry import ConvGeometry, conv_geometry
 from .cpu_rules import _is_reduction, schedule_injective
-from .x86_depthwise import (MAX_GROUP_CHANNELS, dw_plan, dw_te, pack_dw_weights, schedule_dw_conv,
+from .x86_depthwise import (MAX_GROUP_CHANNELS, dw_plan, dw_te, pack_dw, schedule_dw_conv,
                             schedule_dw_fused, schedule_dw_pack)
 from .lower_nn import weights_as_float
 from .strategy import FusedCPUStrategy, register_strategy
@@ -929,9 +929,9 @@ def lower_qconv_x86(isa: Isa, cx, node, ins, attrs):
         return cx.emit_te(lambda xt, wt, bt: conv_te(plan, xt, wt, bt), x, cx.const(wpk, isa.wt),
                           cx.const(folded, "int32"), primfunc_name_hint=f"{isa.prefix}_conv")
     dw = dw_plan(cx.shape_of(x), cx.dtype_of(x), wv.shape, attrs, 16 if isa is VNNI else 8, vnni=isa is VNNI)
-    packed = pack_dw_weights(dw, wv, bv) if dw is not None else None
+    packed = pack_dw(dw, wv, bv, vnni=isa is VNNI) if dw is not None else None
     if packed is not None:
-        wd, bias = packed
+        dw, wd, bias = packed
         return cx.emit_te(lambda xt, wt, bt: dw_te(dw, xt, wt, bt), x, cx.const(wd, str(wd.dtype)),
                           cx.const(bias, "int32"), primfunc_name_hint=f"{isa.prefix}_dwconv")
     return _generic("qconv")(cx, node, ins, attrs)
