@@ -6,13 +6,14 @@ would multiply padding. TVM's generic lowering of it ran at 2-7 GMAC/s here.
 
 VNNI. `vpdpbusd` reduces four bytes per lane, and a depthwise conv's reduction is its
 taps: the pack stage writes, per output pixel, a uint32 word of four taps of one kernel
-row (x[r, col*sw + j*dw] for j = 0..3; a 5- or 7-wide kernel takes two words), the
+row (x[r, col*sw + j*dw] for j = 0..3; a 5- to 8-wide kernel takes two words), the
 pixels in lanes, so one vpdpbusd does four taps of sixteen pixels (a 3x3 conv: three
-per vector, against nine float multiply-adds). The products are integer and exact
-whatever the weights; the zero point folds into the bias as in x86_int8.py. Rows are
-packed at the output's width, so the epilogue reads the sums elementwise. Measured on
-fifteen depthwise shapes of det and the mobile nets (Zen 5, two threads, hard-swish
-epilogue): 969 -> 729 us in all, 0.56-1.00x the float32 kernel's time each.
+per vector, against nine float multiply-adds; a 5x5: ten against twenty-five). The
+products are integer and exact whatever the weights; the zero point folds into the bias
+as in x86_int8.py. Rows are packed at the output's width, so the epilogue reads the sums
+elementwise. Measured on 23 depthwise shapes of PP-OCR det and cls and the mobile nets
+(3x3 and 5x5, strides 1, 2 and (2, 1); Zen 5, two threads, hard-swish epilogue): 1038 ->
+767 us in all, 0.55-1.02x the float32 kernel's time each.
 
 AVX2 (and float convs) keep the float32 kernel below. It does the integer arithmetic in
 float32, where a vector
@@ -149,6 +150,9 @@ class DwPlan(ConvGeometry):
         return -(-need // self.wq) * self.wq
 
 
+MAX_VNNI_WIDTH = 8
+
+
 def dw_plan(x_shape, x_dtype: str, w_shape, attrs, lanes: int, vnni: bool = False) -> Optional[DwPlan]:
     """The plan for a qconv with at most MAX_GROUP_CHANNELS input channels per group, else None;
     `vnni`: integer convs take the VNNI layout."""
@@ -161,11 +165,10 @@ def dw_plan(x_shape, x_dtype: str, w_shape, attrs, lanes: int, vnni: bool = Fals
     lo, hi = (-128, 127) if x_dtype == "int8" else (0, 255)
     if not lo <= zx <= hi:
         return None
-    # kernels wider than four taps take two words a row (three of eight bytes wasted on a
-    # 5x5): slower than the float32 kernel on cls's 5x5 layers (1.4-3.5x), so they stay
-    # there unless their sums are too large for it (pack_dw_weights)
+    # wider kernels take a word per four taps of a row; past MAX_VNNI_WIDTH they stay with
+    # the float32 kernel unless their sums are too large for it (pack_dw)
     return DwPlan(**geom.fields(), zx=zx, x_signed=x_dtype == "int8", lanes=lanes,
-                  vnni=vnni and geom.kw <= 4)
+                  vnni=vnni and geom.kw <= MAX_VNNI_WIDTH)
 
 
 def pack_dw_weights(p: DwPlan, w: np.ndarray, bias: Optional[np.ndarray]):
@@ -276,23 +279,31 @@ def _dw_te_vnni(p: DwPlan, x, w, bias):
     vector_cols = sw == 1 and hi - lo <= SHORT_ROW * p.lanes
     whole_rows = sw > 1 or vector_cols
 
+    def words(n, c, hh, col, rows):
+        """The G words of a row's taps, each as an expression (the taps known)."""
+        out = []
+        for g in range(G):
+            word = None
+            for j in range(4):
+                t = g * 4 + j
+                if t >= p.kw:
+                    v = fill
+                else:
+                    ww = col * sw + t * dw - pl
+                    raw = x[n, c, hh, ww]
+                    raw = (raw.astype("int32") + 128).astype("uint32") if p.x_signed else raw.astype("uint32")
+                    v = tirx.if_then_else(tirx.all(*rows, ww >= 0, ww < p.w), raw, fill)
+                word = v if word is None else word | (v << tirx.const(8 * j, "uint32"))
+            out.append(word)
+        return out
+
     def pack(n, c, g, ph, f):
         r, col = f // wq, f % wq
         hh = r * sh + ph - pt
-        rows = [] if whole_rows else [hh >= 0, hh < p.h]
-        word = tirx.const(0, "uint32")
-        if G == 1:
-            g = 0  # the taps past kw are known: no test for them
-        for j in range(4):
-            if G == 1 and j >= p.kw:
-                v = fill
-            else:
-                ww = col * sw + (g * 4 + j) * dw - pl
-                inside = tirx.all(*rows, ww >= 0, ww < p.w, *([g * 4 + j < p.kw] if G > 1 else []))
-                raw = x[n, c, hh, ww]
-                raw = (raw.astype("int32") + 128).astype("uint32") if p.x_signed else raw.astype("uint32")
-                v = tirx.if_then_else(inside, raw, fill)
-            word = word | (v << tirx.const(8 * j, "uint32")) if j else v
+        ws = words(n, c, hh, col, [] if whole_rows else [hh >= 0, hh < p.h])
+        word = ws[-1]
+        for gi in range(G - 2, -1, -1):  # g is a loop the schedule unrolls: the test folds away
+            word = tirx.if_then_else(g == gi, ws[gi], word)
         if not whole_rows:
             return word
         return tirx.if_then_else(tirx.all(hh >= 0, hh < p.h), word, tirx.const(p.zx_u8 * 0x01010101, "uint32"))
@@ -486,21 +497,26 @@ def schedule_dw_fused(sch, pack, conv, tail, target) -> bool:
 def _schedule_pack_rows(sch, block, parallel: bool, partition: bool = True) -> None:
     """Rows (of each phase) in order, columns innermost; the rows parallel when asked and
     there are enough of them; the columns partitioned (see _partition_pack_columns)."""
-    wq = int(sch.get(block).annotations["qcc_x86_wq"])
+    ann = sch.get(block).annotations
+    wq = int(ann["qcc_x86_wq"])
     *outer, ph, f = sch.get_loops(block)
     r, col = sch.split(f, [None, wq])
-    sch.reorder(r, ph, col)
+    inner = [ph]
+    if "qcc_x86_vector_cols" in ann:  # VNNI: a row's words inside the row loop, unrolled
+        outer, inner = outer[:-1], [outer[-1], ph]
+    sch.reorder(r, *inner, col)
     if parallel:
         rows = sch.fuse(*outer, r)
-        if _extent(sch, [rows, ph]) * wq * 4 >= 1 << 18:
+        if _extent(sch, [rows, *inner]) * wq * 4 >= 1 << 18:
             sch.parallel(rows)
-    if _extent(sch, [ph]) > 1:  # each phase's column offset a constant: strided loads LLVM vectorizes
-        sch.unroll(ph)
+    for lp in inner:  # each phase's column offset a constant: strided loads LLVM vectorizes
+        if _extent(sch, [lp]) > 1:
+            sch.unroll(lp)
     if partition:
         _partition_pack_columns(sch, block)
 
 
-SHORT_ROW = 4  # vectors
+SHORT_ROW = 8  # vectors
 
 
 def _partition_pack_columns(sch, block) -> None:
