@@ -345,9 +345,9 @@ def test_small_conv_runs_channel_block_by_block(isa, tail, shape):
 
 @ISAS
 def test_qconv_fallbacks_stay_exact(isa):
-    """A depthwise conv whose sums could pass 2^24 (float32 would round them; VNNI's integer
-    sums take it), i16 activations and non-constant weights take the generic lowering, and
-    stay exact."""
+    """A depthwise conv whose sums could pass 2^24 (float32 would round them) takes the
+    generic lowering on AVX2 and VNNI's integer taps otherwise; i16 activations with a zero
+    point far from 0 take the int16 kernels. All stay exact."""
     rng = np.random.default_rng(5)
     g = Graph("fallbacks")
     x = g.add_input("x", TensorType((1, 2, 24, 24), "u8"))
@@ -361,7 +361,8 @@ def test_qconv_fallbacks_stay_exact(isa):
                       "x_zero_point": -300}, names=["c16"]).output
     g.set_outputs([dw, c16])
     text = lower_for(g, PRESET[isa]).script(show_meta=False)
-    assert (f"qcc_{isa}_dwconv" in text) == (isa == "vnni") and f"qcc_{isa}_conv" not in text
+    assert (f"qcc_{isa}_dwconv" in text) == (isa == "vnni")
+    assert {"vnni": "qcc_vnni16_conv", "avx2": "qcc_avx2_conv"}[isa] in text
     check(g, {"x": np.full((1, 2, 24, 24), 255, np.uint8), "x16": rng.integers(-999, 999, (1, 3, 5, 5)).astype(np.int16)},
           PRESET[isa])
 
@@ -651,3 +652,31 @@ def test_float_matmul_kernel(name):
     got = runner_from_executable(compile_graph(g, "x86-avx2"), g).run(feeds)
     for k in ref:
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-5 * float(np.abs(ref[k]).max()))
+
+
+@ISAS
+@pytest.mark.parametrize("zx", [0, -1234])
+def test_qconv_16bit_activations_bit_exact(isa, zx):
+    """w8a16 layers (the bit-width search's a16 raise) run through an int16 multiply-
+    accumulate (vpdpwssd on VNNI, vpmaddwd on AVX2), not the generic lowering (PP-OCR cls's
+    a16 stem: 24 GMAC/s there), and equal the reference bit for bit, extremes included."""
+    rng = np.random.default_rng(9)
+    g = Graph("a16")
+    outs = []
+    for name, (shape, oc, k, s) in {"stem": ((1, 3, 20, 28), 8, 3, 2), "pw": ((1, 16, 10, 12), 24, 1, 1)}.items():
+        x = g.add_input(f"x_{name}", TensorType(shape, "i16"))
+        acc = g.add_node("qconv", [x, g.add_const(f"w_{name}", rng.integers(-127, 128, (oc, shape[1], k, k)).astype(np.int8)),
+                                   g.add_const(f"b_{name}", rng.integers(-99999, 99999, oc).astype(np.int32))],
+                         {"strides": [s, s], "pads": [k // 2] * 4, "dilations": [1, 1], "group": 1,
+                          "x_zero_point": zx}, names=[name]).output
+        outs.append(acc)
+    g.set_outputs(outs)
+    text = lower_for(g, PRESET[isa]).script(show_meta=False)
+    kernel = "qcc_vnni16_conv" if isa == "vnni" else "qcc_avx2_conv"
+    assert text.count(kernel) >= 2, f"16-bit activations did not take {kernel}"
+    if isa == "vnni":
+        assert "vpdpwssd" in _asm(compile_graph(g, PRESET[isa]))
+    feeds = {f"x_{n}": rng.integers(-32768, 32768, shape).astype(np.int16)
+             for n, shape in (("stem", (1, 3, 20, 28)), ("pw", (1, 16, 10, 12)))}
+    feeds["x_stem"].reshape(-1)[:4] = [32767, -32768, 32767, -32768]
+    check(g, feeds, PRESET[isa])
