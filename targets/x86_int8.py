@@ -14,7 +14,7 @@ every line of it but the packed dtypes and the intrinsic (`Isa`):
 - 16-bit activations (the bit-width search's w8a16 layers) take `vpdpwssd` on AVX-512
   VNNI (`VNNI16`: 16 lanes x 2 int16 products) and AVX2's kernel as they are, the zero
   point folded like an 8-bit one's. A 3x3 96->96 conv at 48x72 (Zen 5, two threads): 369
-  GMAC/s, against 664 at int8, 219 as float32 and ~24 through the generic lowering.
+  GMAC/s, against 664 at int8, 219 as float32 and 86 through the generic lowering.
 
 - float32 (`F32X8` AVX2+FMA, `F32X16` AVX-512): float convs a mixed-precision model keeps
   (assign-bitwidths leaves its most sensitive layers float) take the same layout, tile and
