@@ -761,7 +761,7 @@ def _schedule_kernels(func, target) -> Optional[object]:
                 if tail is not None:
                     fused_tail = tail
     except Exception as e:  # noqa: BLE001 - as above
-        warnings.warn(f"qcc x86: conv kernel schedule failed, kernel left unscheduled: {type(e).__name__}: "
+        warnings.warn(f"qcc x86: conv kernel schedule failed, the generic CPU rules take the kernel: {type(e).__name__}: "
                       f"{str(e).splitlines()[-1] if str(e) else ''}")
         return None
     for b, kind in kept:
