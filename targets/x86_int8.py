@@ -734,7 +734,7 @@ def _schedule_kernels(func, target) -> Optional[object]:
             elif kind == "matmul":
                 _schedule_matmul(sch, b)
     except Exception as e:  # noqa: BLE001 - a kernel this rule cannot schedule: leave it to the others
-        warnings.warn(f"qcc x86: int8 kernel schedule failed, kernel left unscheduled: {type(e).__name__}: "
+        warnings.warn(f"qcc x86: int8 kernel schedule failed, the generic CPU rules take the kernel: {type(e).__name__}: "
                       f"{str(e).splitlines()[-1] if str(e) else ''}")
         return None
     # an elementwise stage between the kernel and the function's output (a sigmoid's
