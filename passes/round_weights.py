@@ -105,11 +105,8 @@ class Layer:
             return
         X = np.concatenate(self.held[f], axis=1)
         self.held[f] = []
-        if self.H is None:
-            G, _, K = self.W.shape
-            self.H = np.empty((2, G, K, K), np.float32)
-            self.H[1 - f] = 0
-            np.matmul(X.transpose(0, 2, 1), X, out=self.H[f])
+        if self.H is None:  # the first product straight into H (a fresh K x K costs page faults)
+            np.matmul(X.transpose(0, 2, 1), X, out=self._zeros()[f])
         else:
             self.H[f] += np.matmul(X.transpose(0, 2, 1), X)
 

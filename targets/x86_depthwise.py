@@ -103,11 +103,6 @@ class DwPlan(ConvGeometry):
         return self.out_hw[1] if self.vnni else -(-self.wp // self.strides[1])
 
     @property
-    def phases(self) -> int:
-        """Stride phases of the packed image: sh * sw, or (VNNI: the taps hold the columns) sh."""
-        return self.strides[0] * (1 if self.vnni else self.strides[1])
-
-    @property
     def tap_groups(self) -> int:
         """uint32 words of a row's taps (VNNI): ceil(kw / 4)."""
         return -(-self.kw // 4)
@@ -329,6 +324,7 @@ def _dw_te_vnni(p: DwPlan, x, w, bias):
 
 
 TAPS_INTRIN = "qcc_vnni_16x4_taps"
+_registered = set()
 
 
 def register_taps_intrinsic() -> None:
@@ -338,6 +334,8 @@ def register_taps_intrinsic() -> None:
         return
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
+
+    from .x86_int8 import VNNI, _mac  # (x86_int8 imports this module)
 
     L = 16
 
@@ -361,17 +359,14 @@ def register_taps_intrinsic() -> None:
         with T.sblock("root"):
             T.reads(C[0:L], A[0:L], B[0:4])
             T.writes(C[0:L])
-            C[T.ramp(T.int32(0), 1, L)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), C.vload([0], dtype=f"int32x{L}"),
+            C[T.ramp(T.int32(0), 1, L)] = _mac(
+                VNNI, C.vload([0], dtype=f"int32x{L}"),
                 T.reinterpret(A.vload([0], dtype=f"uint32x{L}"), dtype=f"uint8x{4 * L}"),
                 T.reinterpret(T.broadcast(T.reinterpret(B.vload([0], dtype="int8x4"), dtype="int32"), L),
-                              dtype=f"int8x{4 * L}"), dtype=f"int32x{L}")
+                              dtype=f"int8x{4 * L}"))
 
     TensorIntrin.register(TAPS_INTRIN, desc, impl, override=True)
     _registered.add(TAPS_INTRIN)
-
-
-_registered = set()
 
 
 # --- schedule (called by x86_int8's rule for the blocks annotated above) ---------------------
@@ -417,9 +412,6 @@ def _register_tile(sch, block, tile, red_outer, vi, lane) -> None:
     sch.vectorize(sch.get_loops(wb)[-1])
     if intrin is None:
         sch.vectorize(lane)
-        sch.unroll(vi)
-        for r in reversed(red_outer[1:]):
-            sch.unroll(r)
     init = sch.decompose_reduction(block, red_outer[0])
     il = sch.get_loops(init)
     sch.vectorize(il[-1])
@@ -427,9 +419,9 @@ def _register_tile(sch, block, tile, red_outer, vi, lane) -> None:
     if intrin is not None:
         register_taps_intrinsic()
         sch.tensorize(lane, str(intrin))
-        sch.unroll(vi)
-        for r in reversed(red_outer[1:]):
-            sch.unroll(r)
+    sch.unroll(vi)
+    for r in reversed(red_outer[1:]):
+        sch.unroll(r)
 
 
 # the pack planes and accumulators of one block of channels: what stays cache-resident between
@@ -526,17 +518,14 @@ def _partition_pack_columns(sch, block) -> None:
     wq = int(ann["qcc_x86_wq"])
     lo, hi = (int(v) for v in ann["qcc_x86_cols"])
     col = sch.get_loops(block)[-1]
-    L = int(ann.get("qcc_x86_vector_cols", 0))
-    if not L:
-        parts = [v for v in (lo, hi - lo, wq - hi) if v > 0]
-        if len(parts) > 1:
-            sch.loop_partition(col, parts[:-1] + [None])
-        return
-    # VNNI's words of a short row (see _dw_te_vnni): vectorized here, whole vectors then the rest
-    inside = [L] * ((hi - lo) // L) + ([(hi - lo) % L] if (hi - lo) % L else [])
+    # VNNI's words of a short row (see _dw_te_vnni): the inside columns vectorized here, in
+    # whole vectors of L then the rest
+    L, span = int(ann.get("qcc_x86_vector_cols", 0)), hi - lo
+    inside = [L] * (span // L) + [span % L] if L else [span]
+    inside = [v for v in inside if v > 0]
     sizes = ([lo] if lo else []) + inside + ([wq - hi] if wq > hi else [])
     loops = sch.loop_partition(col, sizes[:-1] + [None]) if len(sizes) > 1 else [col]
-    for lp in loops[1 if lo else 0:][:len(inside)]:
+    for lp in loops[1 if lo else 0:][:len(inside)] if L else []:
         sch.vectorize(lp)
 
 

@@ -1,8 +1,9 @@
 """x86 int8 kernels: qconv and qmatmul on AVX-512 VNNI and AVX2, search-free and bit-exact.
 
 `X86Strategy` (registered for the "x86" family) replaces the lowering of `qconv`
-(2-D; depthwise-like ones go to x86_depthwise.py's kernels, scheduled by the same rule) and `qmatmul` (constant 2-D right operand) with TE kernels
-built around one multiply-accumulate instruction, and schedules the fused
+(2-D; depthwise-like ones go to x86_depthwise.py's kernels, scheduled by the same
+rule) and `qmatmul` (constant 2-D right operand) with TE kernels built around one
+multiply-accumulate instruction, and schedules the fused
 functions that contain them with its own dlight rule. Two instruction sets share
 every line of it but the packed dtypes and the intrinsic (`Isa`):
 
@@ -133,6 +134,8 @@ VNNI16 = Isa("vnni16", 16, 2, "int16", "int16", 32, 1, 24)
 F32X8 = Isa("f32x8", 8, 1, "float32", "float32", 16, 1, 12)  # AVX2 + FMA
 F32X16 = Isa("f32x16", 16, 1, "float32", "float32", 32, 1, 24)  # AVX-512
 ISAS = {i.name: i for i in (VNNI, AVX2, VNNI16, F32X8, F32X16)}
+# the activation dtypes each integer set's conv takes (AVX2 widens bytes to its int16)
+_ACTIVATIONS = {"vnni": ("uint8", "int8"), "vnni16": ("int16",), "avx2": ("uint8", "int8", "int16")}
 ANN = "qcc_x86"  # block annotation: which stage of a kernel a block is
 _registered = set()
 
@@ -296,9 +299,7 @@ def conv_plan(x_shape, x_dtype: str, w_shape, attrs, isa: Isa = VNNI) -> Optiona
     """The plan for a qconv the kernel handles, else None. 16-bit activations take the
     int16 instruction sets (VNNI16, AVX2) as they are, zero point folded like 8-bit ones'."""
     geom = conv_geometry(x_shape, w_shape, attrs)
-    wide = isa.act == "int16" and not isa.is_float  # VNNI16, AVX2
-    if geom is None or x_dtype not in ("uint8", "int8", "int16") or (x_dtype == "int16" and not wide) \
-            or (isa is VNNI16 and x_dtype != "int16"):
+    if geom is None or x_dtype not in _ACTIVATIONS.get(isa.name, ()):
         return None
     if geom.cg < isa.group and geom.groups > 1:  # depthwise-like: another kernel's job
         return None
