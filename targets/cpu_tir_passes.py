@@ -33,7 +33,7 @@ from typing import Callable
 import tvm
 from tvm import tirx
 
-STACK_LIMIT = 1 << 16  # bytes: a worker thread's stack is megabytes
+STACK_LIMIT = 1 << 17  # bytes: a worker thread's stack is megabytes (x86_int8's row bands use all of it)
 PIPELINE = "qcc_cpu"
 _NO_WORKSPACE = "disable_lower_builtin"  # tvm::tirx::transform::kDisableLowerTVMBuiltin
 

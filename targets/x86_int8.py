@@ -72,6 +72,7 @@ import numpy as np
 
 from .conv_geometry import ConvGeometry, conv_geometry
 from .cpu_rules import _is_reduction, schedule_injective
+from .cpu_tir_passes import STACK_LIMIT
 from .x86_depthwise import (MAX_GROUP_CHANNELS, dw_plan, dw_te, pack_dw, schedule_dw_conv,
                             schedule_dw_fused, schedule_dw_pack)
 from .lower_nn import weights_as_float
@@ -393,7 +394,8 @@ def conv_te(p: ConvPlan, x, wpk, bias):
     # pixels flat (the schedule splits them into vectors of lanes): the epilogue reads a row
     # of output pixels as one contiguous run, which LLVM vectorizes
     acc = te.compute((p.n, p.groups, p.ogp, p.vecs * L), conv, name=f"{isa.prefix}_conv",
-                     attrs={ANN: "conv", "qcc_x86_mr": mr, "qcc_x86_nr": nr, "qcc_x86_isa": isa.name})
+                     attrs={ANN: "conv", "qcc_x86_mr": mr, "qcc_x86_nr": nr, "qcc_x86_isa": isa.name,
+                            "qcc_x86_wq": wq})
     oh_n, ow_n = p.out_hw
     og = p.og
 
@@ -800,35 +802,62 @@ def _schedule_dense_conv(sch, conv, tail, target):
 # a channel block's accumulators (mr channels x the whole flattened image) must stay in
 # the core's cache between the conv writing them and the epilogue reading them
 _BLOCK_ACC_BYTES = 1 << 16
+# ... or, for a larger image, the accumulators of mr channels x a band of output rows (read
+# back from L2: a 1x1 16->32 conv at 192x288 spent most of its time writing its 7 MB of
+# int32 sums to memory and reading them back in a second pass), on the parallel task's
+# stack (cpu_tir_passes: larger, and each band would pay a workspace allocation)
+_BAND_ACC_BYTES = STACK_LIMIT
+
+
+def _band_rows(mr: int, tile_px: int, oh: int, wq: int, flat: int) -> Optional[int]:
+    """Output rows per block of the per-block schedule: all of them when mr channels' sums
+    fit _BLOCK_ACC_BYTES; else the most rows that fit _BAND_ACC_BYTES, divide oh and make
+    a whole number of the conv's tiles (tile_px pixels); None when no band does."""
+    if mr * flat * 4 <= _BLOCK_ACC_BYTES:
+        return oh
+    if flat != oh * wq:  # the flattened rows do not end on a tile
+        return None
+    step = tile_px // math.gcd(wq, tile_px)
+    fits = [r for r in range(step, oh, step) if oh % r == 0 and mr * r * wq * 4 <= _BAND_ACC_BYTES]
+    return max(fits) if fits else None
 
 
 def _schedule_conv_blocks(sch, conv, tail, target) -> bool:
-    """One parallel loop over blocks of mr output channels, each running the conv's tiles
-    for those channels and then their epilogue, instead of the conv over the whole output
-    and then the epilogue over the whole output: the accumulators are read back from L1/L2,
-    and the kernel makes one parallel launch, not two (on a mobile net's 10x10 and 5x5 maps
-    the launches, and an epilogue too small to be worth its own, were much of the time).
-    For convs whose block of accumulators is small (_BLOCK_ACC_BYTES), one group, batch 1,
-    an epilogue reading channel o of the sums for output channel o, and whole tiles of mr
-    channels; returns False otherwise."""
+    """One parallel loop over blocks of mr output channels (times bands of output rows, for
+    a large image), each running the conv's tiles for those channels and rows and then
+    their epilogue, instead of the conv over the whole output and then the epilogue over
+    the whole output: the accumulators are read back from L1/L2, and the kernel makes one
+    parallel launch, not two (on a mobile net's 10x10 and 5x5 maps the launches, and an
+    epilogue too small to be worth its own, were much of the time). For one group, batch
+    1, an epilogue reading channel o of the sums for output channel o, and whole tiles of
+    mr channels (see _band_rows for the rows); returns False otherwise."""
     from .cpu_rules import vectorize_fenced_row
     from .x86_depthwise import _reads_channel_by_channel
 
-    mr = int(sch.get(conv).annotations["qcc_x86_mr"])
+    ann = sch.get(conv).annotations
+    mr, nr, wq = (int(ann[k]) for k in ("qcc_x86_mr", "qcc_x86_nr", "qcc_x86_wq"))
+    isa = ISAS[str(ann["qcc_x86_isa"])]
     acc = sch.get(conv).writes[0].source
     batch, groups, _, flat = (int(v) for v in acc.shape)
-    if batch != 1 or groups != 1 or mr * flat * 4 > _BLOCK_ACC_BYTES:
+    if batch != 1 or groups != 1:
         return False
     if not _reads_channel_by_channel(sch.get(tail), acc, None, axis=2):
         return False
-    if -(-int(sch.get(tail).writes[0].source.shape[1]) // mr) < 2:  # one block: nothing to interleave
+    _, n_out, oh, _ = (int(v) for v in sch.get(tail).writes[0].source.shape)
+    rows = _band_rows(mr, nr * isa.lanes, oh, wq, flat)
+    if rows is None or -(-n_out // mr) * (oh // rows) < 2:  # one block: nothing to interleave
         return False
     macs = _extent(sch, sch.get_loops(conv))
     intrin, blocks, vo, rc, oci, vi, lane = _conv_tile_loops(sch, conv)
-    blocks = sch.fuse(*blocks)
     tn, to, th, tw = sch.get_loops(tail)
-    tob, _ = sch.split(to, [None, mr])
-    tail_blocks = sch.fuse(tn, tob)
+    tob, toi = sch.split(to, [None, mr])
+    if rows < oh:
+        band, vo = sch.split(vo, [oh // rows, None])
+        tband, th = sch.split(th, [oh // rows, rows])
+        sch.reorder(tband, toi)
+        blocks, tail_blocks = sch.fuse(*blocks, band), sch.fuse(tn, tob, tband)
+    else:
+        blocks, tail_blocks = sch.fuse(*blocks), sch.fuse(tn, tob)
     if _extent(sch, [blocks]) != _extent(sch, [tail_blocks]):  # the padded channels' tiles
         return False
     merged = sch.merge(blocks, tail_blocks)

@@ -319,6 +319,20 @@ def test_depthwise_kernel_stays_exact_under_the_generic_rules(isa, monkeypatch):
         _check_on_two_threads_and_one(g, {"x": _feed(rng, (1, c, h, w), "u8")}, isa)
 
 
+def _conv_and_epilogue(name, shape, tail, rng, shift: int, scales):
+    """A u8 qconv (stride 1, same padding, zero point 9, int32 bias) and its epilogue
+    (_epilogue); shape = (cin, cout, h, w, k)."""
+    cin, c, h, w, k = shape
+    g = Graph(name)
+    x = g.add_input("x", TensorType((1, cin, h, w), "u8"))
+    wv = rng.integers(-128, 128, (c, cin, k, k)).astype(np.int8)
+    acc = g.add_node("qconv", [x, g.add_const("w", wv), g.add_const("b", rng.integers(-9999, 9999, c).astype(np.int32))],
+                     {"strides": [1, 1], "pads": [k // 2] * 4, "dilations": [1, 1], "group": 1,
+                      "x_zero_point": 9}).output
+    g.set_outputs([_epilogue(g, acc, c, tail, rng, shift=shift, scales=scales)])
+    return g
+
+
 @ISAS
 @pytest.mark.parametrize("shape", [(96, 192, 12, 12, 1), (64, 100, 12, 12, 3), (48, 40, 14, 14, 3)])
 @pytest.mark.parametrize("tail", ["requantize", "hard_swish"])
@@ -327,18 +341,41 @@ def test_small_conv_runs_channel_block_by_block(isa, tail, shape):
     channels after another, in one parallel loop (the epilogue is not a second pass over
     the whole output, nor a second parallel launch); still bit-exact on two threads and on
     one, with the channel count a multiple of the tile's rows or not."""
-    cin, c, h, w, k = shape
+    cin, _, h, w, _ = shape
     rng = np.random.default_rng(7)
-    g = Graph("conv_blocks")
-    x = g.add_input("x", TensorType((1, cin, h, w), "u8"))
-    wv = rng.integers(-128, 128, (c, cin, k, k)).astype(np.int8)
-    acc = g.add_node("qconv", [x, g.add_const("w", wv), g.add_const("b", rng.integers(-9999, 9999, c).astype(np.int32))],
-                     {"strides": [1, 1], "pads": [k // 2] * 4, "dilations": [1, 1], "group": 1,
-                      "x_zero_point": 9}).output
-    g.set_outputs([_epilogue(g, acc, c, tail, rng, shift=-14, scales=(2e-5, 6e-5))])
+    g = _conv_and_epilogue("conv_blocks", shape, tail, rng, shift=-14, scales=(2e-5, 6e-5))
     text = _kernel_script(g, isa, f"qcc_{isa}_conv")
     assert len(re.findall(r"for \w+_m in T\.parallel", text)) == 1, "conv and epilogue are not merged per block"
     assert len(re.findall(r"^    for ", text, re.M)) == 2, "the epilogue has a loop of its own"  # pack, blocks
+    ref = _check_on_two_threads_and_one(g, {"x": _feed(rng, (1, cin, h, w), "u8")}, isa)
+    assert len(np.unique(ref["y"])) > 20
+
+
+@ISAS
+@pytest.mark.parametrize("shape", [(16, 32, 96, 144, 1, -11), (24, 40, 180, 62, 3, -13), (16, 32, 33, 509, 1, -11)])
+@pytest.mark.parametrize("tail", ["requantize", "hard_swish"])
+def test_large_conv_runs_band_by_band(isa, tail, shape):
+    """A conv whose sums do not fit in cache runs its tiles and its epilogue one block of
+    output channels x band of output rows after another, in one parallel loop (not the
+    whole output's int32 sums written to memory and read back by a second pass); still
+    bit-exact on two threads and on one, for a 1x1 and a padded 3x3 (row pitch 64, not 62).
+    At 33x509 the flattened rows (an odd count of pixels) end inside a tile: no band lines
+    up with both the tiles and the rows, so the conv runs whole, and exact."""
+    from qcc.targets import x86_int8
+
+    *shape, shift = shape
+    cin, _, h, w, k = shape
+    rng = np.random.default_rng(9)
+    g = _conv_and_epilogue("conv_bands", shape, tail, rng, shift=shift, scales=(2e-4, 6e-4))
+    text = _kernel_script(g, isa, f"qcc_{isa}_conv")
+    [flat] = re.findall(r'_conv = T.sblock_alloc_buffer\(\(T.int64\(1\), T.int64\(1\), T.int64\(\d+\), T.int64\((\d+)\)', text)
+    mr = int(re.search(r'"qcc_x86_mr": (\d+)', text).group(1))
+    assert mr * int(flat) * 4 > x86_int8._BLOCK_ACC_BYTES, "a block's sums fit in cache: not a band test"
+    banded = int(flat) == h * (w + 2 * (k // 2))  # the rows end on a tile
+    assert banded == (w != 509)
+    assert len(re.findall(r"for \w+_m in T\.parallel", text)) == banded, "conv and epilogue are not merged per band"
+    if banded:
+        assert len(re.findall(r"^    for ", text, re.M)) == 2, "the epilogue has a loop of its own"  # pack, bands
     ref = _check_on_two_threads_and_one(g, {"x": _feed(rng, (1, cin, h, w), "u8")}, isa)
     assert len(np.unique(ref["y"])) > 20
 
