@@ -312,10 +312,10 @@ def cmd_compile(args) -> int:
             preset = None  # compile_model says so
         if preset is not None and preset.family != "cuda":
             raise CompileError(f"--emit {','.join(args.emit)} needs a cuda target, not {preset.name}")
-    if args.print_pipeline:
-        print(opts.pipeline(), file=sys.stderr)
     log = None if args.quiet or args.json or not (args.verbose or sys.stderr.isatty()) else _Log(sys.stderr)
     report = compile_model(args.model, args.output, opts, instruments=_instruments(args), log=log)
+    if args.print_pipeline:  # after the run: at -O3 it is the recipe that won (report.json "recipes")
+        print(report["pipeline"], file=sys.stderr)
     if args.json:
         print(json.dumps({"output": args.output, **report["summary"], "warnings": report["warnings"]},
                          sort_keys=True))

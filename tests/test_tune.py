@@ -102,7 +102,8 @@ def tuned(tmp_path_factory):
 
 @pytest.mark.slow
 def test_tuning_writes_the_database(tuned):
-    records = [json.loads(p.read_text()) for p in tuned["db"].glob("*/*.json") if p.name != "key.json"]
+    records = [json.loads(p.read_text()) for p in tuned["db"].glob("*/*.json")
+               if p.name != "key.json" and p.parent.name != "recipes"]  # recipes/: -O3's recipe choices
     assert records and all(r["trials"] >= 8 for r in records)
     assert any(r["winner"] == "tuned" and r["trace"] for r in records)
     assert any("tuning: kernel 1/" in m for m in tuned["log_cold"])
