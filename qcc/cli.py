@@ -369,6 +369,11 @@ def _print_summary(report: Dict, out: str) -> None:
         print(summary_table(report))
     if s.get("output_sqnr_db"):
         print("  output SQNR vs float: " + ", ".join(f"{k} {v:.1f} dB" for k, v in s["output_sqnr_db"].items()))
+    if report.get("recipes"):
+        r = report["recipes"]
+        held = ", ".join(f"{c['held_out_output_sqnr_db']} dB" for c in r["candidates"])
+        print(f"  recipe {r['chosen'] + 1} of {len(r['candidates'])} kept (held-out output SQNR {held}; "
+              f"report.json \"recipes\")")
     if report.get("opaque_ops"):
         print(f"  ops kept as opaque float ops: {', '.join(report['opaque_ops'])}")
 

@@ -78,3 +78,17 @@ def test_o3_with_one_calibration_batch_runs_its_first_recipe(tmp_path):
     assert "recipes" not in report and _runs(log) == 1
     assert report["pipeline"] == PassManager(pipelines.RECIPES["O3"][0]).pipeline
     assert not (tmp_path / "db").exists()
+
+
+def test_o3_terminal_summary_names_the_recipe_kept(tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "qcc.cli", "compile", str(TINY), "-O3", "--calib", str(CALIB),
+                        "--tune-budget", "0", "--tune-db", str(tmp_path / "db"), "-o", str(tmp_path / "out")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    kept = re.search(r"recipe (\d) of 2 kept \(held-out output SQNR ([\d.]+) dB, ([\d.]+) dB", p.stdout)
+    assert kept and int(kept.group(1)) == report["recipes"]["chosen"] + 1, p.stdout
