@@ -138,6 +138,7 @@ def test_ppocr_cls_o2_agrees_with_float(ppocr_cls, record_property, capsys):
     lines = []
     for name, (q, frac) in results.items():
         lines.append(f"qcc -{name[:2]}{' (assign-bitwidths{search=false})' if 'all' in name else ''}"
+                     f"{'s mse recipe' if name == 'O3' else ''}"
                      f"{' without equalize' if 'no-CLE' in name else ''}: "
                      f"agreement {_agree(q, ref):.2%} (printed {_agree(q[printed], ref[printed]):.2%}, "
                      f"handwritten {_agree(q[~printed], ref[~printed]):.2%}), int8 MACs {frac:.1%}")
