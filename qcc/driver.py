@@ -152,7 +152,7 @@ class _Run:
     errors: Dict[str, float]
 
     def output_sqnr(self) -> Optional[float]:
-        """The worst model output's SQNR against float on the calibration batches."""
+        """The worst model output's SQNR against float on the batches it was measured on."""
         outs = [v for k, v in self.errors.items() if k.startswith("output:")]
         return min(outs) if outs else None
 
@@ -174,12 +174,12 @@ def _choose_recipe(graph: Graph, opts: CompileOptions, model: Path, run: Callabl
     The choice is stored in the tuning database under the model's and options' digest (not
     with --tune-budget 0, which only reads it), so a rebuild runs only the recipe that won
     (a rebuild stays within the time of one pipeline, as a warm tuning database promises)
-    and writes the same record. With fewer
-    than two calibration batches nothing can be held out: the first recipe runs."""
+    and writes the same record. With fewer than two calibration batches nothing can be held
+    out: the first recipe runs."""
     texts = [PassManager(t).pipeline for t in opts.pipelines()]
     if len(texts) == 1 or not samples or len(samples) < 2:
         return run(texts[0], graph), None
-    from .targets.tune import default_db_dir
+    from .targets.tune import _atomic_write, default_db_dir, parse_budget
 
     key = hashlib.sha256(json.dumps({"qcc": __version__, "model": _sha256(model), "options": opts.fingerprint()},
                                     sort_keys=True).encode()).hexdigest()
@@ -202,23 +202,22 @@ def _choose_recipe(graph: Graph, opts: CompileOptions, model: Path, run: Callabl
                    "int8_mac_fraction": build_report(r.graph, float_bytes, [])["summary"]["int8_mac_fraction"]}
                   for r in trials]
     del trials
-    best = max(range(len(texts)), key=lambda i: (candidates[i]["held_out_output_sqnr_db"] or float("-inf"),
-                                                   candidates[i]["int8_mac_fraction"]))
+    def score(c):
+        sqnr = c["held_out_output_sqnr_db"]
+        return (float("-inf") if sqnr is None else sqnr), c["int8_mac_fraction"]
+
+    best = max(range(len(texts)), key=lambda i: score(candidates[i]))
     record = {"candidates": candidates, "chosen": best, "fitted_batches": len(fit), "held_out_batches": len(held),
               "rule": "the worst output's SQNR against float on held-out calibration batches, then int8 MACs"}
     say(f"recipes: keeping {best + 1} of {len(texts)} (held out: "
         + ", ".join(f"{c['held_out_output_sqnr_db']} dB at {100 * c['int8_mac_fraction']:.1f}% int8" for c in candidates)
         + ")")
     kept = run(texts[best], graph)
-    from .targets.tune import parse_budget
-
     if not parse_budget(opts.tuning_budget() or "0").measures:  # --tune-budget 0 applies, never writes
         return kept, record
     try:
         store.parent.mkdir(parents=True, exist_ok=True)
-        tmp = store.with_name(f".{store.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, store)
+        _atomic_write(store, json.dumps(record, indent=1, sort_keys=True) + "\n")
     except OSError as e:  # the build is still right; only a rebuild pays again
         kept.ctx.warn(f"cannot store the recipe choice in {store.parent}: {e.strerror or e}")
     return kept, record
