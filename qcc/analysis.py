@@ -40,3 +40,47 @@ def weight_bytes(g: Graph) -> int:
         else:
             total += c.type.nbytes
     return total
+
+
+# ops whose output is no larger in magnitude than their largest input (hard_swish: |x| times
+# a gate in [0, 1]; clip, min, max: a choice among values already bounded)
+_NO_LARGER = frozenset({"relu", "hard_swish", "neg", "abs", "clip", "min", "max", "max_pool", "avg_pool",
+                        "reshape", "transpose", "concat"})
+_AT_MOST_ONE = frozenset({"sigmoid", "tanh", "hard_sigmoid"})
+_FINITE_LIMIT = 1e30  # far below float32's 3.4e38: no product or sum of two such values is inf
+
+
+def magnitude_bound(value, _depth: int = 0):
+    """An upper bound on |x| over every element `value` can take, whatever the inputs, or
+    None when none is known below 1e30. Computed back to integers (dequantize: the integer
+    type's range times the scale) and constants, through the elementwise and data-movement
+    ops above, add/sub (sums of bounds) and mul (products).
+
+    Why: a float value bounded so cannot be NaN or inf, so a quantize of it needs no NaN
+    check (its epilogue is one vector select and compare shorter per 16 outputs)."""
+    from .ir.types import int_range
+
+    if _depth > 64:
+        return None
+    if value.data is not None:
+        data = np.asarray(value.data, dtype=np.float64)
+        m = float(np.max(np.abs(data))) if data.size else 0.0
+        return m if np.isfinite(m) and m < _FINITE_LIMIT else None
+    node = value.producer
+    if node is None:
+        return None
+    if node.op == "dequantize":
+        lo, hi = int_range(node.inputs[0].dtype)
+        zp = max((abs(int(z)) for z in node.attrs.get("zero_point") or [0]), default=0)
+        scale = max((abs(float(s)) for s in node.attrs["scale"]), default=0.0)
+        bound = (max(abs(lo), abs(hi)) + zp) * scale
+    elif node.op in _AT_MOST_ONE:
+        return 1.0
+    elif node.op in _NO_LARGER or node.op in ("add", "sub", "mul"):
+        bounds = [magnitude_bound(v, _depth + 1) for v in node.inputs if v is not None]
+        if not bounds or any(b is None for b in bounds):
+            return None
+        bound = float(np.prod(bounds)) if node.op == "mul" else sum(bounds) if node.op in ("add", "sub") else max(bounds)
+    else:
+        return None
+    return bound if bound < _FINITE_LIMIT else None

@@ -64,13 +64,14 @@ def lower_observe(cx, node, ins, attrs):
 
 # --- quantize / dequantize ---------------------------------------------------------------
 
-def _rint_saturate(cx, v, lo: float, hi: float):
+def _rint_saturate(cx, v, lo: float, hi: float, nan_free: bool = False):
     """One elementwise stage: q = rint(v) (half to even), NaN -> 0 (the reference's
     zero point), then clipped to [lo, hi] (+-inf saturate there like any value out of
     range). `q` is bound once (a Let), so inlining this stage never duplicates the
     rounding. One select and a min/max: the epilogue of every kernel ending in a
     quantize runs this per value (a chain testing +inf and -inf as well cost four more
-    vector instructions each)."""
+    vector instructions each). `nan_free`: v cannot be NaN (qcc.analysis.magnitude_bound),
+    so the select goes too (hard-swish conv epilogues 2-4% faster)."""
     from tvm import relax, te, tirx
 
     if not isinstance(v, relax.Var):
@@ -80,7 +81,9 @@ def _rint_saturate(cx, v, lo: float, hi: float):
         def body(*i):
             q = tirx.Var("q", "float32")
             f = lambda c: tirx.const(c, "float32")  # noqa: E731
-            sat = tirx.Select(tirx.isnan(q), f(0.0), tirx.max(tirx.min(q, f(hi)), f(lo)))
+            sat = tirx.max(tirx.min(q, f(hi)), f(lo))
+            if not nan_free:
+                sat = tirx.Select(tirx.isnan(q), f(0.0), sat)
             return tirx.Let(q, tirx.nearbyint(t(*i)), sat)
 
         return te.compute(t.shape, body, name="rint_saturate")
@@ -91,18 +94,21 @@ def _rint_saturate(cx, v, lo: float, hi: float):
 @lowering("quantize")
 def lower_quantize(cx, node, ins, attrs):
     """clamp(rint(float32(x) / scale) + zero_point), as qcc.ops.quant.quantize."""
+    from qcc.analysis import magnitude_bound
+
     x = cx.cast(ins[0], "float32")
     rank = len(cx.shape_of(x))
     axis = int(attrs["axis"])
     dtype = attrs["dtype"]
     lo, hi = int_range(dtype)
+    nan_free = magnitude_bound(node.inputs[0]) is not None
     s = _axis_const(cx, attrs["scale"], rank, axis, np.float32, "float32")
     zp = [int(z) for z in attrs["zero_point"]]
     if len(set(zp)) == 1 and hi - lo < (1 << 17) and abs(zp[0]) < (1 << 24):
         # one zero point, 8/16-bit: clamp(q + z, lo, hi) == clamp(q, lo - z, hi - z) + z
         # exactly (integers below 2^24 in float32), so the float clamp is the only one
         z = zp[0]
-        q = R.astype(_rint_saturate(cx, R.divide(x, s), float(lo - z), float(hi - z)), "int32")
+        q = R.astype(_rint_saturate(cx, R.divide(x, s), float(lo - z), float(hi - z), nan_free), "int32")
         return R.astype(R.add(q, cx.const(np.array(z, np.int32), "int32")) if z else q, tvm_dtype(dtype))
     # Saturate in float first (every bound is a float32 integer), then add the zero point
     # in an integer type wide enough that nothing wraps, then clamp to the dtype.
@@ -110,7 +116,7 @@ def lower_quantize(cx, node, ins, attrs):
         work, bound = "int64", float(1 << 31)
     else:
         work, bound = "int32", float(1 << 30)
-    q = _rint_saturate(cx, R.divide(x, s), -bound, bound)
+    q = _rint_saturate(cx, R.divide(x, s), -bound, bound, nan_free)
     qi = R.astype(q, work)
     if not _all_zero(zp):
         qi = R.add(qi, _axis_const(cx, zp, rank, axis, np.int64, work))

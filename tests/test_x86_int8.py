@@ -380,6 +380,51 @@ def test_large_conv_runs_band_by_band(isa, tail, shape):
     assert len(np.unique(ref["y"])) > 20
 
 
+def test_magnitude_bound_follows_integers_through_float_ops():
+    """qcc.analysis.magnitude_bound: from a dequantized int32 (its range times the scale)
+    through hard-swish and a constant multiply; nothing for a model input or a bound past
+    1e30."""
+    from qcc.analysis import magnitude_bound
+
+    g = Graph("bounds")
+    acc = g.add_input("acc", TensorType((1, 4, 2, 2), "i32"))
+    dq = g.add_node("dequantize", [acc], {"axis": 1, "scale": [1e-3, 2e-3, 1e-3, 1e-3], "zero_point": [0]}).output
+    hs = g.add_node("hard_swish", [dq]).output
+    y = g.add_node("mul", [hs, g.add_const("k", np.full((1, 4, 1, 1), -3.0, np.float32))]).output
+    x = g.add_input("x", TensorType((1, 4, 2, 2), "f32"))
+    big = g.add_node("dequantize", [acc], {"axis": -1, "scale": [1e25], "zero_point": [0]}).output
+    g.set_outputs([y, g.add_node("add", [y, x]).output, big])
+    assert magnitude_bound(dq) == pytest.approx(2 ** 31 * 2e-3)
+    assert magnitude_bound(y) == pytest.approx(3 * 2 ** 31 * 2e-3)
+    assert magnitude_bound(x) is None and magnitude_bound(g.outputs[1]) is None
+    assert magnitude_bound(big) is None
+
+
+@ISAS
+def test_quantize_checks_for_nan_only_where_nan_can_arrive(isa):
+    """A conv's dequantize -> hard-swish -> quantize epilogue cannot see NaN (its sums are
+    integers): no NaN select in the kernel, and still bit-exact. A quantize of the float
+    model input keeps it (NaN -> the zero point)."""
+    import tvm
+
+    rng = np.random.default_rng(11)
+    g = _conv_and_epilogue("nan_free", (16, 32, 24, 32, 1), "hard_swish", rng, shift=-11, scales=(2e-4, 6e-4))
+    assert "isnan" not in _kernel_script(g, isa, f"qcc_{isa}_conv")
+    check(g, {"x": _feed(rng, (1, 16, 24, 32), "u8")}, PRESET[isa])
+    f = Graph("float_in")
+    x = f.add_input("x", TensorType((1, 8, 16, 16), "f32"))
+    f.set_outputs([f.add_node("quantize", [x], {"axis": -1, "scale": [0.1], "zero_point": [3], "dtype": "u8"},
+                              names=["y"]).output])
+    preset = get_target(PRESET[isa])
+    target = preset.target()
+    with target:
+        mod = strategy_for(preset).relax_pipeline(target)(lower_for(f, preset))
+    assert any("isnan" in fn.script() for _, fn in mod.functions_items() if isinstance(fn, tvm.tirx.PrimFunc))
+    xs = rng.standard_normal((1, 8, 16, 16)).astype(np.float32)
+    xs[0, 0, 0, :3] = [np.nan, np.inf, -np.inf]
+    check(f, {"x": xs}, PRESET[isa])
+
+
 @ISAS
 def test_qconv_fallbacks_stay_exact(isa):
     """A depthwise conv whose sums could pass 2^24 (float32 would round them) takes the
