@@ -194,14 +194,13 @@ def _choose_recipe(graph: Graph, opts: CompileOptions, model: Path, run: Callabl
         return run(kept, graph), record
     n_held = max(1, len(samples) // 4)
     fit, held = samples[:len(samples) - n_held], samples[len(samples) - n_held:]
-    trials = []
-    for i, text in enumerate(texts):
+    candidates = []
+    for i, text in enumerate(texts):  # one trial's graph alive at a time (a BEiT's is 350 MB)
         say(f"recipe {i + 1} of {len(texts)}: fitted on {len(fit)} calibration batches, measured on {len(held)}")
-        trials.append(run(text, graph.copy(), fit, held, reference=graph))
-    candidates = [{"pipeline": r.pipeline, "held_out_output_sqnr_db": r.output_sqnr(),
-                   "int8_mac_fraction": build_report(r.graph, float_bytes, [])["summary"]["int8_mac_fraction"]}
-                  for r in trials]
-    del trials
+        trial = run(text, graph.copy(), fit, held, reference=graph)
+        candidates.append({"pipeline": trial.pipeline, "held_out_output_sqnr_db": trial.output_sqnr(),
+                           "int8_mac_fraction": build_report(trial.graph, float_bytes, [])["summary"]["int8_mac_fraction"]})
+        del trial
     def score(c):
         sqnr = c["held_out_output_sqnr_db"]
         return (float("-inf") if sqnr is None else sqnr), c["int8_mac_fraction"]
