@@ -101,7 +101,8 @@ def lower_quantize(cx, node, ins, attrs):
     axis = int(attrs["axis"])
     dtype = attrs["dtype"]
     lo, hi = int_range(dtype)
-    nan_free = magnitude_bound(node.inputs[0]) is not None
+    # x / s is NaN only for a NaN x, or 0 / 0: a bounded x and positive scales rule both out
+    nan_free = magnitude_bound(node.inputs[0]) is not None and all(float(v) > 0 for v in attrs["scale"])
     s = _axis_const(cx, attrs["scale"], rank, axis, np.float32, "float32")
     zp = [int(z) for z in attrs["zero_point"]]
     if len(set(zp)) == 1 and hi - lo < (1 << 17) and abs(zp[0]) < (1 << 24):
