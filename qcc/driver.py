@@ -157,8 +157,8 @@ class _Run:
         return min(outs) if outs else None
 
 
-def _choose_recipe(graph: Graph, opts: CompileOptions, model: Path, run: Callable[..., _Run],
-                   samples, float_bytes: int, say) -> Tuple[_Run, Optional[Dict]]:
+def _choose_recipe(graph: Graph, texts: Sequence[str], run: Callable[..., _Run], samples, float_bytes: int,
+                   store: Path, write: bool, say) -> Tuple[_Run, Optional[Dict]]:
     """Run the compile's pipeline; at -O3, choose among its recipes first. Returns (the run
     kept, the report's "recipes" record or None).
 
@@ -171,19 +171,14 @@ def _choose_recipe(graph: Graph, opts: CompileOptions, model: Path, run: Callabl
     With few batches the held-out measure is noisy (PP-OCR det, 16 images: holding out half
     chose the mse recipe, a quarter -O2's, which measured 1.0 dB better on 32 other images).
 
-    The choice is stored in the tuning database under the model's and options' digest (not
-    with --tune-budget 0, which only reads it), so a rebuild runs only the recipe that won
+    The choice is stored in `store`, in the tuning database under the model's and options'
+    digest (when `write`: not with --tune-budget 0, which only reads it), so a rebuild runs
+    only the recipe that won
     (a rebuild stays within the time of one pipeline, as a warm tuning database promises)
     and writes the same record. With fewer than two calibration batches nothing can be held
     out: the first recipe runs."""
-    texts = [PassManager(t).pipeline for t in opts.pipelines()]
     if len(texts) == 1 or not samples or len(samples) < 2:
         return run(texts[0], graph), None
-    from .targets.tune import _atomic_write, default_db_dir, parse_budget
-
-    key = hashlib.sha256(json.dumps({"qcc": __version__, "model": _sha256(model), "options": opts.fingerprint()},
-                                    sort_keys=True).encode()).hexdigest()
-    store = Path(opts.tune_db or default_db_dir()).expanduser() / "recipes" / f"{key[:32]}.json"
     try:
         record = json.loads(store.read_text())
         kept = record["candidates"][record["chosen"]]["pipeline"]
@@ -201,19 +196,22 @@ def _choose_recipe(graph: Graph, opts: CompileOptions, model: Path, run: Callabl
         candidates.append({"pipeline": trial.pipeline, "held_out_output_sqnr_db": trial.output_sqnr(),
                            "int8_mac_fraction": build_report(trial.graph, float_bytes, [])["summary"]["int8_mac_fraction"]})
         del trial
-    def score(c):
-        sqnr = c["held_out_output_sqnr_db"]
-        return (float("-inf") if sqnr is None else sqnr), c["int8_mac_fraction"]
 
-    best = max(range(len(texts)), key=lambda i: score(candidates[i]))
+    def score(i):
+        sqnr = candidates[i]["held_out_output_sqnr_db"]
+        return (float("-inf") if sqnr is None else sqnr), candidates[i]["int8_mac_fraction"]
+
+    best = max(range(len(texts)), key=score)
     record = {"candidates": candidates, "chosen": best, "fitted_batches": len(fit), "held_out_batches": len(held),
               "rule": "the worst output's SQNR against float on held-out calibration batches, then int8 MACs"}
     say(f"recipes: keeping {best + 1} of {len(texts)} (held out: "
         + ", ".join(f"{c['held_out_output_sqnr_db']} dB at {100 * c['int8_mac_fraction']:.1f}% int8" for c in candidates)
         + ")")
     kept = run(texts[best], graph)
-    if not parse_budget(opts.tuning_budget() or "0").measures:  # --tune-budget 0 applies, never writes
+    if not write:
         return kept, record
+    from .targets.tune import _atomic_write
+
     try:
         store.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(store, json.dumps(record, indent=1, sort_keys=True) + "\n")
@@ -250,8 +248,7 @@ def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
         raise CompileError(f"{model}: no such file")
     for p in opts.plugins:
         load_plugin(p)
-    for text in opts.pipelines():  # a typo in --passes fails before the (slow) import
-        PassManager(text)
+    texts = [PassManager(t).pipeline for t in opts.pipelines()]  # a typo in --passes fails before the import
 
     say = log or (lambda m: None)
     budget = {}  # checked before the (slow) import: a typo fails at once
@@ -322,7 +319,14 @@ def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
             errors = layer_errors(ref, g, measure[:ERROR_SAMPLES], ctx.report.get("layers_quantized", {}))
         return _Run(g, ctx, pm.pipeline, errors)
 
-    chosen, recipes = _choose_recipe(graph, opts, model, run, samples, float_bytes, say)
+    from .targets.tune import default_db_dir
+
+    model_sha, fingerprint = _sha256(model), opts.fingerprint()
+    key = hashlib.sha256(json.dumps({"qcc": __version__, "model": model_sha, "options": fingerprint},
+                                    sort_keys=True).encode()).hexdigest()
+    store = Path(opts.tune_db or default_db_dir()).expanduser() / "recipes" / f"{key[:32]}.json"
+    write = tune_budget is not None and tune_budget.measures  # --tune-budget 0 applies, never writes
+    chosen, recipes = _choose_recipe(graph, texts, run, samples, float_bytes, store, write, say)
     graph, ctx, errors = chosen.graph, chosen.ctx, chosen.errors
     opaque = sorted({n.op for n in graph.nodes if n.op.startswith("onnx.")})
 
@@ -354,9 +358,9 @@ def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
             "library": Path(lib).name,
             "inputs": _io(graph.inputs),
             "outputs": _io(graph.outputs),
-            "model_sha256": _sha256(model),
-            "options": opts.fingerprint(),
-            "options_sha256": hashlib.sha256(json.dumps(opts.fingerprint(), sort_keys=True).encode()).hexdigest(),
+            "model_sha256": model_sha,
+            "options": fingerprint,
+            "options_sha256": hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest(),
             # defaults for `qcc run`/`qcc bench`/qcc.load (null: every core); not in model.so, so not hashed
             "execution": {"threads": opts.threads},
             # -O3: the tuning database this build applied (no timings: they are not deterministic)

@@ -34,6 +34,7 @@ import numpy as np
 
 from tvm.relax import op as R
 
+from qcc.analysis import magnitude_bound
 from qcc.ir.types import int_range
 from qcc.ops.quant import _clamp_bounds, _per_axis
 from qcc.quantization import pack_int4
@@ -94,8 +95,6 @@ def _rint_saturate(cx, v, lo: float, hi: float, nan_free: bool = False):
 @lowering("quantize")
 def lower_quantize(cx, node, ins, attrs):
     """clamp(rint(float32(x) / scale) + zero_point), as qcc.ops.quant.quantize."""
-    from qcc.analysis import magnitude_bound
-
     x = cx.cast(ins[0], "float32")
     rank = len(cx.shape_of(x))
     axis = int(attrs["axis"])
