@@ -44,7 +44,7 @@ def model_path(name: str) -> Path:
     import importlib.util
 
     spec = importlib.util.find_spec("rapidocr_onnxruntime")
-    return Path(spec.origin).parent / "models" / name
+    return Path(spec.origin).parent / "models" / name  # an absolute name (--model) stays as it is
 
 
 def text_crops(shape, n, seed=0):
@@ -389,9 +389,18 @@ def interleaved_medians(calls, rounds: int, burst: int = 1):
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def _input_name(path) -> str:
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False).graph.input[0].name
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="cls,rec,det")
+    ap.add_argument("--model", action="append", default=[], metavar="KEY=FILE.onnx:DIMS",
+                    help="one more model, its single input fixed to DIMS (e.g. v3rec=rec.onnx:1x3x48x320) and fed "
+                         "text crops like the PP-OCR ones; add KEY to --models (repeatable)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--burst", type=int, default=5,
@@ -403,6 +412,12 @@ def main(argv=None):
                     help="also build qcc -O3 with this kernel-tuning budget (64, 10m) into a fresh database, "
                          "cold then warm: its latency joins the rounds; prints compile times of -O2, -O3 cold, warm")
     args = ap.parse_args(argv)
+    for spec in args.model:
+        key, _, rest = spec.partition("=")
+        file, _, dims = rest.rpartition(":")
+        if not key or not file or not dims:
+            ap.error(f"--model {spec!r}: expected KEY=FILE.onnx:DIMS")
+        MODELS[key] = (str(Path(file).resolve()), tuple(int(d) for d in dims.split("x")))
     os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
     import onnxruntime
 
@@ -417,7 +432,7 @@ def main(argv=None):
     for key in args.models.split(","):
         name, shape = MODELS[key]
         path = model_path(name)
-        inp = "x"
+        inp = _input_name(path)
         calib = text_crops(shape, args.calib)
         x = text_crops(shape, 1, seed=99)[0]
         with tempfile.TemporaryDirectory() as tmp:
