@@ -177,7 +177,17 @@ def main(argv=None) -> int:
     ap.add_argument("--eval", type=int, default=0, help="evaluation samples (default per model)")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="a qcc pass-context option for the qcc builds, e.g. min_int8_fraction=0.9")
+    ap.add_argument("--model", action="append", default=[], metavar="KEY=KIND:FILE.onnx",
+                    help="one more OCR model, fed and scored like KIND (cls, rec or det), e.g. "
+                         "v3det=det:ch_PP-OCRv3_det_infer.onnx; add KEY to --models (repeatable)")
     args = ap.parse_args(argv)
+    more = {}
+    for spec in args.model:
+        key, _, rest = spec.partition("=")
+        kind, _, file = rest.partition(":")
+        if not key or kind not in ("cls", "rec", "det") or not file:
+            ap.error(f"--model {spec!r}: expected KEY=KIND:FILE.onnx with KIND cls, rec or det")
+        more[key] = (kind, Path(file).resolve())
     extra = {}
     for kv in args.option:
         k, _, v = kv.partition("=")
@@ -197,15 +207,18 @@ def main(argv=None) -> int:
     sizes = {"cls": (32, 208), "rec": (24, 48), "det": (8, 12), "enc": (24, 48)}
     work = Path(tempfile.mkdtemp(prefix="qcc-acc-"))
     for name in args.models.split(","):
-        if name == "enc":
+        kind = more[name][0] if name in more else name
+        if name in more:
+            path, shape = more[name][1], None  # the shape of KIND's inputs
+        elif name == "enc":
             path = encoder_model(work)
             shape = None
         else:
             fname, shape = MODELS[name]
             path = model_path(fname)
-        n_cal, n_eval = args.calib or sizes[name][0], args.eval or sizes[name][1]
-        calib = DATA[name](n_cal, seed=1)
-        evals = DATA[name](n_eval, seed=2)
+        n_cal, n_eval = args.calib or sizes[kind][0], args.eval or sizes[kind][1]
+        calib = DATA[kind](n_cal, seed=1)
+        evals = DATA[kind](n_eval, seed=2)
         inp = onnx.load(str(path)).graph.input[0].name
         shape = shape or calib[0].shape
         sess = ort_session(path)
@@ -218,13 +231,13 @@ def main(argv=None) -> int:
             it = Interpreter(g)
             got = [next(iter(it.run({inp: x}).values())) for x in evals]
             frac = build_report(g, 0, [])["summary"]["int8_mac_fraction"]
-            rows.append((f"qcc -{level}", metrics(name, ref, got), frac))
+            rows.append((f"qcc -{level}", metrics(kind, ref, got), frac))
         logging.getLogger().setLevel(logging.ERROR)  # quantize_static's per-initializer warnings
         with tempfile.TemporaryDirectory() as d:
             qpath = ort_quantize_static(path, Path(d) / "q.onnx", inp, calib)
             qs = ort_session(qpath)
             got = [qs.run(None, {inp: x})[0] for x in evals]
-        rows.append(("onnxruntime quantize_static", metrics(name, ref, got), 1.0))
+        rows.append(("onnxruntime quantize_static", metrics(kind, ref, got), 1.0))
         print(f"{name}: {n_eval} eval / {n_cal} calib samples")
         for label, m, frac in rows:
             ms = "  ".join(f"{k} {v:.4f}" for k, v in m.items())
