@@ -477,6 +477,10 @@ class TuningPass:
 
     # -- tuning --
     def _cannot_measure(self) -> Optional[str]:
+        """Why this machine cannot time the preset's kernels, or None. It can whenever the code
+        runs here: a preset for another cpu of the same family (x86-avx512 on a Zen 4, say) is
+        timed on this one when it has every capability the preset's code uses -- the only way
+        to tune it without the device, and the same instructions -- and the log says so."""
         import platform
 
         from tvm.target.codegen import llvm_get_system_cpu
@@ -484,14 +488,16 @@ class TuningPass:
         t = self.preset.target_dict()
         if t.get("kind") != "llvm":
             return f"{self.preset.name} kernels cannot be timed on this machine"
-        arch = platform.machine().lower()
-        triple = str(t.get("mtriple", ""))
-        host_arm = arch in ("aarch64", "arm64")
-        if triple and triple.startswith("aarch64") != host_arm:
-            return f"{self.preset.name} kernels cannot be timed on this {arch} machine"
+        if not self.preset.host_runnable:
+            from .presets import _host_capabilities
+
+            missing = sorted(self.preset.capabilities - _host_capabilities())
+            return (f"{self.preset.name} kernels cannot be timed on this {platform.machine().lower()} machine"
+                    + (f" (no {', '.join(missing)})" if missing else ""))
         cpu = t.get("mcpu")
         if cpu and cpu != llvm_get_system_cpu() and self.preset.name != "host":
-            return f"{self.preset.name} (mcpu {cpu}) is not this machine's cpu ({llvm_get_system_cpu()})"
+            self.stats.notes.append(f"timing {self.preset.name} (mcpu {cpu}) kernels on this machine's cpu "
+                                    f"({llvm_get_system_cpu()}), which runs all of its instructions")
         return None
 
     def _allocate(self, tasks: List[_Task]) -> List[_Task]:

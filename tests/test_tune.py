@@ -182,3 +182,28 @@ def test_budget_zero_on_an_empty_database_builds_untuned(tmp_path):
     m = _manifest(tmp_path / "o3")["tuning"]
     assert m["tuned"] == 0 and m["no_record"] == m["kernels"] > 0
     assert not (tmp_path / "db").exists()  # applying never writes
+
+
+def test_a_preset_this_machine_can_run_is_timed_here_even_for_another_cpu():
+    """`--target x86-avx512 -O3` on an AVX-512 machine whose LLVM cpu name is not the
+    preset's mcpu tunes (the same instructions run here), and says which cpu timed it; a
+    preset whose code cannot run here is applied from the database only, with the reason."""
+    from qcc import targets
+    from qcc.targets.presets import _host_capabilities
+    from qcc.targets.tune import TuningPass
+
+    host = targets.get_target("host")
+    runnable = [p for p in map(targets.get_target, ("x86-avx2", "x86-avx512")) if p.host_runnable]
+    if host.family != "x86" or not runnable:
+        pytest.skip("needs an x86 host with AVX2")
+    other_cpu = runnable[-1].with_target(mcpu="not-" + str(host.target_dict().get("mcpu")))
+    tp = TuningPass(None, other_cpu)
+    assert tp._cannot_measure() is None
+    assert any("timing" in n and "not-" in n for n in tp.stats.notes)
+
+    arm = TuningPass(None, targets.get_target("arm-a72"))
+    assert "cannot be timed on this x86_64 machine" in arm._cannot_measure()
+    lacking = [p for p in map(targets.get_target, ("x86-avx2", "x86-avx512")) if not p.host_runnable]
+    for p in lacking:  # on an AVX2-only host: the AVX-512 preset, and the capabilities it lacks
+        why = TuningPass(None, p)._cannot_measure()
+        assert why and all(c in why for c in p.capabilities - _host_capabilities())
