@@ -365,32 +365,40 @@ def _interleaved_sum(cx, x, lanes: int):
 
 def _interleaved(cx, flat, kind: str, lanes: int, dtype: str, name: str):
     """[rows, n] -> [rows]: the max or sum of each row (in `dtype`) as `lanes` interleaved
-    partial results (element i goes to partial i % lanes), their total, and the tail that
-    does not fill a last group of `lanes`."""
-    from tvm import relax, tirx
+    partial results, their total and the tail (interleaved_te), one kernel."""
+    from tvm import relax
 
-    rows, n = (int(d) for d in cx.shape_of(flat))
-    q = n // lanes
     if not isinstance(flat, relax.Var):
         flat = cx.emit(flat)
+    return cx.emit_te(lambda t: interleaved_te(t, kind, lanes, dtype), flat, primfunc_name_hint=name)
+
+
+def interleaved_te(t, kind: str, lanes: int, dtype: str):
+    """The TE of _interleaved over t [rows, n]: `lanes` partial results (element i goes to
+    partial i % lanes), their total, and the tail that does not fill a last group of
+    `lanes`. Block names partial_<kind>, <kind>_of_partials, tail, total: the CPU rule
+    that schedules them (cpu_rules.PartialReductions) finds them by these."""
+    from tvm import tirx
+
+    rows, n = (int(d) for d in t.shape)
+    q = n // lanes
 
     def reduce(expr, ax):
         return te.max(expr, axis=ax) if kind == "max" else te.sum(expr, axis=ax)
 
-    def fn(t):
-        k = te.reduce_axis((0, q), "k")
-        part = te.compute((rows, lanes), lambda r, j: reduce(t[r, k * lanes + j].astype(dtype), k),
-                          name=f"partial_{kind}")
-        j = te.reduce_axis((0, lanes), "j")
-        tot = te.compute((rows,), lambda r: reduce(part[r, j], j), name=f"{kind}_of_partials")
-        if n % lanes == 0:
-            return tot
-        rest = te.reduce_axis((q * lanes, n), "rest")
-        tail = te.compute((rows,), lambda r: reduce(t[r, rest].astype(dtype), rest), name="tail")
-        both = (lambda a, b: tirx.max(a, b)) if kind == "max" else (lambda a, b: a + b)
-        return te.compute((rows,), lambda r: both(tot[r], tail[r]), name="total")
-
-    return cx.emit_te(fn, flat, primfunc_name_hint=name)
+    k = te.reduce_axis((0, q), "k")
+    part = te.compute((rows, lanes), lambda r, j: reduce(t[r, k * lanes + j].astype(dtype), k),
+                      name=f"partial_{kind}")
+    j = te.reduce_axis((0, lanes), "j")
+    tot = te.compute((rows,), lambda r: reduce(part[r, j], j), name=f"{kind}_of_partials")
+    if n % lanes == 0:
+        return tot
+    # a reduce axis from 0 (TVM 0.27's compute_at gives one from q * lanes the extent
+    # q * lanes - n: cpu_rules.PartialReductions computes the tail per row)
+    rest = te.reduce_axis((0, n - q * lanes), "rest")
+    tail = te.compute((rows,), lambda r: reduce(t[r, q * lanes + rest].astype(dtype), rest), name="tail")
+    both = (lambda a, b: tirx.max(a, b)) if kind == "max" else (lambda a, b: a + b)
+    return te.compute((rows,), lambda r: both(tot[r], tail[r]), name="total")
 
 
 @lowering("arg_max", "arg_min")

@@ -326,3 +326,26 @@ def test_global_average_pool_sums_in_vector_lanes(shape, dtype):
              else rng.integers(0, 256, shape).astype(np.uint8)}
     got = runner_from_executable(ex, g).run(feeds)["y"]
     assert np.array_equal(got, interp_run(g, feeds)["y"])
+
+
+@pytest.mark.parametrize("rows,n,kind,dtype", [(200, 192, "sum", "float64"), (384, 216, "sum", "float64"),
+                                               (40, 6625, "max", "float32"), (3, 70, "sum", "float32")])
+def test_partial_reductions_every_stage_per_row(target, rows, n, kind, dtype):
+    """lower_math's interleaved row reductions: the partials, their total and the tail are
+    all computed inside the one parallel row loop (the generic rules left the total a serial
+    loop over every row after it), the lanes vectorized, the order of every addition kept
+    (bit-exact against the unscheduled kernel, float32 sums included); a tail that TVM's
+    compute_at once gave a negative extent is right."""
+    from qcc.targets.lower_math import interleaved_te
+
+    t = te.placeholder((rows, n), "float32", name="t")
+    y = interleaved_te(t, kind, 16, dtype)
+    func = _func(t, y)
+    script = check_rule(R.PartialReductions(0), func, target, _shapes(t, y), exact=True)
+    assert script.count("T.parallel") == 1 and "T.vectorized" in script
+    sch = R.PartialReductions(0).apply(func, target, False)
+    row = sch.get_loops(sch.get_sblock(y.op.name))[0]
+    assert sch.get(row).kind == tvm.tirx.ForKind.PARALLEL
+    for name in (f"partial_{kind}_update", f"{kind}_of_partials") + (("tail",) if n % 16 else ()):
+        assert sch.get(sch.get_loops(sch.get_sblock(name))[0]).same_as(sch.get(row)), name
+    assert R.PartialReductions(0).apply(_func(*fmatmul()), target, False) is None
