@@ -309,8 +309,9 @@ def vectorize_fenced_row(sch, block_rv, row, target) -> None:
     vector_with_remainder(sch, row, lanes)
 
 
-def schedule_reduction_plain(sch, block_rv, target, min_work: int = PARALLEL_MIN_WORK) -> None:
-    """Spatial loops fused + parallel, the reduction loops serial inside (order kept)."""
+def schedule_reduction_plain(sch, block_rv, target, min_work: int = PARALLEL_MIN_WORK):
+    """Spatial loops fused + parallel, the reduction loops serial inside (order kept);
+    returns the fused outer loop (None when the block is left as it is)."""
     block = sch.get(block_rv)
     loops = list(sch.get_loops(block_rv))
     if not _trivial_binding(sch, block_rv, loops):
@@ -324,7 +325,7 @@ def schedule_reduction_plain(sch, block_rv, target, min_work: int = PARALLEL_MIN
     # the innermost spatial loop stays a loop of its own (LLVM vectorizes it when the
     # reduction is short: a strided depthwise conv); the ones outside are parallel
     outer = loops[:n_lead - 1] if n_lead > 1 and (_extent(sch, loops[n_lead - 1]) or 0) > 1 else loops[:n_lead]
-    _parallel(sch, outer, _work(sch, loops), min_work)
+    return _parallel(sch, outer, _work(sch, loops), min_work)
 
 
 def _vector_axis(block, loops_vars) -> Optional[int]:
@@ -536,7 +537,11 @@ def _schedule_rest(sch, target, min_work: int = PARALLEL_MIN_WORK) -> None:
             continue
         try:
             if _is_reduction(sch.get(b)):
-                schedule_reduction_plain(sch, b, target, min_work)
+                outer = schedule_reduction_plain(sch, b, target, min_work)
+                if outer is not None and sch.get(outer).kind == tirx.ForKind.PARALLEL:
+                    # its epilogue (a cast, a quantize) in the same parallel loop: on its
+                    # own it was a second launch, or a serial loop when too small for one
+                    _fuse_epilogue(sch, list(sch.get_consumers(b)), outer, target)
             else:
                 schedule_injective(sch, b, target, min_work)
         except Exception:  # noqa: BLE001 - a block this cannot schedule stays as it is
