@@ -756,3 +756,37 @@ def test_qconv_16bit_activations_bit_exact(isa, zx):
              for n, shape in (("stem", (1, 3, 20, 28)), ("pw", (1, 16, 10, 12)))}
     feeds["x_stem"].reshape(-1)[:4] = [32767, -32768, 32767, -32768]
     check(g, feeds, PRESET[isa])
+
+
+@ISAS
+def test_a16_conv_over_a_long_reduction_keeps_int32_and_the_int16_kernel(isa):
+    """quantize sizes the accumulator from the layer's own weights: an a16 3x3 conv of 96
+    channels (K = 864, past the dtypes' int32 bound of 511) whose weights' bound fits gets
+    int32 and the int16 kernel (PP-OCR det's head: 9 ms as int64 through the generic
+    lowering, 1.4 ms here), exact at the inputs' extremes; weights at full scale still get
+    int64, as their sums can pass int32."""
+    from qcc.ir.types import QuantParams
+    from qcc.passes_registry import load_builtins
+
+    load_builtins()  # the passes in the registry's order: quantize and round_weights import each other
+    from qcc.passes.quantize import _accumulator
+
+    rng = np.random.default_rng(13)
+    qx = QuantParams(16, True, np.array([0.01]), 0)
+    mild = rng.integers(-12, 13, (24, 96, 3, 3)).astype(np.int8)
+    assert _accumulator("conv", qx, mild, "i8", 8, None) == "i32"
+    assert _accumulator("conv", qx, np.full((24, 96, 3, 3), 127, np.int8), "i8", 8, None) == "i64"
+    g = Graph("a16_long_k")
+    x = g.add_input("x", TensorType((1, 96, 6, 20), "i16"))
+    acc = g.add_node("qconv", [x, g.add_const("w", mild), g.add_const("b", rng.integers(-9999, 9999, 24).astype(np.int32))],
+                     {"strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": 1, "x_zero_point": 0},
+                     names=["c"]).output
+    g.set_outputs([acc])
+    assert acc.dtype == "i32"
+    assert ("qcc_vnni16_conv" if isa == "vnni" else "qcc_avx2_conv") in lower_for(g, PRESET[isa]).script(show_meta=False)
+    feeds = {"x": np.where(rng.random((1, 96, 6, 20)) < 0.5, -32768, 32767).astype(np.int16)}
+    # output channel 0 at row 2, column 5 reaches its bound: each tap's input has its weight's sign
+    feeds["x"][0, :, 1:4, 4:7] = np.where(mild[0] < 0, -32767, 32767)
+    ref = check(g, feeds, PRESET[isa])
+    bound = 32767 * int(np.abs(mild[0].astype(np.int64)).sum())
+    assert abs(int(ref["c"][0, 0, 2, 5])) >= bound - 9999 > 2 ** 27  # the sum the bound allows, exact
