@@ -38,7 +38,7 @@ import numpy as np
 
 from qcc.ir.graph import Graph, Node, Value
 from qcc.ir.types import QuantParams
-from qcc.ops.quant import ACC32_MAX, accumulator_dtype, quantize_multiplier
+from qcc.ops.quant import ACC32_MAX, quantize_multiplier
 from qcc.pass_manager import PassContext, register_property
 from qcc.passes.fold_requantize import COMMUTES
 from qcc.passes_registry import Pass, register_pass
@@ -226,27 +226,22 @@ def _wide_observers(graph: Graph, layers) -> set:
     return marked
 
 
-
-def _accumulator(op: str, qx: QuantParams, wq: np.ndarray, wdt: str, wbits: int, bq) -> str:
-    """int32 unless this layer's sums could pass it, then int64. First the dtypes' bound (K
-    products of the largest |x - zx| and |w|, plus the bias); past it, the layer's own: per
-    output channel, the sum of its weights' magnitudes times the largest |x - zx|, plus its
-    bias -- exact, as the weights are constants. The dtypes alone put int16 activations in
-    int64 beyond K = 511 (a 3x3 conv of 57 channels), which no fast kernel computes: on
-    PP-OCR det an a16 3x3 96->24 conv ran the generic int64 lowering, 9 of a 20 ms build;
-    its weights' bound is under a third of int32's."""
-    k = int(np.prod(wq.shape[1:])) if op == "conv" else int(wq.shape[0])
+def _accumulator(op: str, qx: QuantParams, wq: np.ndarray, wbits: int, bq) -> str:
+    """int32 unless this layer's sums could pass it, then int64: per output channel, the sum
+    of its weights' magnitudes times the largest |x - zx|, plus its bias -- exact, as the
+    weights are constants, and never above the dtypes' bound (K x max|x - zx| x max|w|). That
+    bound alone put int16 activations in int64 beyond K = 511 (a 3x3 conv of 57 channels),
+    which no fast kernel computes: on PP-OCR det an a16 3x3 96->24 conv ran the generic
+    int64 lowering, 9 of a 20 ms build; its weights' bound is under a third of int32's."""
     xmax = max(abs(qx.qmin - qx.zero_point[0]), abs(qx.qmax - qx.zero_point[0]))
     b = np.abs(np.asarray(bq, np.int64).reshape(-1)) if bq is not None and np.size(bq) else np.zeros(1, np.int64)
-    if accumulator_dtype(qx.dtype, qx.zero_point[0], wdt, 0, k) == "i32" \
-            and k * xmax * (weight_qmax(wbits) + 1) + int(b.max()) <= ACC32_MAX:
-        return "i32"
-    if op != "conv" and wq.ndim != 2:
-        return "i64"  # a batched constant: the dtypes' bound
+    if op != "conv" and wq.ndim != 2:  # a batched constant: the dtypes' bound, K its leading axis
+        return "i32" if int(wq.shape[0]) * xmax * (weight_qmax(wbits) + 1) + int(b.max()) <= ACC32_MAX else "i64"
     w = np.abs(wq.astype(np.int64))
-    per_out = w.reshape(w.shape[0], -1).sum(axis=1) if op == "conv" else w.reshape(k, -1).sum(axis=0)
+    per_out = w.reshape(w.shape[0], -1).sum(axis=1) if op == "conv" else w.sum(axis=0)
     b = b if b.size == per_out.size else np.full(per_out.shape, int(b.max()))
     return "i32" if int((xmax * per_out + b).max()) <= ACC32_MAX else "i64"
+
 
 @register_pass
 @dataclass(frozen=True)
@@ -461,7 +456,7 @@ class Quantize(Pass):
             bq = quantize_bias(np.asarray(bias).reshape(-1), acc_scale)
             bc = g.add_const(name + ".bq", bq, "i32",
                              QuantParams(32, True, acc_scale, 0, axis=0 if acc_scale.size > 1 else None))
-        acc_dt = _accumulator(n.op, qx, wq, wdt, wbits, bq)
+        acc_dt = _accumulator(n.op, qx, wq, wbits, bq)
         if n.op == "conv":
             attrs = {k: n.attrs[k] for k in ("strides", "pads", "dilations", "group") if k in n.attrs}
             attrs["x_zero_point"] = qx.zero_point[0]

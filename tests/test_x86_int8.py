@@ -774,8 +774,8 @@ def test_a16_conv_over_a_long_reduction_keeps_int32_and_the_int16_kernel(isa):
     rng = np.random.default_rng(13)
     qx = QuantParams(16, True, np.array([0.01]), 0)
     mild = rng.integers(-12, 13, (24, 96, 3, 3)).astype(np.int8)
-    assert _accumulator("conv", qx, mild, "i8", 8, None) == "i32"
-    assert _accumulator("conv", qx, np.full((24, 96, 3, 3), 127, np.int8), "i8", 8, None) == "i64"
+    assert _accumulator("conv", qx, mild, 8, None) == "i32"
+    assert _accumulator("conv", qx, np.full((24, 96, 3, 3), 127, np.int8), 8, None) == "i64"
     g = Graph("a16_long_k")
     x = g.add_input("x", TensorType((1, 96, 6, 20), "i16"))
     acc = g.add_node("qconv", [x, g.add_const("w", mild), g.add_const("b", rng.integers(-9999, 9999, 24).astype(np.int32))],

@@ -12,11 +12,10 @@ TVM's quantize do). requantize is TFLite's single-rounding fixed-point multiply:
 which int64 arithmetic computes exactly on every back end.
 
 Accumulators: qconv/qmatmul accumulate in the type their `acc` attribute names: i32
-(the default), or i64 where `quantize` found that the sums could pass 2^31 - 1: the worst
-case of K terms of max|x - zx| * max|w - zw| from the operand dtypes and zero points
-(`accumulator_dtype`), and past that the layer's own constant weights' bound
-(passes/quantize.py `_accumulator`). The choice is static, printed in the text form, the
-result type, and the same in the interpreter and every back end.
+(the default), or i64 where `quantize` found that the layer's sums could pass 2^31 - 1,
+from its own constant weights (passes/quantize.py `_accumulator`; never wider than the
+dtypes' worst case, `accumulator_dtype`). The choice is static, printed in the text form,
+the result type, and the same in the interpreter and every back end.
 """
 from __future__ import annotations
 
@@ -125,9 +124,10 @@ ACC32_MAX = 2 ** 31 - 1
 def accumulator_dtype(x_dtype: str, x_zero_point: int, w_dtype: str, w_zero_point: int, k: int) -> str:
     """'i32', or 'i64' when k products of (x - zx) * (w - zw) could exceed int32.
 
-    From the dtypes and zero points only; `quantize` then tightens an 'i64' with the layer's
-    own weights (passes/quantize.py, _accumulator) and writes its choice into `acc`, which
-    the interpreter, the verifier and every back end read."""
+    The dtypes' worst case, what an integer layer of these operands may need whatever its
+    weights; `quantize` decides from the weights themselves (passes/quantize.py,
+    _accumulator: never wider) and writes its choice into `acc`, which the interpreter, the
+    verifier and every back end read."""
     xlo, xhi = int_range(x_dtype)
     wlo, whi = int_range(w_dtype)
     xmax = max(xhi - int(x_zero_point), int(x_zero_point) - xlo)
