@@ -75,6 +75,15 @@ def ort_quantize_static(model_path, out_path, name: str, calib: Sequence[np.ndar
         def get_next(self):
             return next(self.it, None)
 
+    import onnx
+    from onnx import version_converter
+
+    m = onnx.load(str(model_path))
+    if next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) < 13:
+        # per-channel DequantizeLinear (its axis) needs opset 13: what onnxruntime's docs tell
+        # its users to do with an older export (PP-OCRv5's are opset 11)
+        model_path = Path(out_path).with_suffix(".opset13.onnx")
+        onnx.save(version_converter.convert_version(m, 13), str(model_path))
     quantize_static(str(model_path), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
     return Path(out_path)
 
