@@ -1,5 +1,5 @@
 """-O3's recipes (qcc/driver.py, _choose_recipe): each is fitted on 3/4 of the calibration
-batches and measured on the rest, the most accurate is kept and run on all of them,
+batches and measured on the rest (every fourth batch), the most accurate is kept and run on all of them,
 and the choice is stored in the tuning database, so a rebuild runs one pipeline and writes
 the same bytes."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("tvm")
 
 from qcc import pipelines  # noqa: E402
-from qcc.driver import CompileOptions, compile_model  # noqa: E402
+from qcc.driver import CompileOptions, compile_model, held_out_split, replaces  # noqa: E402
 from qcc.pass_manager import PassManager  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +49,32 @@ def test_o3_keeps_the_recipe_closest_to_float_on_held_out_batches(tmp_path, monk
     assert rec["chosen"] == 1 and report["pipeline"] == "canonicalize"
     assert report["summary"]["int8_mac_fraction"] == 0.0
     assert _runs(log) == 3  # two trials, then the winner on every batch
+
+
+def test_held_out_batches_are_spread_over_the_calibration_set():
+    """Every fourth batch, not the tail: an ordered set (text pages, then photos) must not
+    be judged on its last kind alone. A quarter held out, the rest fitted, none in both."""
+    assert held_out_split(8) == ([0, 1, 2, 4, 5, 6], [3, 7])
+    assert held_out_split(2) == ([0], [1]) and held_out_split(3) == ([0, 1], [2])
+    for n in range(2, 40):
+        fit, held = held_out_split(n)
+        assert sorted(fit + held) == list(range(n)) and len(held) == max(1, n // 4)
+        if n >= 8:  # both halves of the set are measured
+            assert min(held) < n // 2 <= max(held)
+
+
+def test_a_recipe_replaces_the_first_only_beyond_chance():
+    """One-sided sign test at 10% over the held-out batches: 2 or 3 batches can never
+    overturn the level's own recipe, 4 must all win, 8 need 7; ties and unmeasured
+    outputs (None) count against the challenger."""
+    assert not replaces([30.0, 31.0], [10.0, 11.0])  # however large, two batches prove nothing
+    assert not replaces([30.0, 31.0, 32.0], [10.0, 11.0, 12.0])
+    assert replaces([20.0] * 4, [19.9] * 4)
+    assert not replaces([20.0, 20.0, 20.0, 19.0], [19.5] * 4)
+    assert replaces([21.0] * 7 + [5.0], [20.0] * 8) and not replaces([21.0] * 6 + [5.0] * 2, [20.0] * 8)
+    assert not replaces([20.0] * 4, [20.0] * 4) and not replaces([None] * 4, [1.0] * 4)
+    assert replaces([float("inf")] * 4, [40.0] * 4) and replaces([1.0] * 4, [None] * 4)
+    assert not replaces([], [])
 
 
 def test_o3_rebuild_runs_the_stored_recipe_only(tmp_path):
