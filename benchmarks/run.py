@@ -86,6 +86,10 @@ def ort_int8(path, shape, calib, work: Path):
     inp = m.graph.input[0]
     for d, v in zip(inp.type.tensor_type.shape.dim, shape):
         d.dim_value = v
+    if next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) < 13:
+        from onnx import version_converter  # per-channel DequantizeLinear needs opset 13 (PP-OCRv5: 11)
+
+        m = version_converter.convert_version(m, 13)
     fixed = work / "fixed.onnx"
     onnx.save(m, str(fixed))
 
