@@ -130,11 +130,9 @@ def enc_tokens(n: int, seed: int) -> List[np.ndarray]:
     return [s.run([ENC_IN], {inp: x})[0] for x in rec_images(n, seed)]
 
 
-def fixed_hw(path) -> Optional[Tuple[int, int]]:
-    """The (H, W) a model's first input fixes, or None when either is symbolic."""
-    import onnx
-
-    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+def fixed_hw(value_info) -> Optional[Tuple[int, int]]:
+    """The (H, W) a model input (its ONNX ValueInfo) fixes, or None when either is symbolic."""
+    dims = value_info.type.tensor_type.shape.dim
     hw = tuple(d.dim_value for d in dims[2:4]) if len(dims) == 4 else ()
     return hw if len(hw) == 2 and all(hw) else None
 
@@ -237,8 +235,8 @@ def main(argv=None) -> int:
         n_cal, n_eval = args.calib or sizes[kind][0], args.eval or sizes[kind][1]
         calib = DATA[kind](n_cal, seed=1)
         evals = DATA[kind](n_eval, seed=2)
-        inp = onnx.load(str(path)).graph.input[0].name
-        hw = fixed_hw(path)
+        first = onnx.load(str(path), load_external_data=False).graph.input[0]
+        inp, hw = first.name, fixed_hw(first)
         if hw and hw != calib[0].shape[2:]:  # e.g. PP-OCRv5's 80x160 text-line orientation model
             calib, evals = resized(calib, hw), resized(evals, hw)
         shape = shape or calib[0].shape

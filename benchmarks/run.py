@@ -78,37 +78,26 @@ def ort_session(path, threads):
 
 
 def ort_int8(path, shape, calib, work: Path):
-    """onnxruntime's quantize_static with its defaults (QDQ), per-channel weights."""
+    """onnxruntime's quantize_static with its defaults (QDQ), per-channel weights, on the model
+    with its input fixed to `shape` (tests/models.py: ort_quantize_static, as the tests run it)."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from models import ort_quantize_static
 
     m = onnx.load(str(path))
     inp = m.graph.input[0]
     for d, v in zip(inp.type.tensor_type.shape.dim, shape):
         d.dim_value = v
-    if next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) < 13:
-        from onnx import version_converter  # per-channel DequantizeLinear needs opset 13 (PP-OCRv5: 11)
-
-        m = version_converter.convert_version(m, 13)
     fixed = work / "fixed.onnx"
     onnx.save(m, str(fixed))
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter([{inp.name: x} for x in calib])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    out = work / "int8.onnx"
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # quantize_static warns once per initializer it cannot use as a bias
     try:
-        quantize_static(str(fixed), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+        return ort_quantize_static(fixed, work / "int8.onnx", inp.name, calib)
     finally:
         root.setLevel(level)
-    return out
 
 
 # --- per-layer throughput against the machine's int8 peak ---------------------------------------

@@ -359,14 +359,12 @@ def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
         say(f"running {pm.pipeline or '(no passes)'}")
         pm.run(g, ctx)
         errors = {}
+        per = [] if per_batch else None  # each batch's output SQNRs, from the same runs
         ref = snapshot.graph if snapshot.graph is not None else reference  # no observers: outputs only
         if measure and ref is not None:
             say("measuring per-layer error against float")
-            errors = layer_errors(ref, g, measure[:ERROR_SAMPLES], ctx.report.get("layers_quantized", {}))
-        batch_sqnr = None
-        if per_batch and measure and ref is not None:  # the outputs only: one float and one quantized run each
-            batch_sqnr = [_worst_output(layer_errors(ref, g, [b], {})) for b in measure[:ERROR_SAMPLES]]
-        return _Run(g, ctx, pm.pipeline, errors, batch_sqnr)
+            errors = layer_errors(ref, g, measure[:ERROR_SAMPLES], ctx.report.get("layers_quantized", {}), per)
+        return _Run(g, ctx, pm.pipeline, errors, [_worst_output(b) for b in per] if per else None)
 
     from .targets.tune import default_db_dir
 

@@ -52,7 +52,8 @@ def sqnr_db(signal: float, noise: float, count: int) -> float:
 
 
 def layer_errors(float_graph: Graph, quant_graph: Graph, samples: Sequence[Dict[str, np.ndarray]],
-                 layers: Dict[str, Dict]) -> Dict[str, float]:
+                 layers: Dict[str, Dict], batch_outputs: Optional[List[Dict[str, float]]] = None
+                 ) -> Dict[str, float]:
     """SQNR (dB) of each quantized layer's output, and of each model output, against float.
 
     Per batch: the float run keeps only the layers' outputs, the quantized run compares
@@ -101,6 +102,8 @@ def layer_errors(float_graph: Graph, quant_graph: Graph, samples: Sequence[Dict[
 
     totals: Dict[str, List[float]] = {}
     for sums in imap_batches(one, list(samples)):
+        if batch_outputs is not None:  # -O3's recipe choice compares recipes batch by batch
+            batch_outputs.append({k: sqnr_db(*v) for k, v in sums.items() if k.startswith("output:")})
         for name, (signal, noise, count) in sums.items():
             t = totals.setdefault(name, [0.0, 0.0, 0])
             t[0] += signal
