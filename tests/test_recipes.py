@@ -45,6 +45,9 @@ def test_o3_keeps_the_recipe_closest_to_float_on_held_out_batches(tmp_path, monk
     assert (rec["fitted_batches"], rec["held_out_batches"]) == (12, 4)
     sqnr = [c["held_out_output_sqnr_db"] for c in rec["candidates"]]
     assert 30 < sqnr[0] < float("inf") and sqnr[1] == float("inf"), sqnr
+    per = [c["held_out_batch_sqnr_db"] for c in rec["candidates"]]  # what the sign test read
+    assert len(per[0]) == 4 and all(30 < v < float("inf") for v in per[0]) and per[1] == [float("inf")] * 4, per
+    assert min(per[0]) <= sqnr[0] <= max(per[0])  # the pooled figure lies among the batches'
     assert [c["int8_mac_fraction"] for c in rec["candidates"]] == [1.0, 0.0]
     assert rec["chosen"] == 1 and report["pipeline"] == "canonicalize"
     assert report["summary"]["int8_mac_fraction"] == 0.0
