@@ -175,10 +175,30 @@ def _output_end(n: Node, g: Graph):
 _INTEGER_READERS = frozenset(COMPUTE) | {"conv_transpose", "relu", "clip", "observe", "quantize"} | COMMUTES
 
 
+def _read_as_integers(v: Value, seen: Optional[set] = None) -> bool:
+    """Whether some op computes with `v` as integers. Range-preserving ops (a slice, a
+    reshape, a concat) and calibration-only observers are looked through: on integers they
+    would only move 8-bit values on to their readers, so it is those readers that count.
+    An LSTM's input projection is sliced into its gates, which are all float; a detector's
+    box regression is concatenated with float scores into the output."""
+    seen = set() if seen is None else seen
+    for u in v.users():
+        if id(u) in seen:
+            continue
+        seen.add(id(u))
+        if u.op in COMMUTES or (u.op == "observe" and not u.attrs.get("scale")):
+            if any(_read_as_integers(o, seen) for o in u.outputs):
+                return True
+        elif u.op in _INTEGER_READERS:
+            return True
+    return False
+
+
 def _float_exit(n: Node, end_obs: Node, g: Graph) -> Optional[Value]:
     """The float value to replace with the layer's int32 accumulator, dequantized, when
     nothing reads the layer's result as integers: its readers are all float ops (the adds
-    and multiplies of a hard-swish, a residual add, a squeeze-excite gate, a softmax).
+    and multiplies of a hard-swish, a residual add, a squeeze-excite gate, a softmax),
+    directly or through range-preserving ops (_read_as_integers).
     Rounding that result to 8 bits first would only add error -- clipped to the calibrated
     range, then rounded once more where the next layer quantizes its input -- and buy no
     integer op. A graph output is read as float too: a classifier's logits or an LM head's
@@ -189,7 +209,7 @@ def _float_exit(n: Node, end_obs: Node, g: Graph) -> Optional[Value]:
     if end_obs.attrs.get("scale"):
         return None
     users = end_v.users()
-    if (not users and end_v not in g.outputs) or any(u.op in _INTEGER_READERS for u in users):
+    if (not users and end_v not in g.outputs) or _read_as_integers(end_v):
         return None
     own = _only_user(n.output)
     if own is not None and own.op == "observe":
