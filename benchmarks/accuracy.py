@@ -67,20 +67,16 @@ def rec_images(n: int, seed: int) -> List[np.ndarray]:
     resized to 48 high, scaled to [-1, 1], right-padded, as PP-OCR's rec preprocessing."""
     import cv2
 
-    from models import text_line_sources
+    from models import random_line_crop, text_line_sources
 
     rng = np.random.default_rng(seed)
     sources = text_line_sources()
     out = []
     while len(out) < n:
-        _, img, top, bot = sources[int(rng.integers(len(sources)))]
-        H, W = img.shape
-        h = bot - top
-        w = int(rng.integers(max(2 * h, 24), min(W, 14 * h) + 1))
-        x0 = int(rng.integers(0, W - w + 1))
-        crop = img[top:bot, x0:x0 + w]
-        if crop.std() < 20:
+        crop = random_line_crop(rng, sources, 14)
+        if crop is None:
             continue
+        h, w = crop.shape
         rw = min(320, int(np.ceil(48 * w / h)))
         r = cv2.resize(crop, (rw, 48)).astype(np.float32)
         x = np.zeros((3, 48, 320), np.float32)

@@ -68,20 +68,14 @@ def text_lines(n: int, width: int, seed: int) -> np.ndarray:
     """ddddocr's input: grey text-line crops, 64 high (aspect kept, white padding), /255."""
     import cv2
 
-    from models import text_line_sources
+    from models import random_line_crop, text_line_sources
 
     rng = np.random.default_rng(seed)
     sources = text_line_sources()
     out = []
     while len(out) < n:
-        _, img, top, bot = sources[int(rng.integers(len(sources)))]
-        H, W = img.shape
-        y0, y1 = max(0, top - int(rng.integers(0, 6))), min(H, bot + int(rng.integers(0, 6)))
-        h = y1 - y0
-        w = int(rng.integers(max(2 * h, 24), min(W, 6 * h) + 1))
-        x0 = int(rng.integers(0, W - w + 1))
-        crop = img[y0:y1, x0:x0 + w]
-        if crop.std() < 20:  # blank paper
+        crop = random_line_crop(rng, sources, 6, margin=6)
+        if crop is None:
             continue
         tw = min(width, int(round(crop.shape[1] * 64 / crop.shape[0])))
         canvas = np.full((64, width), 255, np.uint8)

@@ -287,6 +287,21 @@ def text_line_sources() -> List[Tuple[str, np.ndarray, int, int]]:
     return out
 
 
+def random_line_crop(rng, sources, max_aspect: int, margin: int = 0):
+    """A random piece of a random text line of `sources` (text_line_sources): up to `margin`
+    rows of paper above and below, 2 to `max_aspect` times as wide as high; None when it
+    is blank paper."""
+    _, img, top, bot = sources[int(rng.integers(len(sources)))]
+    H, W = img.shape
+    if margin:
+        top, bot = max(0, top - int(rng.integers(0, margin))), min(H, bot + int(rng.integers(0, margin)))
+    h = bot - top
+    w = int(rng.integers(max(2 * h, 24), min(W, max_aspect * h) + 1))
+    x0 = int(rng.integers(0, W - w + 1))
+    crop = img[top:bot, x0:x0 + w]
+    return None if crop.std() < 20 else crop
+
+
 def text_line_crops(n: int = 240, seed: int = SEED) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     """`n` cls inputs [n, 3, 48, 192]: crops of real text lines (text_line_sources) at random
     horizontal positions and widths, with random margins and at 1, 3/4 or 1/2 of the
