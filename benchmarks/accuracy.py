@@ -73,7 +73,7 @@ def rec_images(n: int, seed: int) -> List[np.ndarray]:
     sources = text_line_sources()
     out = []
     while len(out) < n:
-        crop = random_line_crop(rng, sources, 14)
+        _, crop = random_line_crop(rng, sources, 14)
         if crop is None:
             continue
         h, w = crop.shape

@@ -74,7 +74,7 @@ def text_lines(n: int, width: int, seed: int) -> np.ndarray:
     sources = text_line_sources()
     out = []
     while len(out) < n:
-        crop = random_line_crop(rng, sources, 6, margin=6)
+        _, crop = random_line_crop(rng, sources, 6, margin=6)
         if crop is None:
             continue
         tw = min(width, int(round(crop.shape[1] * 64 / crop.shape[0])))
@@ -104,9 +104,9 @@ def letterboxed(n: int, seed: int, size: int = 416) -> np.ndarray:
     import cv2
 
     rng = np.random.default_rng(seed)
-    out = []
+    photos, out = _photos(), []
     for i in range(n):
-        img = _crop(_photos()[i % 7], rng)
+        img = _crop(photos[i % len(photos)], rng)
         r = min(size / img.shape[0], size / img.shape[1])
         rs = cv2.resize(img, (int(img.shape[1] * r), int(img.shape[0] * r)), interpolation=cv2.INTER_LINEAR)
         pad = np.full((size, size, 3), 114, np.uint8)
@@ -122,9 +122,9 @@ def turned(n: int, seed: int) -> np.ndarray:
 
     rng = np.random.default_rng(seed)
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-    out = []
+    photos, out = _photos(), []
     for i in range(n):
-        img = np.ascontiguousarray(np.rot90(_crop(_photos()[i % 7], rng, 0.4), k=int(rng.integers(4))))
+        img = np.ascontiguousarray(np.rot90(_crop(photos[i % len(photos)], rng, 0.4), k=int(rng.integers(4))))
         p = 256 / min(img.shape[:2])
         img = cv2.resize(img, (max(224, round(img.shape[1] * p)), max(224, round(img.shape[0] * p))),
                          interpolation=cv2.INTER_LANCZOS4)

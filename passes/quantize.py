@@ -170,9 +170,11 @@ def _output_end(n: Node, g: Graph):
     return None
 
 
-# readers of a layer's result that want it as 8-bit integers: layers, the activations and
-# range-preserving ops fold-requantize runs on integers, and whatever quantizes it again
-_INTEGER_READERS = frozenset(COMPUTE) | {"conv_transpose", "relu", "clip", "observe", "quantize"} | COMMUTES
+# readers of a layer's result that want it as 8-bit integers: layers, the activations
+# fold-requantize runs on integers, and whatever quantizes it again (a QDQ model's fixed
+# observe points); range-preserving ops pass the question on to their readers
+# (_read_as_integers)
+_INTEGER_READERS = frozenset(COMPUTE) | {"conv_transpose", "relu", "clip", "observe", "quantize"}
 
 
 def _read_as_integers(v: Value, seen: Optional[set] = None) -> bool:

@@ -288,10 +288,10 @@ def text_line_sources() -> List[Tuple[str, np.ndarray, int, int]]:
 
 
 def random_line_crop(rng, sources, max_aspect: int, margin: int = 0):
-    """A random piece of a random text line of `sources` (text_line_sources): up to `margin`
-    rows of paper above and below, 2 to `max_aspect` times as wide as high; None when it
-    is blank paper."""
-    _, img, top, bot = sources[int(rng.integers(len(sources)))]
+    """(source name, crop): a random piece of a random text line of `sources`
+    (text_line_sources), up to `margin` rows of paper above and below, 2 to `max_aspect`
+    times as wide as high; the crop is None when it is blank paper."""
+    name, img, top, bot = sources[int(rng.integers(len(sources)))]
     H, W = img.shape
     if margin:
         top, bot = max(0, top - int(rng.integers(0, margin))), min(H, bot + int(rng.integers(0, margin)))
@@ -299,7 +299,7 @@ def random_line_crop(rng, sources, max_aspect: int, margin: int = 0):
     w = int(rng.integers(max(2 * h, 24), min(W, max_aspect * h) + 1))
     x0 = int(rng.integers(0, W - w + 1))
     crop = img[top:bot, x0:x0 + w]
-    return None if crop.std() < 20 else crop
+    return name, (None if crop.std() < 20 else crop)
 
 
 def text_line_crops(n: int = 240, seed: int = SEED) -> Tuple[np.ndarray, np.ndarray, List[str]]:
@@ -313,16 +313,11 @@ def text_line_crops(n: int = 240, seed: int = SEED) -> Tuple[np.ndarray, np.ndar
     sources = text_line_sources()
     crops, labels, names = [], [], []
     while len(crops) < n:
-        name, img, top, bot = sources[int(rng.integers(len(sources)))]
-        H, W = img.shape
-        y0 = max(0, top - int(rng.integers(0, 6)))
-        y1 = min(H, bot + int(rng.integers(0, 6)))
-        h = y1 - y0
-        w = int(rng.integers(max(2 * h, 24), min(W, 12 * h) + 1))
-        x0 = int(rng.integers(0, W - w + 1))
-        crop = np.ascontiguousarray(img[y0:y1, x0:x0 + w])
-        if crop.std() < 20:  # blank paper
+        name, crop = random_line_crop(rng, sources, 12, margin=6)
+        if crop is None:  # blank paper
             continue
+        h, w = crop.shape
+        crop = np.ascontiguousarray(crop)
         f = (1.0, 0.75, 0.5)[int(rng.integers(3))]
         if f != 1.0:
             crop = cv2.resize(crop, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
