@@ -62,6 +62,42 @@ def test_float_artifact_matches_onnxruntime(tiny_o0):
     assert np.abs(got - ref).max() <= 1e-4 * (ref.max() - ref.min())
 
 
+def test_run_from_several_threads_and_outputs_stay_the_callers(tiny_o0):
+    """`run` copies inputs into staging tensors it keeps and hands back outputs numpy owns:
+    threads calling one module at once take turns (they crashed the VM before) and each
+    gets its own input's result, and an output kept (or written to) by the caller is not
+    changed by later calls."""
+    import threading
+
+    m = qcc.load(tiny_o0)
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((1, 3, 32, 32)).astype(np.float32) for _ in range(4)]
+    ref = [ort(TINY, {"input": x})[0] for x in xs]
+    first = m.run({"input": xs[0]})["probs"]
+    kept = first.copy()
+    first[...] = -1.0  # the caller's array: writing it changes nothing the module holds
+    errors = []
+
+    def worker(i):
+        for _ in range(20):
+            got = m.run({"input": xs[i]})["probs"]
+            if np.abs(got - ref[i]).max() > 1e-4 * (ref[i].max() - ref[i].min()):
+                errors.append(i)
+                return
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    np.testing.assert_array_equal(m.run({"input": xs[0]})["probs"], kept)
+    # a non-contiguous input is copied in as it is
+    wide = np.zeros((1, 3, 32, 64), np.float32)
+    wide[..., ::2] = xs[1]
+    np.testing.assert_array_equal(m.run({"input": wide[..., ::2]})["probs"], m.run({"input": xs[1]})["probs"])
+
+
 def test_run_cli_writes_outputs(tiny_o0, tmp_path):
     p = cli("run", tiny_o0, "--input", ROOT / "examples/tiny_cnn_input.npz", "-o", tmp_path / "y.npz")
     assert p.returncode == 0, p.stderr
