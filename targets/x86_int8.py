@@ -937,7 +937,12 @@ class X86Strategy(FusedCPUStrategy):
         schedule (float `Isa`), depthwise-like ones through x86_depthwise's."""
         if self.isa is None:
             return None
-        return lower_float_conv_x86(F32X16 if self.isa is VNNI else F32X8, cx, x, w, attrs, out_dtype)
+        isa = F32X16 if self.isa is VNNI else F32X8
+        as2d = conv1d_as_2d(cx, x, w, attrs)
+        if as2d is not None:
+            y = lower_float_conv_x86(isa, cx, *as2d, out_dtype)
+            return None if y is None else _drop_height(cx, y)
+        return lower_float_conv_x86(isa, cx, x, w, attrs, out_dtype)
 
     def matmul_kernel(self, cx, a, b, out_dtype):
         """Float32 matmuls by a constant matrix through the int8 kernel's layout and schedule
@@ -960,15 +965,45 @@ def _generic(op: str):
     return {"qconv": lower_quant.lower_qconv, "qmatmul": lower_quant.lower_qmatmul}[op]
 
 
+def conv1d_as_2d(cx, x, w, attrs):
+    """A 1-D conv's input, weights and attributes as the 2-D conv over a one-row image that
+    computes the same sums (N,C,L -> N,C,1,L; O,I,K -> O,I,1,K), or None for other ranks:
+    the 2-D kernels then take audio and sequence models' convs, which the generic conv1d
+    left unscheduled (Silero VAD's STFT conv, 258 x 256 taps x 5 frames, at 8 GMAC/s)."""
+    if len(cx.shape_of(x)) != 3 or len(cx.shape_of(w)) != 3:
+        return None
+    n, c, length = cx.shape_of(x)
+    o, i, k = cx.shape_of(w)
+    s, d = attrs.get("strides") or [1], attrs.get("dilations") or [1]
+    p = attrs.get("pads") or [0, 0]
+    a = {**attrs, "strides": [1, int(s[0])], "dilations": [1, int(d[0])], "pads": [0, int(p[0]), 0, int(p[1])]}
+    return cx.emit(cx.reshape(x, [n, c, 1, length])), cx.reshape(w, [o, i, 1, k]), a
+
+
+def _drop_height(cx, y):
+    n, o, _, length = cx.shape_of(y)
+    return cx.reshape(y, [n, o, length])
+
+
 def lower_qconv_x86(isa: Isa, cx, node, ins, attrs):
-    """qconv through the `isa` kernel when it applies, a depthwise-like one through
-    x86_depthwise.py's (VNNI taps, or exact float32 on AVX2), else the generic lowering."""
+    """qconv through the `isa` kernel when it applies (a 1-D one as a one-row 2-D conv), a
+    depthwise-like one through x86_depthwise.py's (VNNI taps, or exact float32 on AVX2),
+    else the generic lowering."""
     x, w, b = (list(ins) + [None])[:3]
+    as2d = conv1d_as_2d(cx, x, w, attrs)
+    y = _qconv_kernel(isa, cx, *as2d, b) if as2d is not None else _qconv_kernel(isa, cx, x, w, attrs, b)
+    if y is None:
+        return _generic("qconv")(cx, node, ins, attrs)
+    return _drop_height(cx, y) if as2d is not None else y
+
+
+def _qconv_kernel(isa: Isa, cx, x, w, attrs, b):
+    """The qconv of 4-D x by constant int8 w through one of the kernels, or None."""
     wv = cx.const_value(w)
     bv = cx.const_value(b) if b is not None else None
     if wv is None or (b is not None and bv is None) or cx.dtype_of(w) != "int8" \
             or attrs.get("acc") == "i64":  # the kernels accumulate in int32
-        return _generic("qconv")(cx, node, ins, attrs)
+        return None
     a16 = cx.dtype_of(x) == "int16"
     plan = conv_plan(cx.shape_of(x), cx.dtype_of(x), wv.shape, attrs, VNNI16 if a16 and isa is VNNI else isa)
     packed = pack_conv_weights(plan, wv, bv) if plan is not None else None
@@ -982,7 +1017,7 @@ def lower_qconv_x86(isa: Isa, cx, node, ins, attrs):
         dw, wd, bias = packed
         return cx.emit_te(lambda xt, wt, bt: dw_te(dw, xt, wt, bt), x, cx.const(wd, str(wd.dtype)),
                           cx.const(bias, "int32"), primfunc_name_hint=f"{isa.prefix}_dwconv")
-    return _generic("qconv")(cx, node, ins, attrs)
+    return None
 
 
 def lower_float_conv_x86(isa: Isa, cx, x, w, attrs, out_dtype):

@@ -64,13 +64,14 @@ def ort_run(path, name: str, x: np.ndarray, batch: Optional[int] = None) -> np.n
     return np.concatenate([s.run(None, {name: x[i:i + b]})[0] for i in range(0, len(x), b)])
 
 
-def ort_quantize_static(model_path, out_path, name: str, calib: Sequence[np.ndarray]) -> Path:
-    """onnxruntime's static int8 quantization (QDQ, per-channel, defaults otherwise)."""
+def ort_quantize_static(model_path, out_path, name: Optional[str], calib: Sequence) -> Path:
+    """onnxruntime's static int8 quantization (QDQ, per-channel, defaults otherwise). `calib`:
+    arrays for the input `name`, or feeds ({input: array}) for a model of several inputs."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.it = iter([{name: a} for a in calib])
+            self.it = iter([a if isinstance(a, dict) else {name: a} for a in calib])
 
         def get_next(self):
             return next(self.it, None)

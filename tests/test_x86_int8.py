@@ -139,6 +139,61 @@ def test_qconv_bit_exact(isa, name):
     assert len(np.unique(ref["rq_u8"])) > 5  # not all clamped: the comparison means something
 
 
+# 1-D convs (audio, sequences): x (N, C, L), out channels, kernel, stride, pads, dilation,
+# group, bias, x zero point; they run as one-row 2-D convs (x86_int8.conv1d_as_2d)
+CONV1D_CASES = {
+    "stft_like": ("u8", (1, 1, 640), 18, 256, 128, (0, 0), 1, 1, False, 128),  # Silero VAD's first
+    "k3_s1": ("u8", (1, 16, 50), 24, 3, 1, (1, 1), 1, 1, True, 9),
+    "k3_s2_asym": ("i8", (2, 12, 33), 8, 3, 2, (1, 0), 1, 1, True, -7),
+    "dilated": ("u8", (1, 8, 40), 10, 5, 1, (4, 4), 2, 1, True, 200),
+    "depthwise": ("u8", (1, 16, 29), 16, 5, 1, (2, 2), 1, 16, True, 60),
+}
+
+
+def g_conv1d(name, seed=0):
+    xdt, xshape, oc, k, stride, pads, dil, group, bias, zx = CONV1D_CASES[name]
+    rng = np.random.default_rng(seed)
+    g = Graph(f"conv1d_{name}")
+    x = g.add_input("x", TensorType(xshape, xdt))
+    ins = [x, g.add_const("w", rng.integers(-128, 128, size=(oc, xshape[1] // group, k)).astype(np.int8))]
+    if bias:
+        ins.append(g.add_const("b", rng.integers(-20000, 20000, size=oc).astype(np.int32)))
+    attrs = {"strides": [stride], "pads": list(pads), "dilations": [dil], "group": group, "x_zero_point": zx}
+    acc = g.add_node("qconv", ins, attrs, names=["acc"]).output
+    g.set_outputs([acc] + _requantizes(g, acc, oc, 1, seed))
+    return g, {"x": _feed(np.random.default_rng(seed + 1), xshape, xdt)}
+
+
+@ISAS
+@pytest.mark.parametrize("name", sorted(CONV1D_CASES))
+def test_qconv_1d_bit_exact(isa, name):
+    """1-D convs take the 2-D kernels (the generic conv1d was unscheduled) and stay exact."""
+    g, feeds = g_conv1d(name)
+    text = lower_for(g, PRESET[isa]).script(show_meta=False)
+    assert f"qcc_{isa}_{'dw' if name == 'depthwise' else ''}conv" in text
+    ref = check(g, feeds, PRESET[isa])
+    assert len(np.unique(ref["rq_u8"])) > 2
+
+
+def test_float_conv_1d_kernel():
+    """A float 1-D conv takes the float kernel as a one-row 2-D conv, to float rounding."""
+    rng = np.random.default_rng(5)
+    g = Graph("fconv1d")
+    x = g.add_input("x", TensorType((1, 6, 45), "f32"))
+    w = g.add_const("w", rng.standard_normal((10, 6, 3)).astype(np.float32))
+    y = g.add_node("conv", [x, w], {"strides": [2], "pads": [1, 1], "dilations": [1], "group": 1},
+                   names=["y"]).output
+    g.set_outputs([y])
+    assert "qcc_f32x8_conv" in lower_for(g, "x86-avx2").script(show_meta=False)
+    if not _HAS["avx2"]:
+        return
+    feeds = {"x": rng.standard_normal((1, 6, 45)).astype(np.float32)}
+    ref = interp_run(g, feeds)["y"]
+    got = runner_from_executable(compile_graph(g, "x86-avx2"), g).run(feeds)["y"]
+    assert got.shape == ref.shape == (1, 10, 23)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
+
+
 @ISAS
 @pytest.mark.parametrize("name", sorted(DW_CASES))
 def test_depthwise_qconv_bit_exact(isa, name):
