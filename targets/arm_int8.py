@@ -62,7 +62,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .conv_geometry import ConvGeometry, conv_geometry
+from .conv_geometry import ConvGeometry, conv1d_as_2d, conv_geometry, drop_height
 from .strategy import FusedCPUStrategy, register_strategy
 
 PREFIX = "qcc_sdot"
@@ -394,8 +394,19 @@ def _acc_i32(node) -> bool:
 
 
 def lower_qconv_s8(cx, node, ins, attrs):
-    """qconv through the int8 dot kernel when it applies, else the generic lowering."""
+    """qconv through the int8 dot kernel when it applies (a 1-D one as a one-row 2-D conv),
+    else the generic lowering."""
     x, w, b = (list(ins) + [None])[:3]
+    as2d = conv1d_as_2d(cx, x, w, attrs)
+    if as2d is not None:
+        y = _qconv_kernel(cx, node, *as2d, b)
+        return _generic("qconv")(cx, node, ins, attrs) if y is None else drop_height(cx, y)
+    y = _qconv_kernel(cx, node, x, w, attrs, b)
+    return _generic("qconv")(cx, node, ins, attrs) if y is None else y
+
+
+def _qconv_kernel(cx, node, x, w, attrs, b):
+    """The qconv of 4-D x by constant int8 w through the int8 dot kernel, or None."""
     wv = cx.const_value(w)
     bv = cx.const_value(b) if b is not None else None
     plan = None
@@ -404,7 +415,7 @@ def lower_qconv_s8(cx, node, ins, attrs):
         plan = conv_plan(cx.shape_of(x), cx.dtype_of(x), wv.shape, attrs)
     packed = conv_weights(plan, wv, bv) if plan is not None else None
     if packed is None:
-        return _generic("qconv")(cx, node, ins, attrs)
+        return None
     wk, folded = packed
     return cx.emit_te(lambda xt, wt, bt: conv_te(plan, xt, wt, bt), x, cx.const(wk, "int8"),
                       cx.const(folded, "int32"), primfunc_name_hint=f"{PREFIX}_conv")

@@ -72,3 +72,26 @@ def conv_geometry(x_shape, w_shape, attrs) -> Optional[ConvGeometry]:
         return None
     geom = ConvGeometry(n, c, h, w, o, kh, kw, g, strides, pads, dil)
     return geom if min(geom.out_hw) >= 1 else None
+
+
+# --- 1-D convs as 2-D ones (lowering helpers: cx is targets.lower's context) -----------------
+
+def conv1d_as_2d(cx, x, w, attrs):
+    """A 1-D conv's input, weights and attributes as the 2-D conv over a one-row image that
+    computes the same sums (N,C,L -> N,C,1,L; O,I,K -> O,I,1,K), or None for other ranks:
+    the 2-D kernels then take audio and sequence models' convs, which the generic conv1d
+    left unscheduled on x86 (Silero VAD's STFT conv, 258 x 256 taps x 5 frames, at 8 GMAC/s)."""
+    if len(cx.shape_of(x)) != 3 or len(cx.shape_of(w)) != 3:
+        return None
+    n, c, length = cx.shape_of(x)
+    o, i, k = cx.shape_of(w)
+    s, d = attrs.get("strides") or [1], attrs.get("dilations") or [1]
+    p = attrs.get("pads") or [0, 0]
+    a = {**attrs, "strides": [1, int(s[0])], "dilations": [1, int(d[0])], "pads": [0, int(p[0]), 0, int(p[1])]}
+    return cx.emit(cx.reshape(x, [n, c, 1, length])), cx.reshape(w, [o, i, 1, k]), a
+
+
+def drop_height(cx, y):
+    """conv1d_as_2d's result back to N,O,L."""
+    n, o, _, length = cx.shape_of(y)
+    return cx.reshape(y, [n, o, length])

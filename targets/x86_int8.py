@@ -70,7 +70,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .conv_geometry import ConvGeometry, conv_geometry
+from .conv_geometry import ConvGeometry, conv1d_as_2d, conv_geometry, drop_height
 from .cpu_rules import _is_reduction, schedule_injective
 from .cpu_tir_passes import STACK_LIMIT
 from .x86_depthwise import (MAX_GROUP_CHANNELS, dw_plan, dw_te, pack_dw, schedule_dw_conv,
@@ -941,7 +941,7 @@ class X86Strategy(FusedCPUStrategy):
         as2d = conv1d_as_2d(cx, x, w, attrs)
         if as2d is not None:
             y = lower_float_conv_x86(isa, cx, *as2d, out_dtype)
-            return None if y is None else _drop_height(cx, y)
+            return None if y is None else drop_height(cx, y)
         return lower_float_conv_x86(isa, cx, x, w, attrs, out_dtype)
 
     def matmul_kernel(self, cx, a, b, out_dtype):
@@ -965,26 +965,6 @@ def _generic(op: str):
     return {"qconv": lower_quant.lower_qconv, "qmatmul": lower_quant.lower_qmatmul}[op]
 
 
-def conv1d_as_2d(cx, x, w, attrs):
-    """A 1-D conv's input, weights and attributes as the 2-D conv over a one-row image that
-    computes the same sums (N,C,L -> N,C,1,L; O,I,K -> O,I,1,K), or None for other ranks:
-    the 2-D kernels then take audio and sequence models' convs, which the generic conv1d
-    left unscheduled (Silero VAD's STFT conv, 258 x 256 taps x 5 frames, at 8 GMAC/s)."""
-    if len(cx.shape_of(x)) != 3 or len(cx.shape_of(w)) != 3:
-        return None
-    n, c, length = cx.shape_of(x)
-    o, i, k = cx.shape_of(w)
-    s, d = attrs.get("strides") or [1], attrs.get("dilations") or [1]
-    p = attrs.get("pads") or [0, 0]
-    a = {**attrs, "strides": [1, int(s[0])], "dilations": [1, int(d[0])], "pads": [0, int(p[0]), 0, int(p[1])]}
-    return cx.emit(cx.reshape(x, [n, c, 1, length])), cx.reshape(w, [o, i, 1, k]), a
-
-
-def _drop_height(cx, y):
-    n, o, _, length = cx.shape_of(y)
-    return cx.reshape(y, [n, o, length])
-
-
 def lower_qconv_x86(isa: Isa, cx, node, ins, attrs):
     """qconv through the `isa` kernel when it applies (a 1-D one as a one-row 2-D conv), a
     depthwise-like one through x86_depthwise.py's (VNNI taps, or exact float32 on AVX2),
@@ -994,7 +974,7 @@ def lower_qconv_x86(isa: Isa, cx, node, ins, attrs):
     y = _qconv_kernel(isa, cx, *as2d, b) if as2d is not None else _qconv_kernel(isa, cx, x, w, attrs, b)
     if y is None:
         return _generic("qconv")(cx, node, ins, attrs)
-    return _drop_height(cx, y) if as2d is not None else y
+    return drop_height(cx, y) if as2d is not None else y
 
 
 def _qconv_kernel(isa: Isa, cx, x, w, attrs, b):

@@ -281,6 +281,12 @@ def g_arm_kernels(seed=0):
         acc = g.add_node("qconv", ins, {"strides": list(strides), "pads": list(pads), "dilations": list(dil),
                                         "group": group, "x_zero_point": zx}, names=[name]).output
         outs += [acc, requantize(acc, oc, 1, name)]
+    # a 1-D conv (audio, sequences): a one-row 2-D conv to the kernel
+    x = feed("x_conv1d", (1, 12, 37), "u8")
+    acc = g.add_node("qconv", [x, g.add_const("w_conv1d", rng.integers(-128, 128, (10, 12, 3)).astype(np.int8))],
+                     {"strides": [2], "pads": [1, 0], "dilations": [1], "group": 1, "x_zero_point": 99},
+                     names=["conv1d"]).output
+    outs += [acc, requantize(acc, 10, 1, "conv1d")]
     for name, ashape, adt, (k, n), za, zb in [("mm", (1, 40, 120), "u8", (120, 36), 95, 0),
                                                ("mm_vec", (33,), "u8", (33, 16), 250, 0),
                                                ("mm_u8w", (2, 3, 8), "i8", (8, 17), -7, 128)]:
@@ -302,7 +308,7 @@ def test_int8_kernels_take_the_dot_lowering():
     from qcc.targets import lower_for
 
     g, _ = g_arm_kernels()
-    n = len(ARM_CONV_CASES) + 3
+    n = len(ARM_CONV_CASES) + 1 + 3  # the 1-D conv and the qmatmuls too
     for preset in CORES:
         text = lower_for(g, preset).script(show_meta=False)
         assert text.count("R.call_tir(cls.qcc_sdot_") == n, preset
@@ -336,7 +342,7 @@ def test_int8_kernels_bit_exact_under_qemu(preset, aarch64_runtime, tmp_path):
         assert o.dtype == r.dtype and o.shape == r.shape, (v.name, o.dtype, o.shape, r.dtype, r.shape)
         bad = np.flatnonzero(o != r)
         assert bad.size == 0, f"{v.name}: {bad.size}/{r.size} differ"
-    assert all(len(np.unique(ref[f"{c}_rq"])) > 3 for c in ARM_CONV_CASES)  # not all clamped
+    assert all(len(np.unique(ref[f"{c}_rq"])) > 3 for c in [*ARM_CONV_CASES, "conv1d"])  # not all clamped
 
 
 # --- emulating the exact core ----------------------------------------------------------------
