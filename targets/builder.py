@@ -214,29 +214,34 @@ class Runner:
             return 1
         return configure_threads(self.num_threads)
 
-    def _args(self, feeds: Dict[str, np.ndarray]):
+    def _checked(self, feeds: Dict[str, np.ndarray]):
+        """[(array, the dtype the model wants)] in the model's input order: names and shapes
+        checked, and dtypes (one numpy casts to the model's "same_kind" is taken)."""
         from qcc.ir.types import to_numpy_dtype
 
-        if self.inputs is None:
-            return [tvm.runtime.tensor(np.require(a, requirements="C"), self.device) for a in feeds.values()]
         missing = [i["name"] for i in self.inputs if i["name"] not in feeds]
         extra = sorted(set(feeds) - {i["name"] for i in self.inputs})
         if missing or extra:
             raise ValueError(f"feeds: missing {missing}, unexpected {extra}; "
                              f"the model takes {self.input_names}")
-        args = []
+        out = []
         for spec in self.inputs:
             a = np.asarray(feeds[spec["name"]])
-            want = to_numpy_dtype(spec["dtype"])
+            want = np.dtype(to_numpy_dtype(spec["dtype"]))
             if tuple(a.shape) != tuple(spec["shape"]):
                 raise ValueError(f"input {spec['name']}: shape {list(a.shape)}, "
                                  f"the model wants {spec['shape']}")
-            if a.dtype != want:
-                if not np.can_cast(a.dtype, want, "same_kind"):
-                    raise ValueError(f"input {spec['name']}: dtype {a.dtype}, the model wants {want}")
-                a = a.astype(want)
-            args.append(tvm.runtime.tensor(np.require(a, requirements="C"), self.device))
-        return args
+            if a.dtype != want and not np.can_cast(a.dtype, want, "same_kind"):
+                raise ValueError(f"input {spec['name']}: dtype {a.dtype}, the model wants {want}")
+            out.append((a, want))
+        return out
+
+    def _args(self, feeds: Dict[str, np.ndarray]):
+        """New TVM tensors holding the feeds (the timing helpers stage inputs once)."""
+        if self.inputs is None:
+            return [tvm.runtime.tensor(np.require(a, requirements="C"), self.device) for a in feeds.values()]
+        return [tvm.runtime.tensor(np.require(a.astype(want, copy=False), requirements="C"), self.device)
+                for a, want in self._checked(feeds)]
 
     def _staged(self):
         """The input tensors, allocated on first use, each with a numpy view of its memory:
@@ -281,18 +286,9 @@ class Runner:
         if staged is None:
             args = self._args(feeds)
         else:
-            if len(feeds) != len(staged) or any(spec["name"] not in feeds for _, _, spec in staged):
-                self._args(feeds)  # raises the error that names what is missing or unexpected
-            args = []
-            for t, view, spec in staged:
-                a = np.asarray(feeds[spec["name"]])
-                if a.shape != view.shape:
-                    raise ValueError(f"input {spec['name']}: shape {list(a.shape)}, "
-                                     f"the model wants {spec['shape']}")
-                if a.dtype != view.dtype and not np.can_cast(a.dtype, view.dtype, "same_kind"):
-                    raise ValueError(f"input {spec['name']}: dtype {a.dtype}, the model wants {view.dtype}")
+            for (_, view, _), (a, _) in zip(staged, self._checked(feeds)):
                 np.copyto(view, a, casting="same_kind")
-                args.append(t)
+            args = [t for t, _, _ in staged]
         res = self._main(*args)
         arrays = [_to_numpy(r) for r in (res if not hasattr(res, "numpy") else [res])]
         names = self.output_names or [f"output{i}" for i in range(len(arrays))]
