@@ -201,6 +201,31 @@ def _conv_transpose_infer(types, attrs):
     return [TensorType((x.shape[0], O, *out), x.dtype)]
 
 
+def transposed_conv_phases(w: np.ndarray, strides, in_hw, out_hw, pads):
+    """A 2-D conv_transpose (weights C x O x kh x kw, strides (sh, sw) with s <= k on each
+    axis, no dilation or groups) as a conv over its input: (conv weights [O*sh*sw, C, Kh, Kw],
+    (Kh, Kw)) with K = ceil(k/s), for a conv with padding K - 1 whose channel
+    o*sh*sw + r*sw + c is output channel o at phase (r, c); those phases interleaved (a
+    depth_to_space, CRD, when sh == sw) and cropped to the rows and columns from (pads[0],
+    pads[1]) are the conv_transpose's output. None when a stride exceeds its kernel, or the
+    output reaches past the phases' map (an output padding beyond every tap).
+
+    Output pixel q*s + r - pad sums x[q - j] * w[j*s + r] over the K taps j: the phases
+    are plain convs, with the taps flipped and zero past k."""
+    C, O, kh, kw = w.shape
+    (sh, sw), k = (int(v) for v in strides), (kh, kw)
+    if kh < sh or kw < sw:
+        return None
+    Kh, Kw = -(-kh // sh), -(-kw // sw)
+    if any(p + o > (i + K - 1) * st for p, o, i, K, st in zip(pads[:2], out_hw, in_hw, (Kh, Kw), (sh, sw))):
+        return None
+    wp = np.zeros((C, O, Kh * sh, Kw * sw), w.dtype)
+    wp[:, :, :k[0], :k[1]] = w
+    # [c, o, j_h, r, j_w, c'] -> [o, r, c', c, Kh-1-j_h, Kw-1-j_w]
+    taps = wp.reshape(C, O, Kh, sh, Kw, sw)[:, :, ::-1, :, ::-1, :].transpose(1, 3, 5, 0, 2, 4)
+    return np.ascontiguousarray(taps).reshape(O * sh * sw, C, Kh, Kw), (Kh, Kw)
+
+
 @register_op("conv_transpose", inputs=("x", "w", "b?"), attrs=_CONVT_ATTRS,
              infer=_conv_transpose_infer, traits=(INTEGER,))
 def conv_transpose(x, w, b=None, *, strides, pads, dilations, output_padding, group):
