@@ -24,13 +24,15 @@ CASES = {
 
 
 def model(C, O, H, W, k, s, pads, op, seed=0):
+    """ConvTranspose (k, s: an int for both axes, or (h, w)) and a Relu."""
     rng = np.random.default_rng(seed)
-    w = numpy_helper.from_array(rng.standard_normal((C, O, k, k)).astype(np.float32), "w")
+    (kh, kw), (sh, sw) = (k, k) if isinstance(k, int) else k, (s, s) if isinstance(s, int) else s
+    w = numpy_helper.from_array(rng.standard_normal((C, O, kh, kw)).astype(np.float32), "w")
     b = numpy_helper.from_array(rng.standard_normal(O).astype(np.float32), "b")
-    OH = (H - 1) * s + k - pads[0] - pads[2] + op[0]
-    OW = (W - 1) * s + k - pads[1] - pads[3] + op[1]
-    nodes = [helper.make_node("ConvTranspose", ["x", "w", "b"], ["t"], strides=[s, s], pads=list(pads),
-                              output_padding=list(op), kernel_shape=[k, k]),
+    OH = (H - 1) * sh + kh - pads[0] - pads[2] + op[0]
+    OW = (W - 1) * sw + kw - pads[1] - pads[3] + op[1]
+    nodes = [helper.make_node("ConvTranspose", ["x", "w", "b"], ["t"], strides=[sh, sw], pads=list(pads),
+                              output_padding=list(op), kernel_shape=[kh, kw]),
              helper.make_node("Relu", ["t"], ["y"])]
     g = helper.make_graph(nodes, "ct", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, H, W])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, O, OH, OW])], [w, b])
@@ -71,3 +73,21 @@ def test_conv_transpose_is_an_int8_conv_at_o2(tmp_path):
     got = qcc.load(tmp_path / "out").run({"x": x})["y"]
     sqnr = 10 * np.log10((ref ** 2).sum() / ((ref - got) ** 2).sum())
     assert sqnr > 25, sqnr
+
+
+@pytest.mark.parametrize("k,s,pads,op", [(4, 2, (1, 1, 1, 1), (0, 0)), ((3, 4), (1, 2), (1, 1, 1, 1), (0, 1)),
+                                         ((2, 3), (2, 3), (0, 0, 0, 0), (0, 0))])
+def test_float_build_lowers_conv_transpose_as_a_conv(tmp_path, k, s, pads, op):
+    """-O0 (no fuse) lowers the same way, per axis: strides and kernels may differ between
+    the axes, a stride of 1 on one of them included."""
+    m = model(5, 4, 6, 7, k, s, pads, op)
+    onnx.save(m, tmp_path / "ct.onnx")
+    qcc.compile(tmp_path / "ct.onnx", tmp_path / "out", opt_level="O0")
+    from qcc.targets import lower_for
+
+    assert "conv2d_transpose" not in lower_for(qcc.load_qir(tmp_path / "out" / "model.qir"), "host").script(
+        show_meta=False)
+    x = np.random.default_rng(4).standard_normal((1, 5, 6, 7)).astype(np.float32)
+    ref = ort(m, x)
+    got = qcc.load(tmp_path / "out").run({"x": x})["y"]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
