@@ -319,12 +319,10 @@ def _transposed_as_conv(ct: Node, g: Graph) -> bool:
     C, O, kh, kw = w.shape
     a = ct.attrs
     strides = list(a.get("strides", [1, 1]))
-    if kh != kw or strides[0] != strides[1] or strides[0] < 2 and kh != 1 \
+    if kh != kw or strides[0] != strides[1] or (strides[0] < 2 and kh != 1) \
             or any(d != 1 for d in a.get("dilations", [1, 1])) or a.get("group", 1) != 1:
         return False
-    k, s = kh, strides[0]
-    if k < s:
-        return False
+    s = strides[0]
     b = _layer_bias(ct)
     if b is None:
         return False

@@ -62,7 +62,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .conv_geometry import ConvGeometry, conv1d_as_2d, conv_geometry, drop_height
+from .conv_geometry import ConvGeometry, conv_geometry, conv_kernel_2d
 from .strategy import FusedCPUStrategy, register_strategy
 
 PREFIX = "qcc_sdot"
@@ -397,11 +397,7 @@ def lower_qconv_s8(cx, node, ins, attrs):
     """qconv through the int8 dot kernel when it applies (a 1-D one as a one-row 2-D conv),
     else the generic lowering."""
     x, w, b = (list(ins) + [None])[:3]
-    as2d = conv1d_as_2d(cx, x, w, attrs)
-    if as2d is not None:
-        y = _qconv_kernel(cx, node, *as2d, b)
-        return _generic("qconv")(cx, node, ins, attrs) if y is None else drop_height(cx, y)
-    y = _qconv_kernel(cx, node, x, w, attrs, b)
+    y = conv_kernel_2d(cx, x, w, attrs, lambda x, w, a: _qconv_kernel(cx, node, x, w, a, b))
     return _generic("qconv")(cx, node, ins, attrs) if y is None else y
 
 

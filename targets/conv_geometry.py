@@ -78,9 +78,7 @@ def conv_geometry(x_shape, w_shape, attrs) -> Optional[ConvGeometry]:
 
 def conv1d_as_2d(cx, x, w, attrs):
     """A 1-D conv's input, weights and attributes as the 2-D conv over a one-row image that
-    computes the same sums (N,C,L -> N,C,1,L; O,I,K -> O,I,1,K), or None for other ranks:
-    the 2-D kernels then take audio and sequence models' convs, which the generic conv1d
-    left unscheduled on x86 (Silero VAD's STFT conv, 258 x 256 taps x 5 frames, at 8 GMAC/s)."""
+    computes the same sums (N,C,L -> N,C,1,L; O,I,K -> O,I,1,K), or None for other ranks."""
     if len(cx.shape_of(x)) != 3 or len(cx.shape_of(w)) != 3:
         return None
     n, c, length = cx.shape_of(x)
@@ -91,7 +89,17 @@ def conv1d_as_2d(cx, x, w, attrs):
     return cx.emit(cx.reshape(x, [n, c, 1, length])), cx.reshape(w, [o, i, 1, k]), a
 
 
-def drop_height(cx, y):
-    """conv1d_as_2d's result back to N,O,L."""
+def conv_kernel_2d(cx, x, w, attrs, kernel):
+    """`kernel(x, w, attrs)` -- a target's 2-D conv kernel, returning its output or None when
+    it does not take the conv -- applied to a 2-D conv as it is and to a 1-D one as the
+    one-row 2-D conv computing the same sums (conv1d_as_2d), its result back in N,O,L. So
+    audio and sequence models' convs take the kernels too: TVM's generic conv1d is
+    unscheduled on x86 (Silero VAD's STFT conv, 258 x 256 taps x 5 frames, ran at 8 GMAC/s)."""
+    as2d = conv1d_as_2d(cx, x, w, attrs)
+    if as2d is None:
+        return kernel(x, w, attrs)
+    y = kernel(*as2d)
+    if y is None:
+        return None
     n, o, _, length = cx.shape_of(y)
     return cx.reshape(y, [n, o, length])

@@ -70,7 +70,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .conv_geometry import ConvGeometry, conv1d_as_2d, conv_geometry, drop_height
+from .conv_geometry import ConvGeometry, conv_geometry, conv_kernel_2d
 from .cpu_rules import _is_reduction, schedule_injective
 from .cpu_tir_passes import STACK_LIMIT
 from .x86_depthwise import (MAX_GROUP_CHANNELS, dw_plan, dw_te, pack_dw, schedule_dw_conv,
@@ -938,11 +938,7 @@ class X86Strategy(FusedCPUStrategy):
         if self.isa is None:
             return None
         isa = F32X16 if self.isa is VNNI else F32X8
-        as2d = conv1d_as_2d(cx, x, w, attrs)
-        if as2d is not None:
-            y = lower_float_conv_x86(isa, cx, *as2d, out_dtype)
-            return None if y is None else drop_height(cx, y)
-        return lower_float_conv_x86(isa, cx, x, w, attrs, out_dtype)
+        return conv_kernel_2d(cx, x, w, attrs, lambda x, w, a: lower_float_conv_x86(isa, cx, x, w, a, out_dtype))
 
     def matmul_kernel(self, cx, a, b, out_dtype):
         """Float32 matmuls by a constant matrix through the int8 kernel's layout and schedule
@@ -970,11 +966,8 @@ def lower_qconv_x86(isa: Isa, cx, node, ins, attrs):
     depthwise-like one through x86_depthwise.py's (VNNI taps, or exact float32 on AVX2),
     else the generic lowering."""
     x, w, b = (list(ins) + [None])[:3]
-    as2d = conv1d_as_2d(cx, x, w, attrs)
-    y = _qconv_kernel(isa, cx, *as2d, b) if as2d is not None else _qconv_kernel(isa, cx, x, w, attrs, b)
-    if y is None:
-        return _generic("qconv")(cx, node, ins, attrs)
-    return drop_height(cx, y) if as2d is not None else y
+    y = conv_kernel_2d(cx, x, w, attrs, lambda x, w, a: _qconv_kernel(isa, cx, x, w, a, b))
+    return _generic("qconv")(cx, node, ins, attrs) if y is None else y
 
 
 def _qconv_kernel(isa: Isa, cx, x, w, attrs, b):

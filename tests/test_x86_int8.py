@@ -140,7 +140,7 @@ def test_qconv_bit_exact(isa, name):
 
 
 # 1-D convs (audio, sequences): x (N, C, L), out channels, kernel, stride, pads, dilation,
-# group, bias, x zero point; they run as one-row 2-D convs (x86_int8.conv1d_as_2d)
+# group, bias, x zero point; they run as one-row 2-D convs (conv_geometry.conv_kernel_2d)
 CONV1D_CASES = {
     "stft_like": ("u8", (1, 1, 640), 18, 256, 128, (0, 0), 1, 1, False, 128),  # Silero VAD's first
     "k3_s1": ("u8", (1, 16, 50), 24, 3, 1, (1, 1), 1, 1, True, 9),
