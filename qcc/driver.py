@@ -330,10 +330,11 @@ def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
             raise CompileError(f"--precision: {e}") from None
     say(f"importing {model.name}")
     from .calibrate import by_input, sample_shapes
-    from .frontend.onnx_load import load_model, model_inputs, resolve_input_shapes
+    from .frontend.onnx_load import at_supported_opset, load_model, model_inputs, resolve_input_shapes
 
     try:
-        proto = load_model(model)  # parsed once, for the shapes and the import
+        # parsed once, for the shapes and the import
+        proto, opset_note = at_supported_opset(load_model(model))
         examples = by_input(sample_shapes(opts.calib), [vi.name for vi in model_inputs(proto.graph)]) \
             if opts.calib else None
         chosen, shape_notes = resolve_input_shapes(proto, opts.input_shapes, examples)
@@ -345,7 +346,7 @@ def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
     float_bytes = weight_bytes(graph)
     from .calibrate import load_samples
 
-    notes = list(shape_notes)
+    notes = ([opset_note] if opset_note else []) + list(shape_notes)
     samples = load_samples(opts.calib, graph, warn=notes.append) if opts.calib else None
 
     def run(text: str, g: Graph, fit=samples, measure=samples, reference: Optional[Graph] = None,

@@ -150,3 +150,26 @@ def test_compile_takes_dynamic_dims_from_the_calibration_data(tmp_path):
     # without calibration data height and width stay unknown: the error names the flag
     p = qcc("compile", tmp_path / "m.onnx", "-O0", "-o", tmp_path / "out0")
     assert p.returncode == 1 and "--input-shape x=" in p.stderr and not (tmp_path / "out0").exists()
+
+
+def test_compile_converts_an_old_opset_and_says_so(tmp_path):
+    """An opset-6 export (the pytorch-1.0 era) compiles after onnx's version converter, with
+    a warning naming the conversion; the compiled model computes the same thing."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    import qcc as api
+
+    g = helper.make_graph([helper.make_node("Sigmoid", ["x"], ["s"]),
+                           helper.make_node("Relu", ["s"], ["y"])], "m",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 6)], ir_version=3),
+              tmp_path / "m.onnx")
+    p = qcc("compile", tmp_path / "m.onnx", "-O0", "-o", tmp_path / "out")
+    assert p.returncode == 0, p.stderr
+    assert "warning: the model uses opset 6 of the default ONNX domain: converted to opset 7 " \
+           "with onnx.version_converter" in p.stderr
+    x = np.linspace(-3, 3, 10, dtype=np.float32).reshape(2, 5)
+    np.testing.assert_allclose(api.load(tmp_path / "out").run({"x": x})["y"], 1 / (1 + np.exp(-x)), rtol=1e-6)

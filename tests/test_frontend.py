@@ -539,10 +539,54 @@ def test_error_truncated_file(tmp_path):
         import_onnx(p)
 
 
-@pytest.mark.parametrize("opset", [6, 22])
-def test_error_opset_out_of_range(opset):
-    with pytest.raises(FrontendError, match=f"opset {opset} of the default ONNX domain.*7-21"):
-        import_onnx(_relu(opset))
+def _legacy_net(opset, b, slope):
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c", "b"], ["cb"], **({"broadcast": 1, "axis": 1} if opset < 7 else {})),
+        helper.make_node("BatchNormalization", ["cb", "s", "bb", "m", "v"], ["bn"], epsilon=1e-3,
+                         **({"is_test": 1} if opset < 7 else {})),
+        helper.make_node("PRelu", ["bn", "slope"], ["y"]),
+    ]
+    r = np.random.default_rng(3)
+    inits = [init("w", r.standard_normal((4, 2, 3, 3), np.float32)), init("b", b),
+             init("s", r.standard_normal(4, np.float32)), init("bb", r.standard_normal(4, np.float32)),
+             init("m", r.standard_normal(4, np.float32)), init("v", r.random(4, np.float32) + 0.1),
+             init("slope", slope)]
+    return mk(nodes, [vi("x", [1, 2, 5, 6])], [vi("y", None)], inits, opset=opset)
+
+
+def test_opset_6_model_is_converted_and_matches_onnxruntime():
+    # the pytorch-1.0 / Caffe2 era forms: Add with `broadcast=1, axis=1` (B aligned at axis
+    # 1), BatchNorm with is_test, PRelu with one slope per channel. onnxruntime runs no
+    # opset-6 Add: the reference is the same net written at opset 13
+    b, slope = np.array([0.5, -1.0, 0.25, 2.0], np.float32), np.array([0.1, 0.2, 0.3, 0.4], np.float32)
+    x = rand(1, 2, 5, 6)
+    g = import_onnx(_legacy_net(6, b, slope))
+    verify(g)
+    ref = ort_run(_legacy_net(13, b.reshape(4, 1, 1), slope.reshape(4, 1, 1)), {"x": x})
+    np.testing.assert_allclose(interp(g, {"x": x})[0], ref[0], rtol=1e-4, atol=1e-5)
+    assert ops(g) == ["conv", "add", "batch_norm", "prelu"]
+    assert node(g, "prelu").inputs[1].data.shape == (4, 1, 1)
+    assert node(g, "add").inputs[1].data.shape == (4, 1, 1)
+
+
+def test_opset_22_model_is_converted_and_matches_onnxruntime():
+    g = check(_relu(22), {"x": rand(2, 3)})
+    assert ops(g) == ["relu"]
+
+
+def _rmsnorm23():
+    """RMSNormalization is new in opset 23: there is no opset-21 form to convert it to."""
+    return mk([helper.make_node("RMSNormalization", ["x", "s"], ["y"])], [vi("x", [2, 8])],
+              [vi("y", None)], [init("s", np.ones(8, np.float32))], opset=23)
+
+
+def test_error_opset_the_converter_cannot_reach():
+    m = _rmsnorm23()
+    with pytest.raises(FrontendError, match="opset 23 of the default ONNX domain; qcc imports "
+                                            "opsets 7-21, and onnx.version_converter could not "
+                                            "convert it to opset 21 .*RMSNormalization"):
+        import_onnx(m)
 
 
 def test_error_dangling_input():
@@ -608,7 +652,7 @@ def test_error_unsupported_dtype():
 
 
 def test_errors_are_one_line(tmp_path):
-    for bad in [lambda: import_onnx(tmp_path / "x.onnx"), lambda: import_onnx(_relu(22)),
+    for bad in [lambda: import_onnx(tmp_path / "x.onnx"), lambda: import_onnx(_rmsnorm23()),
                 lambda: import_onnx(_relu(shape=("N", 3)))]:
         with pytest.raises(FrontendError) as e:
             bad()

@@ -30,8 +30,8 @@ from qcc.ir import Graph, TensorType, Value
 
 from .errors import FrontendError
 from .onnx_load import (IR_OPSET, MAX_OPSET, MIN_OPSET, _dims, _one_line,  # noqa: F401
-                        array_dtype, attr_value, default_opset, input_types, ir_dtype, load_model,
-                        node_label, onnx_dtype, sort_nodes)
+                        array_dtype, at_supported_opset, attr_value, default_opset, input_types,
+                        ir_dtype, load_model, node_label, onnx_dtype, sort_nodes)
 from .onnx_qdq import check_forms as check_qdq_forms  # also registers the Q/DQ converters
 from . import onnx_rnn  # noqa: F401  registers the LSTM/GRU/RNN converters (unrolled)
 
@@ -392,7 +392,7 @@ def import_onnx(path_or_model, input_shapes: Optional[Dict[str, Sequence[int]]] 
     `input_shapes` fixes the shapes of inputs with dynamic dims, {name: (1, 3, 224, 224)}.
     Raises FrontendError, with a one-line message, for anything it cannot import.
     """
-    model = load_model(path_or_model)
+    model, _ = at_supported_opset(load_model(path_or_model))
     if model.functions:  # model-local functions: their bodies are ordinary nodes
         try:
             from onnx import inliner

@@ -90,16 +90,109 @@ def load_model(src) -> onnx.ModelProto:
     return model
 
 
-def default_opset(model: onnx.ModelProto) -> int:
+def _opset_of(model: onnx.ModelProto) -> int:
     versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
     if not versions:
         raise FrontendError("the model imports no opset of the default ONNX domain")
-    v = versions[0]
+    return versions[0]
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    v = _opset_of(model)
     if not MIN_OPSET <= v <= MAX_OPSET:
         raise FrontendError(f"the model uses opset {v} of the default ONNX domain; qcc imports "
                             f"opsets {MIN_OPSET}-{MAX_OPSET} (convert it with "
                             f"onnx.version_converter.convert_version)")
     return v
+
+
+def at_supported_opset(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, Optional[str]]:
+    """The model at an opset the importer reads, and a note when it had to be converted.
+
+    Models exported years ago (opset 6 and older: the pytorch-1.0 era model zoos) and by
+    the newest exporters (opset 22 and up, which mostly widen ops' types) are converted
+    with onnx's own version converter to the nearest opset qcc imports, rather than turned
+    away: the user would have to run the same converter by hand. Before opset 7 PRelu's
+    slope of shape [C] meant one slope per channel (axis 1); numpy broadcasting, which
+    opset 7 adopted, would put it on the last axis, and the converter leaves it as it is,
+    so such slopes are reshaped to [C, 1, ...] first."""
+    v = _opset_of(model)
+    if MIN_OPSET <= v <= MAX_OPSET:
+        return model, None
+    to = MIN_OPSET if v < MIN_OPSET else MAX_OPSET
+    if v < MIN_OPSET:
+        model = _legacy_forms(model)
+    try:
+        from onnx import version_converter
+
+        converted = version_converter.convert_version(model, to)
+    except Exception as e:
+        raise FrontendError(f"the model uses opset {v} of the default ONNX domain; qcc imports "
+                            f"opsets {MIN_OPSET}-{MAX_OPSET}, and onnx.version_converter could not "
+                            f"convert it to opset {to} ({_one_line(e)})") from None
+    return converted, (f"the model uses opset {v} of the default ONNX domain: converted to opset "
+                       f"{to} with onnx.version_converter")
+
+
+def _legacy_forms(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy in which the forms of opsets before 7 that onnx's converter gets wrong read as
+    their numpy-broadcasting equivalents: PRelu slopes of shape [C] (one per channel, axis 1)
+    become [C, 1, ...]; a binary op's `broadcast=1, axis=k` operand B (aligned at axis k, the
+    Caffe2 exports' bias form) gets trailing ones instead of the axis (the converter makes
+    [C] into [C, 1, 1, 1] for a rank-4 A at axis 1: four of them, not three)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    ranks = _ranks(model)
+    inits = {t.name: t for t in model.graph.initializer}
+    rank_of = lambda name: len(inits[name].dims) if name in inits else ranks.get(name)  # noqa: E731
+    nodes = []
+    for n in model.graph.node:
+        attrs = {a.name: a for a in n.attribute}
+        if n.op_type == "PRelu" and len(n.input) > 1 and n.input[1] in inits \
+                and len(inits[n.input[1]].dims) == 1 and inits[n.input[1]].dims[0] > 1 \
+                and (ranks.get(n.input[0]) or 0) > 2:
+            n.input[1] = _with_trailing_ones(model, inits, n.input[1], 1, ranks[n.input[0]] - 2, nodes)
+        elif "axis" in attrs and "broadcast" in attrs and attrs["broadcast"].i == 1 and len(n.input) == 2:
+            ra, rb = rank_of(n.input[0]), rank_of(n.input[1])
+            if ra is None or rb is None:
+                nodes.append(n)
+                continue
+            axis = attrs["axis"].i + (ra if attrs["axis"].i < 0 else 0)
+            if ra - axis - rb > 0:
+                n.input[1] = _with_trailing_ones(model, inits, n.input[1], rb, ra - axis - rb, nodes)
+            n.attribute.remove(attrs["axis"])
+        nodes.append(n)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+def _with_trailing_ones(model, inits, name: str, rank: int, ones: int, nodes: list) -> str:
+    """The name of `name` (of rank `rank`) with `ones` more trailing dims of 1: an
+    initializer for a constant, else an Unsqueeze (opset-1 form) appended to `nodes`;
+    made once per name and count."""
+    new = f"{name}.aligned{ones}"
+    if any(t.name == new for t in model.graph.initializer) or any(new in n.output for n in nodes):
+        return new
+    if name in inits:
+        arr = numpy_helper.to_array(inits[name])
+        t = numpy_helper.from_array(arr.reshape(arr.shape + (1,) * ones), new)
+        model.graph.initializer.append(t)
+        if any(i.name == name for i in model.graph.input):  # IR < 4: initializers are inputs too
+            model.graph.input.append(helper.make_tensor_value_info(new, t.data_type, t.dims))
+    else:
+        nodes.append(helper.make_node("Unsqueeze", [name], [new], axes=list(range(rank, rank + ones))))
+    return new
+
+
+def _ranks(model: onnx.ModelProto) -> Dict[str, int]:
+    """The ranks onnx's shape inference finds for the model's values (none if it fails)."""
+    try:
+        known = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - a model inference cannot read: no ranks known
+        return {}
+    return {vi.name: len(vi.type.tensor_type.shape.dim)
+            for vi in list(known.graph.value_info) + list(known.graph.input)
+            if vi.type.tensor_type.HasField("shape")}
 
 
 def node_label(node: onnx.NodeProto) -> str:
