@@ -651,6 +651,14 @@ def test_error_unsupported_dtype():
         import_onnx(m)
 
 
+def test_error_sequence_ops_are_named():
+    m = mk([helper.make_node("SplitToSequence", ["x"], ["s"], axis=0),
+            helper.make_node("ConcatFromSequence", ["s"], ["y"], axis=0)],
+           [vi("x", [2, 3])], [vi("y", None)])
+    with pytest.raises(FrontendError, match="SplitToSequence node 's': ONNX sequences are not supported unless constant"):
+        import_onnx(m)
+
+
 def test_errors_are_one_line(tmp_path):
     for bad in [lambda: import_onnx(tmp_path / "x.onnx"), lambda: import_onnx(_rmsnorm23()),
                 lambda: import_onnx(_relu(shape=("N", 3)))]:

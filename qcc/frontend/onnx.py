@@ -88,6 +88,12 @@ class ONode:
         return FrontendError(f"{self.label}: {msg}")
 
 
+# ops that make or read ONNX sequences (lists of tensors), whose values are not tensors
+SEQUENCE_OPS = frozenset({"SequenceConstruct", "SequenceEmpty", "SequenceInsert", "SequenceAt",
+                          "SequenceErase", "SequenceLength", "SplitToSequence", "ConcatFromSequence",
+                          "SequenceMap"})
+
+
 class Importer:
     def __init__(self, model: onnx.ModelProto, input_shapes=None):
         self.model = model
@@ -176,8 +182,13 @@ class Importer:
         if proto.op_type == "If" and self._inline_if(proto, converters):
             return
         n = ONode(self, proto)
+        unsupported = n.error("ONNX sequences are not supported unless constant (qcc compiles "
+                              "tensors of static shape; export the model with tensors in place of "
+                              "the sequence)")
         try:
             outs = self._fold(n)
+            if outs is None and n.op in SEQUENCE_OPS:
+                raise unsupported
             if outs is None:
                 conv = converters.get(n.op)
                 outs = conv(self, n) if conv is not None else None
@@ -188,6 +199,8 @@ class Importer:
         except FrontendError:
             raise
         except Exception as e:
+            if n.op in SEQUENCE_OPS:
+                raise unsupported from e
             raise FrontendError(f"{n.label}: {_one_line(e)}") from e
         for name, v in zip(n.outputs, outs):
             if name and v is not None:
