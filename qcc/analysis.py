@@ -1,5 +1,7 @@
-"""Cost facts about nodes that reports and bit-width decisions share (MACs, sizes)."""
+"""Facts about graphs that reports and bit-width decisions share (MACs, sizes, output parts)."""
 from __future__ import annotations
+
+from typing import List, Tuple
 
 import numpy as np
 
@@ -84,3 +86,31 @@ def magnitude_bound(value, _depth: int = 0):
     else:
         return None
     return bound if bound < _FINITE_LIMIT else None
+
+
+def output_parts(g: Graph) -> List[List[Tuple[str, Tuple[slice, ...]]]]:
+    """Per graph output, its parts: [(label, index)] when a concat makes it, else [].
+
+    A detector's one output often joins things of different scale and meaning: YOLOv8's
+    [1, 4 + classes, anchors] is box coordinates in pixels (up to the image size) next to
+    class scores in [0, 1]. An SQNR over the whole tensor is the boxes' alone -- the scores
+    could be noise and it would not move -- so error budgets and reports measure each part
+    too (label: the output's name and its index, "output0[:, 4:22]")."""
+    parts: List[List[Tuple[str, Tuple[slice, ...]]]] = []
+    for v in g.outputs:
+        node = v.producer
+        while node is not None and node.op == "observe":  # a calibrated graph's output observer
+            node = node.inputs[0].producer
+        if node is None or node.op != "concat" or len(node.inputs) < 2:
+            parts.append([])
+            continue
+        rank = len(v.shape)  # labelled by the concat's value: an observer's ".obs" is not the model's
+        axis = int(node.attrs["axis"]) % rank
+        out, start = [], 0
+        for x in node.inputs:
+            stop = start + int(x.shape[axis])
+            label = ", ".join([":"] * axis + [f"{start}:{stop}"])
+            out.append((f"{node.output.name}[{label}]", (slice(None),) * axis + (slice(start, stop),)))
+            start = stop
+        parts.append(out)
+    return parts

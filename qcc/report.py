@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .analysis import macs, total_macs, weight_bytes
+from .analysis import macs, output_parts, total_macs, weight_bytes
 from .ir.graph import Graph
 from .ir.types import FLOAT_DTYPES, INT_INFO
 
@@ -54,7 +54,8 @@ def sqnr_db(signal: float, noise: float, count: int) -> float:
 def layer_errors(float_graph: Graph, quant_graph: Graph, samples: Sequence[Dict[str, np.ndarray]],
                  layers: Dict[str, Dict], batch_outputs: Optional[List[Dict[str, float]]] = None
                  ) -> Dict[str, float]:
-    """SQNR (dB) of each quantized layer's output, and of each model output, against float.
+    """SQNR (dB) of each quantized layer's output, and of each model output (and each part
+    of a concatenated one, analysis.output_parts), against float.
 
     Per batch: the float run keeps only the layers' outputs, the quantized run compares
     each with its reference as it is produced, and the batch is reduced to per-layer sums
@@ -64,6 +65,7 @@ def layer_errors(float_graph: Graph, quant_graph: Graph, samples: Sequence[Dict[
     from .interp import Interpreter
     from .ops.quant import dequantize
 
+    out_parts = output_parts(float_graph)
     refs_wanted = {info.get("output_value") for info in layers.values()}
     by_quant_value = {}  # quantized graph value -> (layer, "requantize" | "dequantize")
     for name, info in layers.items():
@@ -95,9 +97,11 @@ def layer_errors(float_graph: Graph, quant_graph: Graph, samples: Sequence[Dict[
         qi.refs, qi.sums = fi.refs, {}
         qo = qi.run(feeds)
         sums = qi.sums
-        for (k, ref), got in zip(fo.items(), qo.values()):
+        for (k, ref), got, parts in zip(fo.items(), qo.values(), out_parts):
             if ref.dtype.kind == "f":
                 sums["output:" + k] = signal_noise(ref, got)
+                for label, index in parts:
+                    sums["output:" + label] = signal_noise(ref[index], got[index])
         return sums
 
     totals: Dict[str, List[float]] = {}

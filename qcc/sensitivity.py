@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from .analysis import output_parts
 from .batches import map_batches
 from .ir.graph import Graph
 from .ir.opdef import opaque_runner
@@ -37,6 +38,7 @@ class FloatCache:
         self._ids: Dict[tuple, int] = {}
         self._const_seen: Dict[int, tuple] = {}  # id(array) -> (weak reference, number)
         self.outputs: List[List[np.ndarray]] = []
+        self.parts = output_parts(graph)  # each output's concatenated parts, measured too
         keys = self.numbers(graph)
         self.memos: List[List[Dict[int, np.ndarray]]] = [[] for _ in self.samples]
         self.last: Optional[List[Dict[int, np.ndarray]]] = None
@@ -178,8 +180,9 @@ def run_reusing(g: Graph, cache: FloatCache, i: int, numbers: Optional[Dict[int,
 
 
 def output_sqnr(cache: FloatCache, g: Graph, keep: bool = False) -> float:
-    """The worst output's SQNR (dB) of `g` against float over the cached batches; with
-    `keep`, its arrays stay as `cache.last` for `cache.accept()`."""
+    """The worst output's SQNR (dB) of `g` against float over the cached batches (and of
+    each part of a concatenated output, analysis.output_parts); with `keep`, its arrays
+    stay as `cache.last` for `cache.accept()`."""
     refs: Dict[int, List[np.ndarray]] = {}
     gots: Dict[int, List[np.ndarray]] = {}
     numbers = cache.numbers(g)
@@ -188,8 +191,10 @@ def output_sqnr(cache: FloatCache, g: Graph, keep: bool = False) -> float:
                        range(len(cache.samples)))
     for i, outs in enumerate(runs):
         for k, (r, o) in enumerate(zip(cache.outputs[i], outs)):
-            refs.setdefault(k, []).append(np.asarray(r, np.float64).ravel())
-            gots.setdefault(k, []).append(np.asarray(o, np.float64).ravel())
+            pieces = [(k, ())] + [((k, label), index) for label, index in cache.parts[k]]
+            for key, index in pieces:
+                refs.setdefault(key, []).append(np.asarray(r, np.float64)[index].ravel())
+                gots.setdefault(key, []).append(np.asarray(o, np.float64)[index].ravel())
     worst = float("inf")
     for k in refs:
         r, o = np.concatenate(refs[k]), np.concatenate(gots[k])

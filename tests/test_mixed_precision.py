@@ -334,6 +334,55 @@ def test_error_search_passes_over_layers_too_quiet_to_matter():
     assert not any("cannot gain" in r.get("not_raised", "") for r in ctx0.report["bitwidths"].values())
 
 
+def _boxes_and_scores(path):
+    """A detector head in miniature: one output joining box coordinates (hundreds of pixels)
+    and sigmoid scores in [0, 1] along axis 1, like YOLOv8's [1, 4 + classes, anchors]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    r = np.random.default_rng(5)
+    inits = [numpy_helper.from_array((r.standard_normal((4, 8, 1, 1)) * 40).astype(np.float32), "wb"),
+             numpy_helper.from_array(np.full(4, 600, np.float32), "bb"),
+             numpy_helper.from_array((r.standard_normal((4, 8, 3, 3)) * 0.5).astype(np.float32), "ws")]
+    nodes = [helper.make_node("Conv", ["x", "wb", "bb"], ["boxes"]),
+             helper.make_node("Conv", ["x", "ws"], ["logits"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["logits"], ["scores"]),
+             helper.make_node("Concat", ["boxes", "scores"], ["y"], axis=1)]
+    g = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return [{"x": r.standard_normal((1, 8, 6, 6)).astype(np.float32)} for _ in range(8)]
+
+
+def test_each_part_of_a_concatenated_output_is_measured(tmp_path):
+    """The boxes' energy would hide the scores' noise in one SQNR over the whole output: the
+    search's measure and the report take each concatenated part too, the worst one counting."""
+    import qcc
+    from qcc.analysis import output_parts
+    from qcc.sensitivity import FloatCache, output_sqnr, quantized_copy
+
+    samples = _boxes_and_scores(tmp_path / "det.onnx")
+    g = qcc.import_onnx(tmp_path / "det.onnx")
+    assert [label for label, _ in output_parts(g)[0]] == ["y[:, 0:4]", "y[:, 4:8]"]
+    ctx = PassContext(options={"calib": samples})
+    PassManager("canonicalize,fuse,insert-observers,propagate-ranges", verify_each=True).run(g, ctx)
+    assert [label for label, _ in output_parts(g)[0]] == ["y[:, 0:4]", "y[:, 4:8]"]  # past the observer
+    cache = FloatCache(g, samples)
+    q = quantized_copy(g, {})
+    worst = output_sqnr(cache, q)
+    ref = np.concatenate([cache.outputs[i][0] for i in range(len(samples))])
+    got = np.concatenate([next(iter(interp_run(q, s).values())) for s in samples])
+    assert worst == pytest.approx(_sqnr(ref[:, 4:], got[:, 4:]), abs=0.01)
+    assert _sqnr(ref, got) > worst + 10  # the whole output's SQNR is the boxes'
+
+    np.savez(tmp_path / "calib.npz", x=np.concatenate([s["x"] for s in samples]))
+    report = qcc.compile(tmp_path / "det.onnx", tmp_path / "out", opt_level="O2",
+                         calib=str(tmp_path / "calib.npz"))
+    outs = report["summary"]["output_sqnr_db"]
+    assert set(outs) == {"y", "y[:, 0:4]", "y[:, 4:8]"}
+    assert outs["y"] > outs["y[:, 4:8]"] + 10
+
+
 def test_measurements_use_fewer_batches_when_inputs_are_large():
     from qcc.pass_manager import PassContext
     from qcc.passes.assign_bitwidths import AssignBitwidths
