@@ -340,6 +340,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join([*MODELS, "silero-vad"]))
     ap.add_argument("--wheels", type=Path, default=Path.home() / ".cache" / "qcc" / "wheels")
+    ap.add_argument("--calib-method", help="qcc's --calib-method (default: -O2's own)")
     args = ap.parse_args(argv)
 
     import onnxruntime
@@ -361,7 +362,7 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             np.savez(Path(tmp) / "calib.npz", **{inp: calib})
             report = qcc.compile(path, Path(tmp) / "q8", opt_level="O2", calib=str(Path(tmp) / "calib.npz"),
-                                 input_shapes={inp: shape})
+                                 input_shapes={inp: shape}, calib_method=args.calib_method)
             mod = qcc.load(Path(tmp) / "q8")
             got = np.stack([next(iter(mod.run({inp: x[None]}).values())) for x in evals])
             rows.append(("qcc -O2", metrics(key, ref, got), report["summary"]["int8_mac_fraction"]))
