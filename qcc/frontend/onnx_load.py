@@ -112,10 +112,8 @@ def at_supported_opset(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, Optiona
     Models exported years ago (opset 6 and older: the pytorch-1.0 era model zoos) and by
     the newest exporters (opset 22 and up, which mostly widen ops' types) are converted
     with onnx's own version converter to the nearest opset qcc imports, rather than turned
-    away: the user would have to run the same converter by hand. Before opset 7 PRelu's
-    slope of shape [C] meant one slope per channel (axis 1); numpy broadcasting, which
-    opset 7 adopted, would put it on the last axis, and the converter leaves it as it is,
-    so such slopes are reshaped to [C, 1, ...] first."""
+    away: the user would have to run the same converter by hand. Two forms of the old
+    opsets that the converter gets wrong are rewritten first (_legacy_forms)."""
     v = _opset_of(model)
     if MIN_OPSET <= v <= MAX_OPSET:
         return model, None
