@@ -111,6 +111,7 @@ class PropagateRanges(Pass):
             return False
         order = {id(n): i for i, n in enumerate(graph.nodes)}
         ranges: Dict[int, Tuple[float, float]] = {}
+        wide: Dict[int, Tuple[float, float]] = {}  # range16, where calibration chose one
         sources: Dict[int, str] = {}
         derived = []
         stats = None
@@ -118,6 +119,9 @@ class PropagateRanges(Pass):
             r = n.attrs.get("range")
             if r:
                 ranges[id(n)] = (float(r[0]), float(r[1]))
+                r16 = n.attrs.get("range16")
+                if r16:
+                    wide[id(n)] = (float(r16[0]), float(r16[1]))
                 sources[id(n)] = n.attrs.get("source") or "observer"
             else:
                 if stats is None:
@@ -138,13 +142,18 @@ class PropagateRanges(Pass):
             p = _source_value(n).producer
             if id(n) not in ranges or p is None:
                 continue
-            lo, hi = ranges[id(n)]
             if p.op == "relu":
-                ranges[id(n)] = (max(lo, 0.0), max(hi, 0.0))
+                for rs in (ranges, wide):
+                    if id(n) in rs:
+                        lo, hi = rs[id(n)]
+                        rs[id(n)] = (max(lo, 0.0), max(hi, 0.0))
                 sources[id(n)] += "+relu"
             elif p.op == "clip":
                 a, b = p.attrs.get("min", -np.inf), p.attrs.get("max", np.inf)
-                ranges[id(n)] = (min(max(lo, a), b), max(min(hi, b), a))
+                for rs in (ranges, wide):
+                    if id(n) in rs:
+                        lo, hi = rs[id(n)]
+                        rs[id(n)] = (min(max(lo, a), b), max(min(hi, b), a))
                 sources[id(n)] += "+clip"
 
         # sharing: union-find over observe ops linked through range-preserving ops and concat
@@ -173,6 +182,10 @@ class PropagateRanges(Pass):
             lo = min(ranges[m][0] for m in members)
             hi = max(ranges[m][1] for m in members)
             label = _source_value(by_id[members[0]]).name
+            if any(m in wide for m in members):  # one 16-bit scale too: a member without its own
+                lo16 = min(wide.get(m, ranges[m])[0] for m in members)  # range16 brings its range
+                hi16 = max(wide.get(m, ranges[m])[1] for m in members)
+                wide.update((m, (lo16, hi16)) for m in members)
             for m in members:
                 ranges[m] = (lo, hi)
                 sources[m] = f"shared:{label}"
@@ -193,6 +206,10 @@ class PropagateRanges(Pass):
             if hi - lo < MIN_WIDTH:
                 hi = lo + MIN_WIDTH
             new = {"range": [float(lo), float(hi)], "source": sources[id(n)]}
+            if id(n) in wide:
+                lo16, hi16 = wide[id(n)]
+                lo16, hi16 = min(lo16, lo), max(hi16, hi)  # never narrower than the 8-bit range
+                new["range16"] = [float(lo16), float(hi16)]
             if any(n.attrs.get(k) != v for k, v in new.items()):
                 n.attrs.update(new)
                 changed = True

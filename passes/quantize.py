@@ -347,6 +347,8 @@ class Quantize(Pass):
             return QuantParams(b, signed, a["scale"], a.get("zero_point") or [0], range=tuple(rng))
         if bits is None:
             bits = 16 if id(obs) in getattr(self, "_wide", ()) else 8
+        if bits == 16 and a.get("range16"):
+            rng = a["range16"]
         return self._range_params(rng[0], rng[1], bits)
 
     def _range_params(self, lo: float, hi: float, bits: int) -> QuantParams:

@@ -16,7 +16,8 @@ per-output-channel step instead. For each candidate tensor the pass keeps its fl
 activations on the calibration data (up to `samples` batches, no more than `cache-bytes`
 for all candidates) and, for s_i = a_i^α / w_i^(1-α) (a_i the channel's 99.99th-percentile
 |x|, w_i the readers' largest |weight| on it) at each α in `ALPHAS`, runs every reader with
-the scaled tensor on the default observer's uint8 grid (its [0.01, 99.99] percentiles) and
+the scaled tensor on a uint8 grid over its [0.01, 99.99] percentiles (the observers' default
+until 2026-12-05, now mse: the -O2 measurements that made mse the default ran with this) and
 the scaled weights on quantize's int8 per-channel grid. The s whose readers' output error
 is lowest is kept if it beats no scaling by `min-gain-db`; the report gives that gain
 (`measured_gain_db`, on the calibration data). Without calibration data nothing changes.
@@ -102,7 +103,7 @@ def activations(g: Graph, values: List[Value], samples, budget: int) -> Dict[str
 
 
 def _fake_quant_activation(x: np.ndarray, percentile: float) -> np.ndarray:
-    """x on the uint8 grid insert-observers' default gives it: its [100-p, p] percentiles."""
+    """x on a uint8 grid over its [100-p, p] percentiles (a cheap stand-in for the observers')."""
     lo, hi = np.percentile(x, [100.0 - percentile, percentile])
     qp = params_for_range(lo, hi, "u8")
     q = quantize_array(x, qp).astype(np.float32) - qp.zero_point_array(x.ndim)

@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fix an input's dynamic dims, e.g. x=1x3x224x224 (repeatable, or a=1x8,b=1x8)")
     c.add_argument("--calib", metavar="DATA", help="calibration data: .npz with one array per input, or a folder")
     c.add_argument("--calib-method", choices=["minmax", "percentile", "entropy", "mse"],
-                   help="how activation ranges are chosen from calibration data (default percentile)")
+                   help="how activation ranges are chosen from calibration data (default mse)")
     c.add_argument("--precision", default="", metavar="RULES",
                    help="per-layer precision overrides by name glob or op:TYPE, e.g. "
                         "'conv_12=int16;*.head.*=float;op:matmul=w4' (float, int8, int4/w4, int16/a16, "

@@ -15,7 +15,7 @@
 
     [calib]
     data = "calib.npz"          # relative to this file
-    method = "percentile"       # minmax | percentile | entropy | mse
+    method = "mse"              # minmax | percentile | entropy | mse
 
 Command-line flags win over the file: `--precision` rules come after the file's (so they
 win where both match), and `--max-error` etc. replace its values. The file is read only

@@ -27,9 +27,9 @@ PIPELINES = {
     # the static int8 pipeline; cross-layer equalization is data-free and cheap
     "O2": "promote-f16,canonicalize,fuse,equalize,smooth,insert-observers,propagate-ranges,round-weights{defer=true},assign-bitwidths,round-weights,quantize,"
           "fold-requantize,canonicalize",
-    # O2 with the better calibration method (mixed-precision search joins with issue 5);
-    # without smooth, whose error measure assumes the percentile ranges of O2's observers
-    # (on PP-OCR cls, -O3 with it flipped 4 of 208 crops, 1 without: docs/equalization.md)
+    # O2's observers took percentile ranges until 2026-12-05 and mse since (insert_observers.py
+    # says why); this recipe is mse without smooth, whose error measure assumes percentile
+    # ranges (on PP-OCR cls, -O3 with it flipped 4 of 208 crops, 1 without: docs/equalization.md)
     # (bias-correct is not in: on PP-OCR cls it measured neutral to harmful, see
     # docs/equalization.md; nor round-weights{defer=true}: with -O3's mse ranges it cost
     # 0.9 dB on 640 PP-OCR cls crops, docs/round-weights.md); -O3 also tunes the kernels

@@ -207,12 +207,15 @@ def _compile_graph_passes(g, samples, **options):
 
 def test_quantize_with_per_layer_bits():
     g, samples = _calibrated_tiny()
-    feeds = samples[0]
-    ref = list(interp_run(g, feeds).values())[0]
+
+    def outputs(graph):  # over every sample: on one, int8 with mse ranges measured 60.7 dB
+        return np.concatenate([list(interp_run(graph, f).values())[0] for f in samples])  # (a16: 52.9)
+
+    ref = outputs(g)
     got = {}
     for prec in ("", "*=w4", "*=a16", "*=w16a16", "*=float"):
         q, ctx = _compile_graph_passes(g, samples, precision=prec, min_sqnr=0)
-        got[prec] = (_sqnr(ref, list(interp_run(q, feeds).values())[0]), weight_bytes(q), q, ctx)
+        got[prec] = (_sqnr(ref, outputs(q)), weight_bytes(q), q, ctx)
     int8, w4, a16, w16, flt = (got[p] for p in ("", "*=w4", "*=a16", "*=w16a16", "*=float"))
     # 4-bit weights: the i4 constants, packed, make the model smaller, and noisier
     assert any(c.dtype == "i4" for c in w4[2].constants.values())

@@ -240,12 +240,14 @@ def _accumulate(total: np.ndarray, acc: str) -> np.ndarray:
 
 
 @register_op("observe", attrs={"method": Attr("str", "minmax"), "range": Attr("floats", []),
-                               "source": Attr("str", ""), "scale": Attr("floats", []),
+                               "range16": Attr("floats", []), "source": Attr("str", ""), "scale": Attr("floats", []),
                                "zero_point": Attr("ints", []), "dtype": Attr("str", "")},
              traits=())
-def observe(x, *, method, range, source, scale, zero_point, dtype):
+def observe(x, *, method, range, range16, source, scale, zero_point, dtype):
     """Identity that marks an activation to quantize; after calibration `range` holds
     the real-valued range chosen for it and `source` how (observer, relu, shared, bn).
+    `range16`, when calibration set it, is the range chosen for 16-bit activations: a
+    range that suits 256 levels clips what 65536 levels would resolve (mse, entropy).
 
     A model that arrives quantized (QDQ) fixes the params instead: `scale`,
     `zero_point` and `dtype` are then used exactly, calibration leaves it alone, and
