@@ -104,13 +104,13 @@ def output_parts(g: Graph) -> List[List[Tuple[str, Tuple[slice, ...]]]]:
         if node is None or node.op != "concat" or len(node.inputs) < 2:
             parts.append([])
             continue
-        rank = len(v.shape)  # labelled by the concat's value: an observer's ".obs" is not the model's
-        axis = int(node.attrs["axis"]) % rank
+        axis = int(node.attrs["axis"]) % len(v.shape)
         out, start = [], 0
         for x in node.inputs:
             stop = start + int(x.shape[axis])
-            label = ", ".join([":"] * axis + [f"{start}:{stop}"])
-            out.append((f"{node.output.name}[{label}]", (slice(None),) * axis + (slice(start, stop),)))
+            label = ", ".join([":"] * axis + [f"{start}:{stop}"])  # named by the concat's value,
+            out.append((f"{node.output.name}[{label}]",  # not an output observer's ".obs"
+                        (slice(None),) * axis + (slice(start, stop),)))
             start = stop
         parts.append(out)
     return parts

@@ -261,7 +261,13 @@ def cmd_import(args) -> int:
     from .frontend import import_onnx
     from .ir.printer import print_graph, save
 
-    g = import_onnx(args.model, _input_shapes(args))
+    import warnings
+
+    with warnings.catch_warnings(record=True) as said:  # the frontend's notes, in qcc's own form
+        warnings.simplefilter("always", UserWarning)
+        g = import_onnx(args.model, _input_shapes(args))
+    for w in said:
+        print(f"qcc: warning: {w.message}", file=sys.stderr)
     if args.output:
         save(g, args.output)
     else:

@@ -191,10 +191,10 @@ def output_sqnr(cache: FloatCache, g: Graph, keep: bool = False) -> float:
                        range(len(cache.samples)))
     for i, outs in enumerate(runs):
         for k, (r, o) in enumerate(zip(cache.outputs[i], outs)):
-            pieces = [(k, ())] + [((k, label), index) for label, index in cache.parts[k]]
-            for key, index in pieces:
-                refs.setdefault(key, []).append(np.asarray(r, np.float64)[index].ravel())
-                gots.setdefault(key, []).append(np.asarray(o, np.float64)[index].ravel())
+            r, o = np.asarray(r, np.float64), np.asarray(o, np.float64)
+            for key, index in [(k, ())] + [((k, label), index) for label, index in cache.parts[k]]:
+                refs.setdefault(key, []).append(r[index].ravel())
+                gots.setdefault(key, []).append(o[index].ravel())
     worst = float("inf")
     for k in refs:
         r, o = np.concatenate(refs[k]), np.concatenate(gots[k])

@@ -173,3 +173,7 @@ def test_compile_converts_an_old_opset_and_says_so(tmp_path):
            "with onnx.version_converter" in p.stderr
     x = np.linspace(-3, 3, 10, dtype=np.float32).reshape(2, 5)
     np.testing.assert_allclose(api.load(tmp_path / "out").run({"x": x})["y"], 1 / (1 + np.exp(-x)), rtol=1e-6)
+    p = qcc("import", tmp_path / "m.onnx")  # the IR printer's path says it the same way, in one line
+    assert p.returncode == 0 and "qcc.sigmoid" in p.stdout, p.stderr
+    assert p.stderr == "qcc: warning: the model uses opset 6 of the default ONNX domain: converted to " \
+                       "opset 7 with onnx.version_converter\n", p.stderr

@@ -20,6 +20,7 @@ Every failure is a FrontendError with a one-line message.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -92,6 +93,11 @@ class ONode:
 SEQUENCE_OPS = frozenset({"SequenceConstruct", "SequenceEmpty", "SequenceInsert", "SequenceAt",
                           "SequenceErase", "SequenceLength", "SplitToSequence", "ConcatFromSequence",
                           "SequenceMap"})
+
+
+def _sequence_error(n: ONode) -> FrontendError:
+    return n.error("ONNX sequences are not supported unless constant (qcc compiles tensors of "
+                   "static shape; export the model with tensors in place of the sequence)")
 
 
 class Importer:
@@ -182,13 +188,10 @@ class Importer:
         if proto.op_type == "If" and self._inline_if(proto, converters):
             return
         n = ONode(self, proto)
-        unsupported = n.error("ONNX sequences are not supported unless constant (qcc compiles "
-                              "tensors of static shape; export the model with tensors in place of "
-                              "the sequence)")
         try:
             outs = self._fold(n)
             if outs is None and n.op in SEQUENCE_OPS:
-                raise unsupported
+                raise _sequence_error(n)
             if outs is None:
                 conv = converters.get(n.op)
                 outs = conv(self, n) if conv is not None else None
@@ -200,7 +203,7 @@ class Importer:
             raise
         except Exception as e:
             if n.op in SEQUENCE_OPS:
-                raise unsupported from e
+                raise _sequence_error(n) from e
             raise FrontendError(f"{n.label}: {_one_line(e)}") from e
         for name, v in zip(n.outputs, outs):
             if name and v is not None:
@@ -405,7 +408,9 @@ def import_onnx(path_or_model, input_shapes: Optional[Dict[str, Sequence[int]]] 
     `input_shapes` fixes the shapes of inputs with dynamic dims, {name: (1, 3, 224, 224)}.
     Raises FrontendError, with a one-line message, for anything it cannot import.
     """
-    model, _ = at_supported_opset(load_model(path_or_model))
+    model, note = at_supported_opset(load_model(path_or_model))
+    if note:  # `qcc compile` converts first and prints it as one of its warnings
+        warnings.warn(note, stacklevel=2)
     if model.functions:  # model-local functions: their bodies are ordinary nodes
         try:
             from onnx import inliner

@@ -141,14 +141,17 @@ def _legacy_forms(model: onnx.ModelProto) -> onnx.ModelProto:
     model = onnx.ModelProto.FromString(model.SerializeToString())
     ranks = _ranks(model)
     inits = {t.name: t for t in model.graph.initializer}
-    rank_of = lambda name: len(inits[name].dims) if name in inits else ranks.get(name)  # noqa: E731
-    nodes = []
+    def rank_of(name):
+        return len(inits[name].dims) if name in inits else ranks.get(name)
+
+    nodes: list = []
+    made: Dict[Tuple[str, int], str] = {}
     for n in model.graph.node:
         attrs = {a.name: a for a in n.attribute}
         if n.op_type == "PRelu" and len(n.input) > 1 and n.input[1] in inits \
                 and len(inits[n.input[1]].dims) == 1 and inits[n.input[1]].dims[0] > 1 \
                 and (ranks.get(n.input[0]) or 0) > 2:
-            n.input[1] = _with_trailing_ones(model, inits, n.input[1], 1, ranks[n.input[0]] - 2, nodes)
+            n.input[1] = _with_trailing_ones(model, inits, n.input[1], 1, ranks[n.input[0]] - 2, nodes, made)
         elif "axis" in attrs and "broadcast" in attrs and attrs["broadcast"].i == 1 and len(n.input) == 2:
             ra, rb = rank_of(n.input[0]), rank_of(n.input[1])
             if ra is None or rb is None:
@@ -156,7 +159,7 @@ def _legacy_forms(model: onnx.ModelProto) -> onnx.ModelProto:
                 continue
             axis = attrs["axis"].i + (ra if attrs["axis"].i < 0 else 0)
             if ra - axis - rb > 0:
-                n.input[1] = _with_trailing_ones(model, inits, n.input[1], rb, ra - axis - rb, nodes)
+                n.input[1] = _with_trailing_ones(model, inits, n.input[1], rb, ra - axis - rb, nodes, made)
             n.attribute.remove(attrs["axis"])
         nodes.append(n)
     del model.graph.node[:]
@@ -164,13 +167,13 @@ def _legacy_forms(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _with_trailing_ones(model, inits, name: str, rank: int, ones: int, nodes: list) -> str:
+def _with_trailing_ones(model, inits, name: str, rank: int, ones: int, nodes: list, made: dict) -> str:
     """The name of `name` (of rank `rank`) with `ones` more trailing dims of 1: an
     initializer for a constant, else an Unsqueeze (opset-1 form) appended to `nodes`;
-    made once per name and count."""
-    new = f"{name}.aligned{ones}"
-    if any(t.name == new for t in model.graph.initializer) or any(new in n.output for n in nodes):
-        return new
+    made once per name and count (`made`)."""
+    if (name, ones) in made:
+        return made[(name, ones)]
+    new = made[(name, ones)] = f"{name}.aligned{ones}"
     if name in inits:
         arr = numpy_helper.to_array(inits[name])
         t = numpy_helper.from_array(arr.reshape(arr.shape + (1,) * ones), new)
