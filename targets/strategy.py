@@ -122,6 +122,9 @@ class FusedCPUStrategy(LoweringStrategy):
     inline_elementwise = True
     # long sums (global pooling) keep this many partial sums, which vectorize (lower_math)
     partial_sums = 16
+    # quantize divides by its scale as a reciprocal multiply corrected by two FMAs, the
+    # same correctly rounded quotient at a fraction of a vector division (lower_quant._quotient)
+    fma_quotient = True
 
     def tir_pipeline(self, target):
         """TVM's default TIR pipeline plus cpu_tir_passes.py: scratch buffers (the kernels'

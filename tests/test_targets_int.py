@@ -419,9 +419,45 @@ def test_float_epilogues_have_no_fma(shape):
     for _ in range(3):
         check_int_graph(g, {v.name: int_feed(rng, shape, "u8") for v in g.inputs})
     for preset in ("host", "arm-a76"):
-        ex = compile_graph(g, preset)
-        asm = llvm_source(ex, "asm")
+        # quantize's quotient has FMAs by design (lower_quant._quotient): leave it out, so
+        # any FMA left is a contraction
+        from qcc.targets import get_target, strategy_for
+
+        strategy = strategy_for(get_target(preset))
+        strategy.fma_quotient = False
+        asm = llvm_source(compile_graph(g, preset, strategy=strategy), "asm")
         assert not re.findall(_FMA, asm), f"{preset}: FMA in the elementwise kernels"
+
+
+def g_quantize_only(shape, scale, dt="u8", zp=7):
+    g = Graph("quotient")
+    x = g.add_input("x", TensorType(shape, "f32"))
+    g.set_outputs([g.add_node("quantize", [x], {"scale": scale, "zero_point": [zp] * len(scale),
+                                                "axis": 1 if len(scale) > 1 else -1, "dtype": dt}).output])
+    return g
+
+
+@pytest.mark.parametrize("scale,dt", [([0.0123456], "u8"), ([3.1e-5, 0.7, 1.0, 1e-30], "i8"),
+                                      ([0.013], "i32"), ([1e-30], "i16")])
+def test_quantize_quotient_is_the_division(scale, dt):
+    """Quantize divides by its scale as x * (1/s) corrected by two FMAs (Markstein), which
+    must be the IEEE quotient bit for bit: near-ties of the rounding (k + 1/2) * s, values
+    whose quotient overflows (a 1e-30 scale), +-inf, NaN and subnormals included."""
+    import re
+
+    shape = (2, len(scale), 64, 33)
+    g = g_quantize_only(shape, scale, dt)
+    rng = np.random.default_rng(5)
+    s = np.asarray(scale, np.float32).reshape(1, -1, 1, 1)
+    x = (rng.standard_normal(shape) * np.exp(rng.uniform(-12, 12, shape))).astype(np.float32)
+    x[0, :, :8] = ((rng.integers(-300, 300, (len(scale), 8, 33)) + 0.5) * s[0]).astype(np.float32)
+    x[0, :, 8, :4] = np.nextafter(x[0, :, 0, :4], np.float32(np.inf))
+    x[1, :, 0, :5] = [np.inf, -np.inf, np.nan, 1e-40, 3e38]
+    ex = compile_graph(g, "host")
+    asm = llvm_source(ex, "asm")
+    assert "vdivps" not in asm and re.findall(_FMA, asm), "the quotient should be FMAs, not a division"
+    ref = interp_run(g, {"x": x})
+    assert_bit_equal(runner_from_executable(ex, g).run({"x": x}), ref)
 
 
 def test_products_before_a_quantize_are_fenced_behind_a_softmax_output():
