@@ -117,7 +117,7 @@ def _quotient(cx, x, scale, rank: int, axis: int, bound):
     s_np = _per_axis(scale, rank, axis, np.float32)
     with np.errstate(divide="ignore", over="ignore"):
         r_np = (np.float32(1) / s_np).astype(np.float32)
-    guard = bound is None or not np.all(np.isfinite(r_np)) or float(bound) * float(np.max(r_np)) >= 2.0 ** 31
+    guard = bound is None or not np.all(np.isfinite(r_np)) or float(bound) * float(np.max(np.abs(r_np))) >= 2.0 ** 31
     s_c, r_c = cx.const(s_np, "float32"), cx.const(r_np, "float32")
     x_shape = [int(d) for d in cx.shape_of(x)]
 
