@@ -59,18 +59,17 @@ def _multiply_te(mul_scalar):
 
     def compute(A, B):
         out_shape = _broadcast_shape(A.shape, B.shape)
+
+        def index(t, idx):
+            rank = len(t.shape)
+            sub = idx[len(idx) - rank:]
+            return t(*[0 if int(d) == 1 and int(o) != 1 else i
+                       for i, d, o in zip(sub, t.shape, out_shape[len(out_shape) - rank:])])
+
         dt = str(A.dtype)
-        return te.compute(out_shape, lambda *i: mul_scalar(dt, broadcast_read(A, i), broadcast_read(B, i)),
-                          name="T_multiply")
+        return te.compute(out_shape, lambda *i: mul_scalar(dt, index(A, i), index(B, i)), name="T_multiply")
 
     return compute
-
-
-def broadcast_read(t, idx):
-    """t's element at output index `idx` under numpy broadcasting (t's rank <= len(idx);
-    its dims of 1 read element 0)."""
-    sub = idx[len(idx) - len(t.shape):]
-    return t(*[0 if int(d) == 1 else i for i, d in zip(sub, t.shape)])
 
 
 def _broadcast_shape(a, b):

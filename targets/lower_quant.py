@@ -111,22 +111,23 @@ def _quotient(cx, x, scale, rank: int, axis: int, bound):
     from tvm import te, tirx
     from tvm.tirx.op import fma
 
-    from .exact_fp import broadcast_read
-
-    s_np = _per_axis(scale, rank, axis, np.float32)  # as _axis_const shapes it
-    s_c = cx.const(s_np, "float32")
     if not getattr(cx.strategy, "fma_quotient", False):
-        return R.divide(x, s_c)
+        return R.divide(x, _axis_const(cx, scale, rank, axis, np.float32, "float32"))
     x = _bound(cx, x)
+    s_np = _per_axis(scale, rank, axis, np.float32)
     with np.errstate(divide="ignore", over="ignore"):
         r_np = (np.float32(1) / s_np).astype(np.float32)
     guard = bound is None or not np.all(np.isfinite(r_np)) or float(bound) * float(np.max(np.abs(r_np))) >= 2.0 ** 31
-    r_c = cx.const(r_np, "float32")
+    s_c, r_c = cx.const(s_np, "float32"), cx.const(r_np, "float32")
     x_shape = [int(d) for d in cx.shape_of(x)]
 
     def fn(X, S, Rc):
+        def at(t, idx):  # numpy broadcasting of a constant against x
+            off = len(idx) - len(t.shape)
+            return t(*[0 if int(d) == 1 else idx[off + k] for k, d in enumerate(t.shape)])
+
         def body(*i):
-            xv, sv, rv = X(*i), broadcast_read(S, i), broadcast_read(Rc, i)
+            xv, sv, rv = X(*i), at(S, i), at(Rc, i)
             q0 = tirx.Var("q0", "float32")
             q = fma(fma(-q0, sv, xv), rv, q0)
             if guard:
