@@ -37,6 +37,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from qcc.batches import imap_batches
 from qcc.ir.graph import Graph, Node, Value
 from qcc.pass_manager import PassContext
 from qcc.passes_registry import Pass, register_pass
@@ -185,12 +186,13 @@ class Smooth(Pass):
         if not cands:
             return False
         acts = activations(graph, [v for v, _ in cands], samples[:self.samples], self.cache_bytes)
+        cands = [(v, rs) for v, rs in cands if v.name in acts]
+
+        def choose(c):  # candidates share no reader, so each choice is independent of the others'
+            return choose_scales(acts.pop(c[0].name), c[1], ALPHAS, self.max_scale, self.percentile)
+
         report = {}
-        for v, rs in cands:
-            x = acts.pop(v.name, None)
-            if x is None:
-                continue
-            s, err, base = choose_scales(x, rs, ALPHAS, self.max_scale, self.percentile)
+        for (v, rs), (s, err, base) in zip(cands, imap_batches(choose, cands)):
             if not err < base:  # no scale beat none (an exact tensor too: both 0)
                 continue
             gain = 10 * np.log10(base / err) if err > 0 else np.inf

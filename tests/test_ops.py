@@ -69,6 +69,9 @@ conv_case("groups2", R(1, 4, 8, 8), R(6, 2, 3, 3), R(6), pads=[1, 1, 1, 1], grou
 conv_case("depthwise-s2", R(1, 8, 15, 15), R(8, 1, 3, 3), R(8), strides=[2, 2], pads=[1, 1, 1, 1],
           group=8)
 conv_case("depthwise-mult2", R(1, 4, 7, 7), R(8, 1, 3, 3), R(8), pads=[1, 1, 1, 1], group=4)
+# large enough that the interpreter's taps run over several blocks of channels, per image
+conv_case("depthwise-blocks", R(2, 6, 130, 140), R(12, 1, 3, 3), R(12), strides=[2, 1], pads=[1, 1, 1, 1],
+          dilations=[1, 2], group=6)
 conv_case("1x1", R(2, 16, 5, 5), R(8, 16, 1, 1), R(8))
 conv_case("5x5-s3-rect", R(1, 2, 14, 17), R(3, 2, 5, 3), strides=[3, 2], pads=[2, 1, 0, 1])
 conv_case("1d", R(2, 3, 20), R(4, 3, 5), R(4), strides=[2], pads=[2, 1], dilations=[2])
@@ -481,6 +484,23 @@ def test_thin_convs_take_the_shifted_matmuls(monkeypatch, xs, ws, dil):
     xp = np.pad(x, [(0, 0), (0, 0)] + [(1, 1)] * r)
     ref = nn._im2col(xp, w, 1, w.shape[0], [1] * r, list(dil))
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int64])
+def test_depthwise_blocks_do_not_change_the_sums(monkeypatch, dtype):
+    """The interpreter's depthwise taps run over blocks of channels that fit in cache; each
+    output must be the same sum, in the same order, as over the whole map at once."""
+    from qcc.ops import nn
+
+    x = (R(2, 5, 33, 20) * 100).astype(dtype)
+    w = (R(10, 1, 3, 2) * 100).astype(dtype)
+    attrs = dict(strides=[2, 1], pads=[1, 0, 1, 1], dilations=[1, 2], group=5)
+    monkeypatch.setattr(nn, "_DW_BLOCK_BYTES", 1 << 40)
+    whole = get_op("conv").kernel(x, w, **attrs)
+    monkeypatch.setattr(nn, "_DW_BLOCK_BYTES", 1)  # one channel per block
+    np.testing.assert_array_equal(get_op("conv").kernel(x, w, **attrs), whole)
+    monkeypatch.setattr(nn, "_DW_BLOCK_BYTES", 2 * 2 * 17 * 19 * x.itemsize * 2)  # 2 + 2 + 1 channels
+    np.testing.assert_array_equal(get_op("conv").kernel(x, w, **attrs), whole)
 
 
 def test_integer_products_are_exact():

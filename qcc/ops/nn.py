@@ -101,11 +101,21 @@ def _shifted_gemms(xp, w, dilations):
     return y[(slice(None), slice(None), slice(None)) + tuple(slice(0, o) for o in out[1:])]
 
 
+# Bytes one pass of _depthwise's taps works on, output block and scratch together: every
+# tap rereads and rewrites them, so they should stay in a core's L2 (2 MB on the Xeons
+# here). Measured on PP-OCR det's five depthwise shapes, float32, one thread: 256 kB 14.0
+# ms in all, 512 kB 13.4, 1 MB 15.0, unblocked 19.5.
+_DW_BLOCK_BYTES = 1 << 19
+
+
 def _depthwise(xp, w, G, Og, strides, dilations):
     """One input channel per group: a multiply-add per kernel tap over strided slices.
 
     Per-group matmuls would be 1-wide; this is several times faster for the
-    3x3 depthwise layers that dominate mobile nets.
+    3x3 depthwise layers that dominate mobile nets. The taps run over a block of
+    channels at a time (_DW_BLOCK_BYTES), not the whole map: each tap rewrites its
+    block, which then stays in cache. Every output is the same sum in the same tap
+    order either way.
     """
     r = xp.ndim - 2
     N = xp.shape[0]
@@ -114,15 +124,21 @@ def _depthwise(xp, w, G, Og, strides, dilations):
     wg = w.reshape(G, Og, *k)
     dtype = np.result_type(xp.dtype, w.dtype)
     y = np.empty((N, G, Og, *out), dtype)
-    term = np.empty_like(y)  # one scratch buffer: a fresh array per tap costs page faults
-    for i, tap in enumerate(itertools.product(*(range(kk) for kk in k))):
-        sl = xp[(slice(None), slice(None)) + tuple(
-            slice(t * d, t * d + (o - 1) * s + 1, s)
-            for t, d, o, s in zip(tap, dilations, out, strides))]
-        np.multiply(sl[:, :, None], wg[(slice(None), slice(None)) + tap].reshape((1, G, Og) + (1,) * r),
-                    out=y if i == 0 else term)
-        if i:
-            y += term
+    step = max(1, min(G, _DW_BLOCK_BYTES // max(1, 2 * Og * int(np.prod(out)) * dtype.itemsize)))
+    term = np.empty((1, step, Og, *out), dtype)  # one scratch block: a fresh array per tap costs page faults
+    taps = [(tap, tuple(slice(t * d, t * d + (o - 1) * s + 1, s)
+                        for t, d, o, s in zip(tap, dilations, out, strides)))
+            for tap in itertools.product(*(range(kk) for kk in k))]
+    for n in range(N):
+        for g0 in range(0, G, step):
+            g = slice(g0, min(G, g0 + step))
+            block, scratch = y[n:n + 1, g], term[:, :g.stop - g0]
+            for i, (tap, window) in enumerate(taps):
+                np.multiply(xp[(slice(n, n + 1), g) + window][:, :, None],
+                            wg[(g, slice(None)) + tap].reshape((1, -1, Og) + (1,) * r),
+                            out=block if i == 0 else scratch)
+                if i:
+                    block += scratch
     return y.reshape(N, G * Og, *out)
 
 
