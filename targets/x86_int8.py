@@ -984,13 +984,56 @@ def _qconv_kernel(isa: Isa, cx, x, w, attrs, b):
         wpk, folded = packed
         return cx.emit_te(lambda xt, wt, bt: conv_te(plan, xt, wt, bt), x, cx.const(wpk, plan.isa.wt),
                           cx.const(folded, "int32"), primfunc_name_hint=f"{plan.isa.prefix}_conv")
-    dw = dw_plan(cx.shape_of(x), cx.dtype_of(x), wv.shape, attrs, 16 if isa is VNNI else 8, vnni=isa is VNNI)
-    packed = pack_dw(dw, wv, bv, vnni=isa is VNNI) if dw is not None else None
-    if packed is not None:
-        dw, wd, bias = packed
-        return cx.emit_te(lambda xt, wt, bt: dw_te(dw, xt, wt, bt), x, cx.const(wd, str(wd.dtype)),
-                          cx.const(bias, "int32"), primfunc_name_hint=f"{isa.prefix}_dwconv")
-    return None
+    if a16:
+        return _int16_depthwise(isa, cx, x, wv, bv, attrs)
+    packed = _dw_packed(isa, cx.shape_of(x), cx.dtype_of(x), wv, bv, attrs)
+    return None if packed is None else _emit_dw(isa, cx, x, packed)
+
+
+def _dw_packed(isa: Isa, x_shape, x_dtype: str, wv, bv, attrs):
+    """(plan, weights, bias) of x86_depthwise.py's kernel for the qconv, or None."""
+    dw = dw_plan(x_shape, x_dtype, wv.shape, attrs, 16 if isa is VNNI else 8, vnni=isa is VNNI)
+    return pack_dw(dw, wv, bv, vnni=isa is VNNI) if dw is not None else None
+
+
+def _emit_dw(isa: Isa, cx, x, packed):
+    dw, wd, bias = packed
+    return cx.emit_te(lambda xt, wt, bt: dw_te(dw, xt, wt, bt), x, cx.const(wd, str(wd.dtype)),
+                      cx.const(bias, "int32"), primfunc_name_hint=f"{isa.prefix}_dwconv")
+
+
+def _int16_depthwise(isa: Isa, cx, x, wv, bv, attrs):
+    """A depthwise-like qconv of int16 activations (a w8a16 layer of the bit-width search)
+    as two uint8 ones through the depthwise kernel, or None. With u = x + 32768 = 256*hi + lo
+    in bytes, and the zero point split alike (zx + 32768 = 256*zh + zl):
+
+        sum((x - zx) * w) + b == 256 * sum((hi - zh) * w) + (sum((lo - zl) * w) + b)
+
+    and padding, written as zh and zl, adds nothing to either sum. Each byte's sum is exact
+    (|.| <= 255 * 128 * taps), and 256 times the high one stays inside int32 for up to 256
+    taps per output, so the result is the reference's int32 accumulator bit for bit. The
+    generic lowering ran PP-OCR det's two a16 5x5 depthwise convs at 9 GMAC/s (0.44 and
+    0.31 ms of its 10.9)."""
+    from tvm import te
+
+    zu = int(attrs.get("x_zero_point", 0)) + 32768
+    if not 0 <= zu < 1 << 16 or int(np.prod(wv.shape[1:])) > 256:
+        return None
+    shape = cx.shape_of(x)
+    hi = _dw_packed(isa, shape, "uint8", wv, None, dict(attrs, x_zero_point=zu >> 8))
+    lo = _dw_packed(isa, shape, "uint8", wv, bv, dict(attrs, x_zero_point=zu & 255))
+    if hi is None or lo is None:
+        return None
+
+    def byte(shift):
+        def split(xt):
+            return te.compute(xt.shape, lambda *i: (((xt(*i).astype("int32") + 32768) >> shift) & 255)
+                              .astype("uint8"), name="int16_byte")
+        return cx.emit_te(split, x, primfunc_name_hint="int16_byte")
+
+    y_hi, y_lo = _emit_dw(isa, cx, byte(8), hi), _emit_dw(isa, cx, byte(0), lo)
+    return cx.emit_te(lambda h, l: te.compute(h.shape, lambda *i: h(*i) * 256 + l(*i), name="int16_sum"),
+                      y_hi, y_lo, primfunc_name_hint="int16_sum")
 
 
 def lower_float_conv_x86(isa: Isa, cx, x, w, attrs, out_dtype):
