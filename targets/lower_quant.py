@@ -97,17 +97,22 @@ def _rint_saturate(cx, v, lo: float, hi: float, nan_free: bool = False):
 
 
 def _quotient(cx, x, scale, rank: int, axis: int, bound):
-    """x / scale, correctly rounded, in float32.
+    """x / scale, correctly rounded, in float32, wherever it can change quantize's result.
 
     Where the target has fused multiply-adds (`strategy.fma_quotient`), Markstein's theorem
     gives the same float as the division: with r = RN(1/s) (numpy's float32 division) and
     q0 = RN(x * r), which is within one ulp of x / s, the residual e = fma(-q0, s, x) is
     exact and fma(e, r, q0) is RN(x / s) (Muller et al., Handbook of Floating-Point
     Arithmetic, 2nd ed., Theorem 4.10). Its conditions fail only for quotients that
-    overflow (q0 = inf makes the residual NaN: below, such a q0 is kept, and saturates as
-    the quotient would) or fall below the normal range (|x / s| < 2^-126: every candidate
-    rounds to 0 all the same). `bound`: qcc.analysis.magnitude_bound of x (None: unknown);
-    when |x| / s stays below 2^31 no quotient can overflow and the guard goes."""
+    overflow (q0 = inf would make the residual NaN) or fall below the normal range
+    (|x / s| < 2^-126: every candidate rounds to 0 all the same). So q0 is clamped to
+    +-2^33 first: below that the theorem holds as it is, and past it the result, still
+    past 2^33 or infinite with the quotient's sign, saturates every integer quantize
+    can make (up to 32 bits, whatever the zero point); x = +-inf stays +-inf and NaN
+    stays NaN. A clamp, not a select on |q0|: LLVM's loop vectorizer turned the select's
+    read of a per-channel s into a gather, lane by lane. `bound`:
+    qcc.analysis.magnitude_bound of x (None: unknown); when |x| / s stays below 2^33 the
+    clamp goes. A per-tensor scale is an immediate."""
     from tvm import te, tirx
     from tvm.tirx.op import fma
 
@@ -117,26 +122,30 @@ def _quotient(cx, x, scale, rank: int, axis: int, bound):
     s_np = _per_axis(scale, rank, axis, np.float32)
     with np.errstate(divide="ignore", over="ignore"):
         r_np = (np.float32(1) / s_np).astype(np.float32)
-    guard = bound is None or not np.all(np.isfinite(r_np)) or float(bound) * float(np.max(np.abs(r_np))) >= 2.0 ** 31
-    s_c, r_c = cx.const(s_np, "float32"), cx.const(r_np, "float32")
+    limit = 2.0 ** 33
+    clamp = bound is None or not np.all(np.isfinite(r_np)) or float(bound) * float(np.max(np.abs(r_np))) >= limit
     x_shape = [int(d) for d in cx.shape_of(x)]
+
+    def quotient(xv, sv, rv):
+        q0 = xv * rv
+        if clamp:
+            q0 = tirx.min(tirx.max(q0, tirx.const(-limit, "float32")), tirx.const(limit, "float32"))
+        q = tirx.Var("q0", "float32")
+        return tirx.Let(q, q0, fma(fma(-q, sv, xv), rv, q))
+
+    if s_np.size == 1:
+        s, r = (tirx.const(float(v.flat[0]), "float32") for v in (s_np, r_np))
+        return cx.emit_te(lambda X: te.compute(x_shape, lambda *i: quotient(X(*i), s, r), name="quotient"),
+                          x, primfunc_name_hint="quotient")
 
     def fn(X, S, Rc):
         def at(t, idx):  # numpy broadcasting of a constant against x
             off = len(idx) - len(t.shape)
             return t(*[0 if int(d) == 1 else idx[off + k] for k, d in enumerate(t.shape)])
 
-        def body(*i):
-            xv, sv, rv = X(*i), at(S, i), at(Rc, i)
-            q0 = tirx.Var("q0", "float32")
-            q = fma(fma(-q0, sv, xv), rv, q0)
-            if guard:
-                q = tirx.Select(tirx.abs(q0) < tirx.const(2.0 ** 31, "float32"), q, q0)
-            return tirx.Let(q0, xv * rv, q)
+        return te.compute(x_shape, lambda *i: quotient(X(*i), at(S, i), at(Rc, i)), name="quotient")
 
-        return te.compute(x_shape, body, name="quotient")
-
-    return cx.emit_te(fn, x, s_c, r_c, primfunc_name_hint="quotient")
+    return cx.emit_te(fn, x, cx.const(s_np, "float32"), cx.const(r_np, "float32"), primfunc_name_hint="quotient")
 
 
 @lowering("quantize")

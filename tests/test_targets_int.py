@@ -460,6 +460,25 @@ def test_quantize_quotient_is_the_division(scale, dt):
     assert_bit_equal(runner_from_executable(ex, g).run({"x": x}), ref)
 
 
+def test_quantize_quotient_at_the_int32_limit():
+    """Where x * (1/s) rounds up to 2^31 but x / s does not (1 ulp below it), int32 quantize
+    gives 2^31 - 128, not a saturated 2^31 - 1: the overflow guard clamps x * (1/s) rather
+    than keeping it, so the correction still runs there."""
+    s = np.float32(1.9358152151107788)
+    r = np.float32(1) / s
+    x = [np.nextafter(np.float32(2 ** 31) * s, np.float32(0))]
+    for _ in range(40):
+        x.append(np.nextafter(x[-1], np.float32(0)))
+    x = np.array(x, np.float32)
+    tricky = (x * r >= 2 ** 31) & (x / s < 2 ** 31)
+    assert tricky.any()  # the case this test is for
+    x = np.concatenate([x, -x, [3e38, -3e38, np.inf, -np.inf]]).astype(np.float32).reshape(1, 1, 1, -1)
+    g = g_quantize_only(x.shape, [float(s)], "i32", zp=0)
+    ref = interp_run(g, {"x": x})
+    assert (ref[g.outputs[0].name].ravel()[:41][tricky] == 2 ** 31 - 128).all()
+    assert_bit_equal(_run_compiled(g, {"x": x}), ref)
+
+
 def test_products_before_a_quantize_are_fenced_behind_a_softmax_output():
     """A model whose only output follows a softmax (PP-OCR cls) still needs its float
     products fenced where they reach a quantize: an FMA's last bit can change an integer,
