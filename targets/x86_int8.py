@@ -63,6 +63,7 @@ mr rows x nr*16 columns.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
@@ -252,6 +253,7 @@ class ConvPlan(ConvGeometry):
     x_signed: bool = False
     zx: int = 0  # zero point in the uint8 domain
     isa: Isa = VNNI
+    pitch: int = 0  # row pitch of the packed phases and the sums; 0: ceil(wp / stride)
 
     @property
     def cb(self):
@@ -259,7 +261,7 @@ class ConvPlan(ConvGeometry):
 
     @property
     def wq(self):
-        return -(-self.wp // self.strides[1])
+        return self.pitch or -(-self.wp // self.strides[1])
 
     @property
     def hq(self):
@@ -296,6 +298,29 @@ class ConvPlan(ConvGeometry):
         return -(-need // self.wq) * self.wq
 
 
+def _banded(p: ConvPlan) -> ConvPlan:
+    """`p`, or `p` with its row pitch rounded up to whole vectors where only that lets the
+    per-block schedule split a large image into bands of rows (_band_rows): a band must end
+    on a register tile, and with an odd pitch (a stride-2 stem's: ceil(578 / 2) = 289) no
+    band of rows that fits does, so the conv ran as three passes over the whole image, its
+    int32 sums written to memory and read back (PP-OCR det's stem, 3->16 at 192x288: 0.40
+    -> 0.35 ms on two threads). The padded columns are computed and dropped, at most
+    lanes - 1 a row."""
+    if p.n != 1 or p.groups != 1:
+        return p
+    oh, _ = p.out_hw
+    L = p.isa.lanes
+
+    def bands(q):
+        mr, nr = q.tile
+        return _band_rows(mr, nr * L, oh, q.wq, q.vecs * L)
+
+    if bands(p) is not None:
+        return p
+    q = dataclasses.replace(p, pitch=-(-p.wq // L) * L)
+    return q if bands(q) is not None else p
+
+
 def conv_plan(x_shape, x_dtype: str, w_shape, attrs, isa: Isa = VNNI) -> Optional[ConvPlan]:
     """The plan for a qconv the kernel handles, else None. 16-bit activations take the
     int16 instruction sets (VNNI16, AVX2) as they are, zero point folded like 8-bit ones'."""
@@ -308,13 +333,13 @@ def conv_plan(x_shape, x_dtype: str, w_shape, attrs, isa: Isa = VNNI) -> Optiona
         zx = int(attrs.get("x_zero_point", 0))
         if not -(1 << 15) <= zx < (1 << 15):
             return None
-        return ConvPlan(**geom.fields(), x_signed=False, zx=zx, isa=isa)
+        return _banded(ConvPlan(**geom.fields(), x_signed=False, zx=zx, isa=isa))
     zx = int(attrs.get("x_zero_point", 0)) + (128 if x_dtype == "int8" else 0)
     if not 0 <= zx <= 255:
         return None
     if 255 * 128 * geom.cg * geom.kh * geom.kw >= (1 << 31):  # the raw u8 x s8 sum must not wrap
         return None
-    return ConvPlan(**geom.fields(), x_signed=x_dtype == "int8", zx=zx, isa=isa)
+    return _banded(ConvPlan(**geom.fields(), x_signed=x_dtype == "int8", zx=zx, isa=isa))
 
 
 def float_conv_plan(x_shape, w_shape, attrs, isa: Isa) -> Optional[ConvPlan]:
@@ -322,7 +347,7 @@ def float_conv_plan(x_shape, w_shape, attrs, isa: Isa) -> Optional[ConvPlan]:
     geom = conv_geometry(x_shape, w_shape, attrs)
     if geom is None:
         return None
-    return ConvPlan(**geom.fields(), isa=isa)
+    return _banded(ConvPlan(**geom.fields(), isa=isa))
 
 
 def pack_float_conv_weights(p: ConvPlan, w: np.ndarray) -> np.ndarray:
