@@ -303,9 +303,9 @@ def _banded(p: ConvPlan) -> ConvPlan:
     per-block schedule split a large image into bands of rows (_band_rows): a band must end
     on a register tile, and with an odd pitch (a stride-2 stem's: ceil(578 / 2) = 289) no
     band of rows that fits does, so the conv ran as three passes over the whole image, its
-    int32 sums written to memory and read back (PP-OCR det's stem, 3->16 at 192x288: 0.40
-    -> 0.35 ms on two threads). The padded columns are computed and dropped, at most
-    lanes - 1 a row."""
+    int32 sums written to memory and read back (PP-OCR det's stem, 3->16 at 192x288: 0.39
+    -> 0.34 ms on two threads, 0.77 -> 0.67 on one). The padded columns are computed and
+    dropped, at most lanes - 1 a row."""
     if p.n != 1 or p.groups != 1:
         return p
     oh, _ = p.out_hw
