@@ -137,15 +137,13 @@ def _quotient(cx, x, scale, rank: int, axis: int, bound):
         s, r = (tirx.const(float(v.flat[0]), "float32") for v in (s_np, r_np))
         return cx.emit_te(lambda X: te.compute(x_shape, lambda *i: quotient(X(*i), s, r), name="quotient"),
                           x, primfunc_name_hint="quotient")
-
-    def fn(X, S, Rc):
-        def at(t, idx):  # numpy broadcasting of a constant against x
-            off = len(idx) - len(t.shape)
-            return t(*[0 if int(d) == 1 else idx[off + k] for k, d in enumerate(t.shape)])
-
-        return te.compute(x_shape, lambda *i: quotient(X(*i), at(S, i), at(Rc, i)), name="quotient")
-
-    return cx.emit_te(fn, x, cx.const(s_np, "float32"), cx.const(r_np, "float32"), primfunc_name_hint="quotient")
+    # one scale per index of the channel axis (a 1-D scale list with no axis: numpy
+    # broadcasts it against the last one)
+    ax = axis if axis >= 0 else rank - 1
+    return cx.emit_te(lambda X, S, Rc: te.compute(x_shape, lambda *i: quotient(X(*i), S[i[ax]], Rc[i[ax]]),
+                                                  name="quotient"),
+                      x, cx.const(s_np.reshape(-1), "float32"), cx.const(r_np.reshape(-1), "float32"),
+                      primfunc_name_hint="quotient")
 
 
 @lowering("quantize")
