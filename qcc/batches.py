@@ -11,6 +11,8 @@ also makes every product's rounding the same on any machine, whatever its core c
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Callable, Iterator, List, Sequence, TypeVar
@@ -63,3 +65,46 @@ def map_batches(fn: Callable[[T], R], items: Sequence[T]) -> List[R]:
 
     `fn` must not share mutable state between items."""
     return list(imap_batches(fn, items))
+
+
+_DONE = object()
+
+
+@contextmanager
+def in_order_on_a_thread(fn: Callable[..., None], depth: int = 4) -> Iterator[Callable[..., None]]:
+    """A `put(*args)` that runs fn(*args) on one other thread, in the order put, while the
+    caller goes on (at most `depth` calls waiting: put blocks beyond that, which bounds the
+    arrays held). One consumer keeps fn's side effects in order, so the result is the one
+    a plain loop gives, bit for bit. The block ends when every call is done; fn's first
+    exception is raised from put or at the end. With one core, put calls fn itself."""
+    if workers() <= 1:
+        yield fn
+        return
+    q: "queue.Queue" = queue.Queue(maxsize=depth)
+    errors: List[BaseException] = []
+
+    def work() -> None:
+        while True:
+            args = q.get()
+            if args is _DONE:
+                return
+            if not errors:  # after a failure: drain, so put never blocks for ever
+                try:
+                    fn(*args)
+                except BaseException as e:  # noqa: BLE001 - handed to the caller
+                    errors.append(e)
+
+    def put(*args) -> None:
+        if errors:
+            raise errors[0]
+        q.put(args)
+
+    t = threading.Thread(target=work, name="qcc-in-order", daemon=True)
+    t.start()
+    try:
+        yield put
+    finally:
+        q.put(_DONE)
+        t.join()
+    if errors:
+        raise errors[0]
