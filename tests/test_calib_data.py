@@ -427,3 +427,27 @@ def test_an_unnamed_array_serves_the_only_input(graph, tmp_path):
     from qcc.calibrate import by_input, sample_shapes
     assert by_input(sample_shapes(tmp_path / "c.npz"), ["x"]) == {"x": (4, 3, 8, 8)}
     assert by_input({"y": (4,)}, ["x"]) == {"y": (4,)} and by_input({"arr_0": (4,)}, ["x", "z"]) == {"arr_0": (4,)}
+
+
+@pytest.mark.parametrize("kind", ["normal", "one-sided", "negative", "heavy-tailed"])
+def test_mse_range_is_the_candidate_loops_choice(kind):
+    """mse scores its candidate ranges all at once; the choice must be the one a loop over
+    them makes (the first of equal errors), bit for bit."""
+    rng = np.random.default_rng(5)
+    x = {"normal": rng.normal(size=50_000), "one-sided": np.abs(rng.normal(size=50_000)),
+         "negative": -np.abs(rng.laplace(size=50_000)),
+         "heavy-tailed": rng.standard_cauchy(size=50_000)}[kind]
+    ob = _observe(x)
+    for bits in (4, 8, 16):
+        e = ob.edges()
+        centers, lo0, hi0 = (e[:-1] + e[1:]) / 2, float(ob.min), float(ob.max)
+        floor = min(0.3, max(2 * ob.R / ob.bins / max(abs(lo0), abs(hi0)), 1e-6))
+        best, best_err = (lo0, hi0), np.inf
+        for f in np.unique(np.concatenate([np.geomspace(floor, 0.3, 64), np.linspace(0.3, 1.0, 71)])):
+            lo, hi = (lo0 * f if lo0 < 0 else lo0), hi0 * f
+            step = (hi - lo) / (2 ** bits - 1)
+            clipped = np.clip(centers, lo, hi)
+            err = np.sum(ob.hist * ((centers - clipped) ** 2 + np.where(centers == clipped, step * step / 12, 0.0)))
+            if step > 0 and err < best_err:
+                best_err, best = err, (lo, hi)
+        assert ob.range("mse", bits=bits) == (float(best[0]), float(best[1])), (kind, bits)

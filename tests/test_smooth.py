@@ -168,3 +168,23 @@ def test_the_report_says_what_was_smoothed_and_equalized(tmp_path):
     # and the weight rounding the bit-width search measured (round-weights{defer=true})
     rounded = report["round_weights_before_search"]["layers"]
     assert rounded and all(r["weight_bits"] == 8 and "held_out_reduction_db" in r for r in rounded.values())
+
+
+def test_fake_quantized_activation_matches_quantize_array():
+    """smooth's error measure quantizes activations in place and looks their values up;
+    they must be quantize_array's codes and values, bit for bit (ties, the clipped tails,
+    all-zero and one-signed tensors)."""
+    from qcc.passes.smooth import _fake_quant_activation
+    from qcc.quantization import params_for_range, quantize_array
+
+    rng = np.random.default_rng(0)
+    for k in range(12):
+        x = (rng.standard_cauchy((2, 5, 7, 9)) * 10.0 ** rng.uniform(-3, 3)).astype(np.float32)
+        x = [x, np.abs(x), -np.abs(x), np.zeros_like(x), np.round(x * 4) / 4][k % 5]
+        for p in (99.99, 90.0, 100.0):
+            lo, hi = np.percentile(x, [100.0 - p, p])
+            qp = params_for_range(lo, hi, "u8")
+            want = ((quantize_array(x, qp).astype(np.float32) - qp.zero_point_array(x.ndim))
+                    * qp.scale_array(x.ndim)).astype(np.float32)
+            got = _fake_quant_activation(x, p)
+            assert got.dtype == np.float32 and np.array_equal(got, want), (k, p)
