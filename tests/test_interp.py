@@ -241,3 +241,47 @@ def test_unknown_dialect_has_no_runner():
                               names=["fb"]).output])
     with pytest.raises(InterpError, match="no runner for the 'foo' dialect"):
         run(g, {"x": f32(4)})
+
+
+# --- the integer kernels against int64 arithmetic written out -----------------------------
+
+def test_integer_kernels_equal_their_int64_formulas():
+    """qconv and qmatmul (their int32 sums skip int64 where no wrap is possible: a bias on
+    either side of that limit), requantize and dequantize (worked in place), against the
+    formulas in plain int64; and an int32 sum past 2^31 is still an error."""
+    from qcc.ops.quant import ACC32_MAX, dequantize, qconv, qmatmul, requantize
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (2, 8, 5, 6)).astype(np.uint8)
+    w = rng.integers(-127, 128, (4, 8, 3, 3)).astype(np.int8)
+    xs = np.pad(x.astype(np.int64) - 77, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    ref = np.zeros((2, 4, 5, 6), np.int64)
+    for i in range(3):
+        for j in range(3):
+            ref += np.einsum("nchw,oc->nohw", xs[:, :, i:i + 5, j:j + 6], w[:, :, i, j].astype(np.int64))
+    for big in (1000, ACC32_MAX - (1 << 24) - 1, ACC32_MAX - (1 << 24), ACC32_MAX - 600_000):
+        b = np.array([big, -big, 3, -(big // 2)], np.int32)
+        want = ref + b.astype(np.int64).reshape(1, -1, 1, 1)
+        kw = dict(strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], group=1, x_zero_point=77)
+        if want.max() > ACC32_MAX or want.min() < -ACC32_MAX - 1:
+            with pytest.raises(OverflowError):
+                qconv(x, w, b, **kw)
+            continue
+        got = qconv(x, w, b, **kw)
+        assert got.dtype == np.int32 and np.array_equal(got, want), big
+        got = qmatmul(x[0, :, 0].T.copy(), w[:, :, 0, 0].T.copy(), b, a_zero_point=77, b_zero_point=0)
+        mm = (x[0, :, 0].T.astype(np.int64) - 77) @ w[:, :, 0, 0].T.astype(np.int64) + b
+        assert got.dtype == np.int32 and np.array_equal(got, mm), big
+
+    acc = rng.integers(-(1 << 31), 1 << 31, (3, 4, 7), dtype=np.int64).astype(np.int32)
+    M, sh = [1 << 30, 1518500250, 2147483647, 1073741825], [0, -3, 5, -20]
+    got = requantize(acc, multiplier=M, shift=sh, axis=1, input_zero_point=-9, zero_point=100,
+                     dtype="i16", clamp=[])
+    t = 31 - np.array(sh).reshape(1, 4, 1)
+    want = ((acc.astype(np.int64) + 9) * np.array(M).reshape(1, 4, 1) + (1 << (t - 1))) >> t
+    assert np.array_equal(got, np.clip(want + 100, -32768, 32767).astype(np.int16))
+    s = np.float32([0.5, 1e-3, 3.0, 7.25])
+    for z in ([0, 0, 0, 0], [1, -2, 0, 5]):
+        got = dequantize(acc, scale=list(map(float, s)), zero_point=z, axis=1)
+        want = (acc - np.int32(z).reshape(1, 4, 1)).astype(np.float32) * s.reshape(1, 4, 1)
+        assert got.dtype == np.float32 and np.array_equal(got, want)
