@@ -21,6 +21,12 @@ at compile time. Spatial padding is written explicitly with zx' (it contributes
 in int32 and the sum wraps like any int32 sum, so the accumulator equals the reference's
 bit for bit (the folded bias must fit int32, else the generic lowering is used).
 
+16-bit activations (the w8a16 layers the bit-width search picks) take the same kernels
+with an int16 pack: LLVM makes the products `smlal`/`smlal2` (int16 x int16 -> int32,
+the weights sign-extended), on every core; before, they took the generic lowering. Their
+zero point must be 0 (qcc's 16-bit activations are symmetric), so no sum can leave the
+reference's own int32 bound (_zero_point_in_domain says why that matters).
+
 Conv layout. The graph stays NCHW; each qconv is one fused function of three stages:
 
 1. pack (prologue): x[n, c, h, w] -> xp[n, g, hp, wp * C + (kp - k)] int8: shifted,
@@ -70,11 +76,16 @@ ANN = "qcc_sdot"  # block annotation naming the stage kind
 _I32 = (-(1 << 31), (1 << 31) - 1)
 
 
-def _shift_to_s8(v, signed: bool):
-    """The int8 value x' of an int8/uint8 activation: x itself, or x - 128."""
-    if signed:
+# the signed domain each activation dtype is shifted into (its offset: half its range)
+_DOMAIN = {"uint8": ("int8", 128), "int8": ("int8", 0), "int16": ("int16", 0)}
+
+
+def _to_domain(v, dtype: str):
+    """The signed value x' of an activation: x itself (int8, int16), or x - 128 (uint8)."""
+    dom, off = _DOMAIN[dtype]
+    if not off:
         return v
-    return (v.astype("int32") - 128).astype("int8")
+    return (v.astype("int32") - off).astype(dom)
 
 
 def _fold_bias(bias: Optional[np.ndarray], n: int, zx: int, wsum: np.ndarray) -> Optional[np.ndarray]:
@@ -86,9 +97,20 @@ def _fold_bias(bias: Optional[np.ndarray], n: int, zx: int, wsum: np.ndarray) ->
     return folded.astype(np.int32)
 
 
-def _zero_point_s8(dtype: str, zp: int) -> Optional[int]:
-    """The zero point in the int8 domain of the shifted activation, or None if outside it."""
-    z = int(zp) - (128 if dtype == "uint8" else 0)
+def _zero_point_in_domain(dtype: str, zp: int) -> Optional[int]:
+    """The zero point in the signed domain of the shifted activation, or None where these
+    kernels do not take it: outside the domain, or, for 16-bit activations, anything but
+    the domain's 0. (x' * w then stays within the reference's own bound: an int32
+    accumulator means max|x - zx| * sum|w| < 2^31. With a 16-bit zero point folded into
+    the bias, the raw sums of x' * w could pass 2^31 and rely on int32 wrapping, which
+    LLVM's no-signed-wrap arithmetic does not promise. qcc's 16-bit activations are
+    symmetric: zero point 0.)"""
+    if dtype not in _DOMAIN:
+        return None
+    dom, off = _DOMAIN[dtype]
+    z = int(zp) - off
+    if dom == "int16":
+        return z if z == 0 else None
     return z if -128 <= z <= 127 else None
 
 
@@ -96,8 +118,13 @@ def _zero_point_s8(dtype: str, zp: int) -> Optional[int]:
 
 @dataclass(frozen=True)
 class ConvPlan(ConvGeometry):
-    x_signed: bool = False
-    zx: int = 0  # zero point in the int8 domain
+    x_dtype: str = "uint8"
+    zx: int = 0  # zero point in the signed domain (_DOMAIN)
+
+    @property
+    def act(self) -> str:
+        """The packed activation dtype: int8, or int16 for 16-bit activations."""
+        return _DOMAIN[self.x_dtype][0]
 
     @property
     def depthwise(self):
@@ -125,14 +152,14 @@ class ConvPlan(ConvGeometry):
 def conv_plan(x_shape, x_dtype: str, w_shape, attrs) -> Optional[ConvPlan]:
     """The plan for a 2-D qconv these kernels handle, else None."""
     geom = conv_geometry(x_shape, w_shape, attrs)
-    if geom is None or x_dtype not in ("uint8", "int8"):
+    if geom is None or x_dtype not in _DOMAIN:
         return None
     if geom.cg == 1 and geom.groups > 1 and geom.o != geom.groups:  # depthwise with a channel multiplier
         return None
-    zx = _zero_point_s8(x_dtype, int(attrs.get("x_zero_point", 0)))
+    zx = _zero_point_in_domain(x_dtype, int(attrs.get("x_zero_point", 0)))
     if zx is None:
         return None
-    return ConvPlan(**geom.fields(), x_signed=x_dtype == "int8", zx=zx)
+    return ConvPlan(**geom.fields(), x_dtype=x_dtype, zx=zx)
 
 
 def conv_weights(p: ConvPlan, w: np.ndarray, bias: Optional[np.ndarray]):
@@ -164,13 +191,13 @@ def conv_te(p: ConvPlan, x, wk, bias):
     (sh, sw), (dh, dw) = p.strides, p.dilations
     pt, pl = p.pads[0], p.pads[1]
     cg, g = p.cg, p.groups
-    zx = tirx.const(p.zx, "int8")
+    zx = tirx.const(p.zx, p.act)
 
     def pack(n, gi, hh, f):
         ww, ch = f // cg, f % cg
         hi, wi = hh - pt, ww - pl
         inside = tirx.all(hi >= 0, hi < p.h, wi >= 0, wi < p.w)
-        v = _shift_to_s8(x[n, gi * cg + ch, hi, wi], p.x_signed)
+        v = _to_domain(x[n, gi * cg + ch, hi, wi], p.x_dtype)
         return tirx.if_then_else(inside, v, zx)
 
     # a row is followed by kp - k bytes the last pixel's padded reduction reads (zero weights)
@@ -203,12 +230,12 @@ def _depthwise_te(p: ConvPlan, x, wk, bias):
 
     (sh, sw), (dh, dw) = p.strides, p.dilations
     pt, pl = p.pads[0], p.pads[1]
-    zx = tirx.const(p.zx, "int8")
+    zx = tirx.const(p.zx, p.act)
 
     def pack(n, c, hh, ww):
         hi, wi = hh - pt, ww - pl
         inside = tirx.all(hi >= 0, hi < p.h, wi >= 0, wi < p.w)
-        return tirx.if_then_else(inside, _shift_to_s8(x[n, c, hi, wi], p.x_signed), zx)
+        return tirx.if_then_else(inside, _to_domain(x[n, c, hi, wi], p.x_dtype), zx)
 
     xp = te.compute((p.n, p.c, p.hp, p.wp), pack, name=f"{PREFIX}_dw_pack", attrs={ANN: "pack"})
     rh = te.reduce_axis((0, p.kh), "rh")
@@ -229,20 +256,20 @@ class MatmulPlan:
     a_shape: Tuple[int, ...]
     k: int
     n: int
-    a_signed: bool
-    za: int  # int8 domain
+    a_dtype: str
+    za: int  # in the signed domain (_DOMAIN)
 
 
 def matmul_plan(a_shape, a_dtype: str, b_shape, za: int) -> Optional[MatmulPlan]:
-    if a_dtype not in ("uint8", "int8") or len(b_shape) != 2 or len(a_shape) < 1:
+    if a_dtype not in _DOMAIN or len(b_shape) != 2 or len(a_shape) < 1:
         return None
     k, n = int(b_shape[0]), int(b_shape[1])
     if int(a_shape[-1]) != k:
         return None
-    z = _zero_point_s8(a_dtype, za)
+    z = _zero_point_in_domain(a_dtype, za)
     if z is None:
         return None
-    return MatmulPlan(tuple(int(d) for d in a_shape), k, n, a_dtype == "int8", z)
+    return MatmulPlan(tuple(int(d) for d in a_shape), k, n, a_dtype, z)
 
 
 def matmul_weights(p: MatmulPlan, b: np.ndarray, bias: Optional[np.ndarray]):
@@ -259,7 +286,7 @@ def matmul_weights(p: MatmulPlan, b: np.ndarray, bias: Optional[np.ndarray]):
 def matmul_te(p: MatmulPlan, a, bt, bias):
     from tvm import te
 
-    ap = te.compute(p.a_shape, lambda *i: _shift_to_s8(a[i], p.a_signed), name=f"{PREFIX}_mm_pack",
+    ap = te.compute(p.a_shape, lambda *i: _to_domain(a[i], p.a_dtype), name=f"{PREFIX}_mm_pack",
                     attrs={ANN: "pack"})
     rk = te.reduce_axis((0, p.k), "rk")
     out = p.a_shape[:-1] + (p.n,)

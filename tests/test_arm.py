@@ -247,8 +247,13 @@ ARM_CONV_CASES = {
     "i8": ("i8", (1, 7, 8, 8), 9, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True, 5),
     "depthwise_5x5_s21": ("u8", (1, 24, 6, 19), 24, (5, 5), (2, 1), (2, 2, 2, 2), (1, 1), 24, True, 17),
     "depthwise_dilated": ("u8", (1, 8, 9, 10), 8, (3, 3), (1, 2), (2, 2, 2, 2), (2, 2), 8, False, 0),
+    # 16-bit activations (the bit-width search's w8a16 layers): int16 packs, symmetric
+    "i16_3x3": ("i16", (1, 6, 7, 9), 5, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True, 0),
+    "i16_pw_odd": ("i16", (1, 21, 3, 11), 7, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, True, 0),
+    "i16_depthwise_5x5_s2": ("i16", (1, 12, 9, 10), 12, (5, 5), (2, 2), (2, 2, 2, 2), (1, 1), 12, True, 0),
 }
-_BOUNDS = {"u8": (0, 255), "i8": (-128, 127)}
+_BOUNDS = {"u8": (0, 255), "i8": (-128, 127), "i16": (-32768, 32767)}
+_NP = {"u8": np.uint8, "i8": np.int8, "i16": np.int16}
 
 
 def g_arm_kernels(seed=0):
@@ -262,7 +267,7 @@ def g_arm_kernels(seed=0):
 
     def feed(name, shape, dt):
         lo, hi = _BOUNDS[dt]
-        v = rng.integers(lo, hi + 1, size=shape).astype(np.uint8 if dt == "u8" else np.int8)
+        v = rng.integers(lo, hi + 1, size=shape).astype(_NP[dt])
         v.reshape(-1)[:3] = hi, lo, hi  # the extremes
         feeds[name] = v
         return g.add_input(name, TensorType(shape, dt))
@@ -289,7 +294,8 @@ def g_arm_kernels(seed=0):
     outs += [acc, requantize(acc, 10, 1, "conv1d")]
     for name, ashape, adt, (k, n), za, zb in [("mm", (1, 40, 120), "u8", (120, 36), 95, 0),
                                                ("mm_vec", (33,), "u8", (33, 16), 250, 0),
-                                               ("mm_u8w", (2, 3, 8), "i8", (8, 17), -7, 128)]:
+                                               ("mm_u8w", (2, 3, 8), "i8", (8, 17), -7, 128),
+                                               ("mm_i16", (2, 5, 24), "i16", (24, 9), 0, 0)]:
         a = feed(f"a_{name}", ashape, adt)
         wdt = np.uint8 if zb else np.int8
         w = rng.integers(0 if zb else -128, 256 if zb else 128, size=(k, n)).astype(wdt)
@@ -302,13 +308,13 @@ def g_arm_kernels(seed=0):
 
 
 def test_int8_kernels_take_the_dot_lowering():
-    """Every case of g_arm_kernels lowers to the int8 dot kernels on both cores; an int16
-    activation keeps the generic lowering."""
+    """Every case of g_arm_kernels lowers to the dot kernels on both cores; a 16-bit
+    activation with a zero point keeps the generic lowering (arm_int8._zero_point_in_domain)."""
     from qcc.ir import Graph, TensorType
     from qcc.targets import lower_for
 
     g, _ = g_arm_kernels()
-    n = len(ARM_CONV_CASES) + 1 + 3  # the 1-D conv and the qmatmuls too
+    n = len(ARM_CONV_CASES) + 1 + 4  # the 1-D conv and the qmatmuls too
     for preset in CORES:
         text = lower_for(g, preset).script(show_meta=False)
         assert text.count("R.call_tir(cls.qcc_sdot_") == n, preset
