@@ -97,9 +97,19 @@ class TargetPreset:
         return replace(self, tvm_target=d)
 
 
+# LLVM's machine combiner splits each vpdpwssd (the w8a16 kernels' int16 dot product)
+# into vpmaddwd + vpaddd unless the CPU model says the fused one is fast (only Zen 4's
+# does): two instructions for the same 32 products, where the kernels' 24 independent
+# accumulators need throughput, not a shorter chain. Measured on this Xeon (2 threads):
+# PP-OCR det's 3x3 96->24 w8a16 conv at 96x144 1.45 -> 1.04 ms, outputs identical.
+_VNNI_MATTR = ["+fast-dpwssd"]
+
+
 def _x86(name: str, mcpu: str, caps, description: str) -> TargetPreset:
-    return TargetPreset(name, {"kind": "llvm", "mtriple": X86_TRIPLE, "mcpu": mcpu}, "x86", None,
-                        frozenset(caps), description)
+    d: Dict[str, Any] = {"kind": "llvm", "mtriple": X86_TRIPLE, "mcpu": mcpu}
+    if "vnni" in caps:
+        d["mattr"] = list(_VNNI_MATTR)
+    return TargetPreset(name, d, "x86", None, frozenset(caps), description)
 
 
 def _arm(name: str, mcpu: str, mattr: List[str], caps, description: str) -> TargetPreset:
@@ -179,6 +189,8 @@ def host_preset() -> TargetPreset:
         d["mattr"] = ["+neon"] + (["+dotprod"] if "dotprod" in caps else [])
     else:
         d["mtriple"] = X86_TRIPLE
+        if "vnni" in _host_capabilities():
+            d["mattr"] = list(_VNNI_MATTR)
     return TargetPreset("host", d, family, None, _host_capabilities(),
                         f"this machine ({cpu}, {d['num-cores']} cores)")
 
