@@ -172,14 +172,26 @@ class Observer:
         width = 2 * self.R / self.bins
         floor = min(0.3, max(width / max(abs(lo0), abs(hi0)), 1e-6))
         grid = np.unique(np.concatenate([np.geomspace(floor, 0.3, 64), np.linspace(0.3, 1.0, 71)]))
-        # every candidate at once, one row each (the same sums, row by row, as a loop over
-        # them: 3.7 -> 0.5 ms a tensor, 468 tensors in PP-OCR det)
+        # the candidates 16 at a time, one row each, in place (the same sums, row by row,
+        # as a loop over them; measured on a 4096-bin histogram: the loop 2.8 ms, all 135
+        # rows at once 4.1 ms -- 4.4 MB temporaries -- and 16 rows in 0.5 MB ones 1.4 ms)
         los = lo0 * grid if lo0 < 0 else np.full_like(grid, lo0)
         his = hi0 * grid
         steps = (his - los) / levels
-        clipped = np.clip(centers, los[:, None], his[:, None])
-        errs = np.sum(h * ((centers - clipped) ** 2 + np.where(centers == clipped, (steps * steps / 12)[:, None], 0.0)),
-                      axis=1)
+        quant = steps * steps / 12
+        errs = np.empty(grid.size)
+        rows = 16
+        d, inside = np.empty((rows, centers.size)), np.empty((rows, centers.size), bool)
+        for s in range(0, grid.size, rows):
+            n = min(rows, grid.size - s)
+            dv, iv = d[:n], inside[:n]
+            np.clip(centers, los[s:s + n, None], his[s:s + n, None], out=dv)
+            np.equal(centers, dv, out=iv)
+            np.subtract(centers, dv, out=dv)
+            np.multiply(dv, dv, out=dv)
+            np.add(dv, quant[s:s + n, None], out=dv, where=iv)
+            np.multiply(h, dv, out=dv)
+            errs[s:s + n] = dv.sum(axis=1)
         errs[~(steps > 0)] = np.inf
         i = int(np.argmin(errs))  # the first of equal errors, as the loop kept
         if errs[i] < best_err:
