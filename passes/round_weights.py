@@ -100,6 +100,10 @@ class Layer:
         self.held[f].append(X)
         if sum(x.shape[1] for x in self.held[f]) < X.shape[2]:
             return None
+        return self._take(f)
+
+    def _take(self, f: int) -> np.ndarray:
+        """Fold f's held rows as one array; none held after."""
         rows = np.concatenate(self.held[f], axis=1)
         self.held[f] = []
         return rows
@@ -113,9 +117,7 @@ class Layer:
 
     def _fold_held(self, f: int) -> None:
         if self.held[f]:
-            X = np.concatenate(self.held[f], axis=1)
-            self.held[f] = []
-            self.fold_in(f, X)
+            self.fold_in(f, self._take(f))
 
     def _zeros(self) -> np.ndarray:
         if self.H is None:

@@ -77,11 +77,3 @@ def quantize_bias(b: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """int32 bias at the accumulator's scale (clamped: a huge bias on a tiny scale saturates)."""
     q = np.rint(b.astype(np.float64) / scale)
     return np.clip(q, -(2 ** 31), 2 ** 31 - 1).astype(np.int32)
-
-
-def quantize_array(x: np.ndarray, q: QuantParams) -> np.ndarray:
-    from .ir.types import to_numpy_dtype
-
-    s = q.scale_array(x.ndim).astype(np.float32)
-    z = q.zero_point_array(x.ndim)
-    return np.clip(np.rint(x.astype(np.float32) / s) + z, q.qmin, q.qmax).astype(to_numpy_dtype(q.dtype))

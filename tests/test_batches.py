@@ -41,7 +41,10 @@ def test_put_blocks_beyond_depth(two_cores):
     with in_order_on_a_thread(work, depth=2) as put:
         t = threading.Thread(target=lambda: [put(i) or waiting.append(i) for i in range(5)])
         t.start()
-        time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        while len(waiting) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
         # one call running, two waiting in the queue: the fourth put cannot return yet
         assert len(waiting) == 3, waiting
         release.set()

@@ -170,12 +170,12 @@ def test_the_report_says_what_was_smoothed_and_equalized(tmp_path):
     assert rounded and all(r["weight_bits"] == 8 and "held_out_reduction_db" in r for r in rounded.values())
 
 
-def test_fake_quantized_activation_matches_quantize_array():
-    """smooth's error measure quantizes activations in place and looks their values up;
-    they must be quantize_array's codes and values, bit for bit (ties, the clipped tails,
-    all-zero and one-signed tensors)."""
+def test_fake_quantized_activation_is_the_uint8_grid_bit_for_bit():
+    """smooth's error measure quantizes activations with the interpreter's kernel and looks
+    their values up; they must be the uint8 grid's values as the float64 formula gives them,
+    bit for bit (ties, the clipped tails, all-zero and one-signed tensors)."""
     from qcc.passes.smooth import _fake_quant_activation
-    from qcc.quantization import params_for_range, quantize_array
+    from qcc.quantization import params_for_range
 
     rng = np.random.default_rng(0)
     for k in range(12):
@@ -184,7 +184,9 @@ def test_fake_quantized_activation_matches_quantize_array():
         for p in (99.99, 90.0, 100.0):
             lo, hi = np.percentile(x, [100.0 - p, p])
             qp = params_for_range(lo, hi, "u8")
-            want = ((quantize_array(x, qp).astype(np.float32) - qp.zero_point_array(x.ndim))
+            s32 = qp.scale_array(x.ndim).astype(np.float32)
+            codes = np.clip(np.rint(x / s32) + qp.zero_point_array(x.ndim), 0, 255)  # float64 sum
+            want = ((codes.astype(np.uint8).astype(np.float32) - qp.zero_point_array(x.ndim))
                     * qp.scale_array(x.ndim)).astype(np.float32)
             got = _fake_quant_activation(x, p)
             assert got.dtype == np.float32 and np.array_equal(got, want), (k, p)
