@@ -27,12 +27,18 @@ real pixels (scikit-image's bundled images; calibration and evaluation sets disj
                 LSTM): streamed over sentences espeak-ng speaks (Debian's espeak-ng), each
                 contender fed its own state: speech decisions (p > 0.5) and probability
                 error, latency per 32 ms chunk
+
+With --speed, each model (silero-vad aside: it has its own latency line) is also timed as
+benchmarks/run.py times PP-OCR's: qcc int8, qcc float (-O0), onnxruntime float and its
+quantize_static model, interleaved, at --threads, one evaluation sample as input;
+medians in ms and the ratios issue 7 sets goals for.
 """
 from __future__ import annotations
 
 import argparse
 import functools
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -339,12 +345,39 @@ def metrics(key: str, ref: np.ndarray, got: np.ndarray) -> dict:
             "frame_agreement": float((r.argmax(-1) == q.argmax(-1)).mean()), "sqnr_db": _sqnr(ref, got)}
 
 
+def timings(path: Path, tmp: Path, inp: str, shape, x: np.ndarray, q8, with_ort_int8: bool, args) -> str:
+    """One line: medians (ms) of qcc int8 (the -O2 module `q8`), qcc float (-O0, built
+    here), onnxruntime float and its quantize_static model (tmp/ort.onnx), interleaved as
+    benchmarks/run.py times them (one call each per round), and the ratios."""
+    import qcc
+    from run import interleaved_medians, ort_session
+
+    qcc.compile(path, tmp / "f32", opt_level="O0", input_shapes={inp: shape})
+    runners = {"qcc int8": q8, "qcc f32": qcc.load(tmp / "f32", threads=args.threads),
+               "ort f32": ort_session(path, args.threads)}
+    if with_ort_int8:
+        runners["ort int8"] = ort_session(tmp / "ort.onnx", args.threads)
+    calls = {k: (lambda r=r: r.run(None, {inp: x})) if k.startswith("ort") else (lambda r=r: r.run({inp: x}))
+             for k, r in runners.items()}
+    for f in calls.values():  # warm up
+        f()
+    med = interleaved_medians(calls, args.rounds)
+    line = "  ".join(f"{k} {v:.2f}" for k, v in med.items())
+    ratios = "  ".join(f"int8/{k.replace(' ', '-')} {med['qcc int8'] / med[k]:.2f}"
+                       for k in ("ort int8", "ort f32", "qcc f32") if k in med)
+    return f"latency ms ({args.threads} threads, medians of {args.rounds} interleaved rounds): {line}   {ratios}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join([*MODELS, "silero-vad"]))
     ap.add_argument("--wheels", type=Path, default=Path.home() / ".cache" / "qcc" / "wheels")
     ap.add_argument("--calib-method", help="qcc's --calib-method (default: -O2's own)")
+    ap.add_argument("--speed", action="store_true", help="also time each model as benchmarks/run.py does")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of every contender (--speed)")
+    ap.add_argument("--rounds", type=int, default=15, help="interleaved rounds (--speed)")
     args = ap.parse_args(argv)
+    os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
 
     import onnxruntime
 
@@ -366,7 +399,7 @@ def main(argv=None) -> int:
             np.savez(Path(tmp) / "calib.npz", **{inp: calib})
             report = qcc.compile(path, Path(tmp) / "q8", opt_level="O2", calib=str(Path(tmp) / "calib.npz"),
                                  input_shapes={inp: shape}, calib_method=args.calib_method)
-            mod = qcc.load(Path(tmp) / "q8")
+            mod = qcc.load(Path(tmp) / "q8", threads=args.threads)
             got = np.stack([next(iter(mod.run({inp: x[None]}).values())) for x in evals])
             rows.append(("qcc -O2", metrics(key, ref, got), report["summary"]["int8_mac_fraction"]))
             logging.getLogger().setLevel(logging.ERROR)  # quantize_static's per-initializer warnings
@@ -376,10 +409,15 @@ def main(argv=None) -> int:
                 rows.append(("onnxruntime quantize_static", metrics(key, ref, got), 1.0))
             except Exception as e:  # noqa: BLE001 - the contender failed: say so, keep qcc's row
                 rows.append((f"onnxruntime failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}", {}, 0.0))
+                qs = None
+            speed = timings(path, Path(tmp), inp, shape, evals[0][None], mod, qs is not None, args) \
+                if args.speed else ""
         print(f"{key}: {n_eval} eval / {n_cal} calib samples, {shape}")
         for label, m, frac in rows:
             ms = "  ".join(f"{k} {v:.4f}" for k, v in m.items())
             print(f"  {label:<30} {ms}  int8_mac_fraction {frac:.3f}")
+        if speed:
+            print(f"  {speed}")
         sys.stdout.flush()
     return 0
 
