@@ -480,7 +480,12 @@ def schedule_dw_fused(sch, pack, conv, tail, target) -> bool:
     merged = sch.merge(pack_blocks, conv_blocks, tail_blocks)
     if macs >= _PAR_MACS:
         sch.parallel(merged)
-    vectorize_fenced_row(sch, tail, tw, target)
+    # the VNNI plan's sums have the output's row pitch: rows that are no whole number of
+    # vectors run as one contiguous run (as x86_int8's 1x1 convs: PP-LCNet's 5x5 depthwise
+    # convs at 14x14 took 8 + 4 lanes and two values one at a time a row)
+    wq, ow = int(sch.get(pack).annotations["qcc_x86_wq"]), int(sch.get(tail).writes[0].source.shape[3])
+    fuse_rows = wq == ow and ow % int(sch.get(conv).annotations["qcc_x86_lanes"]) != 0
+    vectorize_fenced_row(sch, tail, sch.fuse(th, tw) if fuse_rows else tw, target)
     _register_tile(sch, conv, tile, red_outer, vi, lane)
     _partition_pack_columns(sch, pack)  # after parallel: the partition's blocks are opaque
     return True

@@ -293,24 +293,30 @@ def test_float_epilogue_is_vectorized_and_exact(isa, tail, hw):
 
 
 @ISAS
-def test_pointwise_epilogue_runs_the_whole_map_in_vectors(isa):
-    """A 1x1 conv's sums have the output's own row pitch, so its epilogue runs the map as one
-    contiguous run: 14x14 is 196 values, whole vectors and a four-lane one, where 14-wide
-    rows each left two values serial (PP-LCNet's 1x1 256->256 conv at 14x14: 62 -> 45 us,
-    256->512 at 7x7: 89 -> 30 us). Still equal to the interpreter's output."""
+@pytest.mark.parametrize("kind", ["pointwise", "depthwise"])
+def test_epilogue_at_the_outputs_row_pitch_runs_the_whole_map_in_vectors(isa, kind):
+    """A 1x1 conv's sums, and the VNNI depthwise kernel's, have the output's own row pitch,
+    so the epilogue runs the map as one contiguous run: 14x14 is 196 values, whole vectors
+    and a four-lane one, where 14-wide rows each took 8 + 4 lanes and two values one at a
+    time (PP-LCNet's 1x1 256->256 conv at 14x14: 60 -> 44 us, 256->512 at 7x7: 72 -> 29
+    us; its 5x5 depthwise at 14x14: 39 -> 23 us). Still equal to the interpreter's output."""
     rng = np.random.default_rng(6)
     g = Graph("pw_hswish")
-    x = g.add_input("x", TensorType((1, 16, 14, 14), "u8"))
-    acc = g.add_node("qconv", [x, g.add_const("w", rng.integers(-128, 128, (32, 16, 1, 1)).astype(np.int8))],
-                     {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1,
+    c, (k, group, oc) = 16, {"pointwise": (1, 1, 32), "depthwise": (3, 16, 16)}[kind]
+    x = g.add_input("x", TensorType((1, c, 14, 14), "u8"))
+    acc = g.add_node("qconv", [x, g.add_const("w", rng.integers(-128, 128, (oc, c // group, k, k)).astype(np.int8))],
+                     {"strides": [1, 1], "pads": [k // 2] * 4, "dilations": [1, 1], "group": group,
                       "x_zero_point": 7}).output
-    g.set_outputs([_epilogue(g, acc, 32, "hard_swish", rng, 0, (1e-4, 3e-4))])
+    g.set_outputs([_epilogue(g, acc, oc, "hard_swish", rng, 0, (1e-4, 3e-4))])
     vectors = re.findall(r"for (\w+) in T\.vectorized\(T\.int64\((\d+)\)(?:, T\.int64\((\d+)\))?\)",
                          _kernel_script(g, isa, "conv"))
-    # the epilogue's: whole vectors over the fused map, then one of four lanes (192..196)
     fused = [(v, a, b) for v, a, b in vectors if v.startswith("i2_i3_fused")]
-    assert fused in ([("i2_i3_fused0_1", lanes, ""), ("i2_i3_fused1", "192", "196")] for lanes in ("8", "16")), vectors
-    ref = check(g, {"x": _feed(rng, (1, 16, 14, 14), "u8")}, PRESET[isa])
+    if kind == "depthwise" and isa != "vnni":  # the float32 kernel's sums: the padded phase's pitch
+        assert fused == [], vectors
+    else:  # the epilogue's: whole vectors over the fused map, then one of four lanes (192..196)
+        assert fused in ([("i2_i3_fused0_1", lanes, ""), ("i2_i3_fused1", "192", "196")]
+                         for lanes in ("8", "16")), vectors
+    ref = check(g, {"x": _feed(rng, (1, c, 14, 14), "u8")}, PRESET[isa])
     assert len(np.unique(ref["y"])) > 20
 
 
