@@ -516,13 +516,13 @@ def _schedule_pack_rows(sch, block, parallel: bool, partition: bool = True) -> N
 SHORT_ROW = 8  # vectors
 
 
-def _partition_pack_columns(sch, block) -> None:
+def _partition_pack_columns(sch, block, col=None) -> None:
     """The columns every phase reads inside the image get a loop of their own, free of the
-    padding test, which LLVM vectorizes."""
+    padding test, which LLVM vectorizes. `col`: the columns' loop (default: the innermost)."""
     ann = sch.get(block).annotations
     wq = int(ann["qcc_x86_wq"])
     lo, hi = (int(v) for v in ann["qcc_x86_cols"])
-    col = sch.get_loops(block)[-1]
+    col = sch.get_loops(block)[-1] if col is None else col
     # VNNI's words of a short row (see _dw_te_vnni): the inside columns vectorized here, in
     # whole vectors of L then the rest
     L, span = int(ann.get("qcc_x86_vector_cols", 0)), hi - lo
