@@ -444,7 +444,7 @@ def schedule_dw_fused(sch, pack, conv, tail, target) -> bool:
     place the epilogue: it reads the flat accumulator at oh * wq + ow). Pure depthwise
     convs only (one input and one output channel per group, batch 1), with an epilogue
     that reads channel o of the sums for output channel o; returns False otherwise."""
-    from .cpu_rules import vectorize_fenced_row
+    from .cpu_rules import epilogue_run, vectorize_fenced_row
 
     n, o, f, *red = sch.get_loops(conv)
     xf = sch.get(pack).writes[0].source
@@ -471,7 +471,7 @@ def schedule_dw_fused(sch, pack, conv, tail, target) -> bool:
     pack_blocks = sch.fuse(pn, pcb)
     _schedule_pack_rows(sch, pack, parallel=False, partition=False)
     # the epilogue: the same channel blocks; rows, then a row's columns (affine in both the
-    # accumulator and the output: LLVM vectorizes it; fused with the rows it would not)
+    # accumulator and the output: LLVM vectorizes it), or both as one run (epilogue_run)
     tn, to, th, tw = sch.get_loops(tail)
     tob, _ = sch.split(to, [None, bc])
     tail_blocks = sch.fuse(tn, tob)
@@ -480,12 +480,9 @@ def schedule_dw_fused(sch, pack, conv, tail, target) -> bool:
     merged = sch.merge(pack_blocks, conv_blocks, tail_blocks)
     if macs >= _PAR_MACS:
         sch.parallel(merged)
-    # the VNNI plan's sums have the output's row pitch: rows that are no whole number of
-    # vectors run as one contiguous run (as x86_int8's 1x1 convs: PP-LCNet's 5x5 depthwise
-    # convs at 14x14 took 8 + 4 lanes and two values one at a time a row)
     wq, ow = int(sch.get(pack).annotations["qcc_x86_wq"]), int(sch.get(tail).writes[0].source.shape[3])
-    fuse_rows = wq == ow and ow % int(sch.get(conv).annotations["qcc_x86_lanes"]) != 0
-    vectorize_fenced_row(sch, tail, sch.fuse(th, tw) if fuse_rows else tw, target)
+    run = epilogue_run(sch, th, tw, wq, ow, int(sch.get(conv).annotations["qcc_x86_lanes"]))
+    vectorize_fenced_row(sch, tail, run, target)
     _register_tile(sch, conv, tile, red_outer, vi, lane)
     _partition_pack_columns(sch, pack)  # after parallel: the partition's blocks are opaque
     return True

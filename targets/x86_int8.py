@@ -870,7 +870,7 @@ def _schedule_conv_blocks(sch, conv, tail, target) -> bool:
     epilogue too small to be worth its own, were much of the time). For one group, batch
     1, an epilogue reading channel o of the sums for output channel o, and whole tiles of
     mr channels (see _band_rows for the rows); returns False otherwise."""
-    from .cpu_rules import vectorize_fenced_row
+    from .cpu_rules import epilogue_run, vectorize_fenced_row
     from .x86_depthwise import _reads_channel_by_channel
 
     ann = sch.get(conv).annotations
@@ -902,13 +902,7 @@ def _schedule_conv_blocks(sch, conv, tail, target) -> bool:
     merged = sch.merge(blocks, tail_blocks)
     if macs >= _PAR_MACS:
         sch.parallel(merged)
-    # sums at the output's own row pitch (a 1x1 conv's) and rows no whole number of vectors:
-    # the rows are one contiguous run, vectorized as one (a 7x7 map: 48 of its 49 values in
-    # vectors, against 4 of each 7-wide row; PP-LCNet's 1x1 256->512 conv at 7x7 89 -> 30 us,
-    # 256->256 at 14x14 62 -> 45 us). Whole-vector rows stay rows: its 1x1 16->32 conv at
-    # 112x112 took 95 -> 108 us fused
-    fuse_rows = wq == ow and ow % isa.lanes != 0
-    vectorize_fenced_row(sch, tail, sch.fuse(th, tw) if fuse_rows else tw, target)
+    vectorize_fenced_row(sch, tail, epilogue_run(sch, th, tw, wq, ow, isa.lanes), target)
     _register_tile(sch, conv, vo, rc, oci, vi, lane, intrin)
     return True
 
