@@ -664,23 +664,29 @@ def _parallel_outer(sch, block) -> None:
 
 
 def _schedule_pack(sch, block) -> None:
-    """Rows in parallel; along a row, the four interleaved channels unrolled, and (stride 1)
-    the columns inside the image a loop of their own, without the padding test
-    (x86_depthwise's _partition_pack_columns): with the test in it LLVM copied one byte at a
-    time (YOLOX's 3x3 96->96 convs at 52x52: 30 us faster each, 2 threads). Strided packs
-    stay one loop: partitioned, LLVM made their stride-2 loads byte-by-byte gathers
-    (PP-LCNet's stem 69 -> 78 us)."""
+    """Rows in parallel; along a row, the four interleaved channels unrolled, and the columns
+    inside the image a loop of their own, without the padding test (x86_depthwise's
+    _partition_pack_columns): with the test in it LLVM copied one byte at a time (YOLOX's
+    3x3 96->96 convs at 52x52: 30 us faster each, 2 threads). A stride-s conv's s column
+    phases run inside that loop, unrolled, so that it reads each input row in order: one
+    phase per loop, LLVM made the stride-s loads byte-by-byte gathers (PP-LCNet's stem
+    69 -> 78 us); with them inside it shuffles whole vectors (PP-OCR det's stem 250 -> 178
+    us, YOLOX's stride-2 convs 23-97 us faster each)."""
     from .x86_depthwise import _partition_pack_columns
 
-    wq = int(sch.get(block).annotations["qcc_x86_wq"])
+    ann = sch.get(block).annotations
+    wq, sw = int(ann["qcc_x86_wq"]), int(ann.get("qcc_x86_stride_w", 1))
     n, g, cb, ph, f, ci = sch.get_loops(block)
     r, col = sch.split(f, [None, wq])
+    if sw > 1:  # ph = row phase * sw + column phase
+        ph, pw = sch.split(ph, [None, sw])
+        sch.reorder(r, col, pw)
+        sch.unroll(pw)
     rows = sch.fuse(n, g, cb, ph, r)
     if _extent(sch, [rows]) * wq * 4 >= _PAR_BYTES:
         sch.parallel(rows)
     sch.unroll(ci)
-    if sch.get(block).annotations.get("qcc_x86_stride_w", 1) == 1:
-        _partition_pack_columns(sch, block, col)
+    _partition_pack_columns(sch, block, col)
 
 
 def _conv_tile_loops(sch, block):

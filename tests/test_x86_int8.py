@@ -321,17 +321,20 @@ def test_epilogue_at_the_outputs_row_pitch_runs_the_whole_map_in_vectors(isa, ki
 
 
 @ISAS
-@pytest.mark.parametrize("name, partitioned", [("3x3_s1", True), ("dilated", True), ("3x3_s2_odd", False)])
-def test_pack_columns_inside_the_image_have_a_loop_of_their_own(isa, name, partitioned):
-    """A stride-1 conv's pack: the columns every phase reads inside the image run in a loop
-    without the padding test (LLVM vectorizes it; with the test it copied one byte at a
-    time: YOLOX's 3x3 96->96 convs at 52x52 30 us faster each). Strided packs keep one
-    loop (partitioned, LLVM made their stride-2 loads byte-by-byte gathers: PP-LCNet's stem
-    +9 us). Both stay exact (the conv cases above)."""
+@pytest.mark.parametrize("name, phases", [("3x3_s1", 1), ("dilated", 1), ("3x3_s2_odd", 2),
+                                          ("asym_pad_strides", 3)])
+def test_pack_columns_inside_the_image_have_a_loop_of_their_own(isa, name, phases):
+    """A conv's pack: the columns every phase reads inside the image run in a loop without
+    the padding test, which LLVM vectorizes (with the test it copied one byte at a time:
+    YOLOX's 3x3 96->96 convs at 52x52 30 us faster each); a stride-s conv's s column phases
+    run inside it, so that it reads input rows in order (one phase a loop, LLVM gathered the
+    stride-2 loads byte by byte; PP-OCR det's stem 250 -> 178 us). Exact all the same."""
     g, feeds = g_conv(name)
     script = _kernel_script(g, isa, "conv")
     pieces = re.findall(r'sblock\("qcc_\w+_pack_f_1\d_partition"\)', script)
-    assert (len(pieces) == 3) == partitioned and (pieces == []) == (not partitioned), pieces
+    assert len(pieces) >= 2, pieces  # inside, and the border(s) the padding makes
+    inner = re.findall(r"for f_1\d in range\([^\n]*\):\n\s*for ph_1 in T\.unroll\(T\.int64\((\d+)\)\)", script)
+    assert inner == ([str(phases)] * len(pieces) if phases > 1 else []), inner
     check(g, feeds, PRESET[isa])
 
 
