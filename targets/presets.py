@@ -120,8 +120,9 @@ def _x86_mattr(caps) -> List[str]:
 
 def _x86(name: str, mcpu: str, caps, description: str) -> TargetPreset:
     d: Dict[str, Any] = {"kind": "llvm", "mtriple": X86_TRIPLE, "mcpu": mcpu}
-    if _x86_mattr(caps):
-        d["mattr"] = _x86_mattr(caps)
+    mattr = _x86_mattr(caps)
+    if mattr:
+        d["mattr"] = mattr
     return TargetPreset(name, d, "x86", None, frozenset(caps), description)
 
 
@@ -196,15 +197,16 @@ def host_preset() -> TargetPreset:
     machine = platform.machine().lower()
     family = "arm" if machine in ("aarch64", "arm64") else "x86"
     d: Dict[str, Any] = {"kind": "llvm", "mcpu": cpu, "num-cores": os.cpu_count() or 1}
+    caps = _host_capabilities()
     if family == "arm":
         d["mtriple"] = ARM_TRIPLE
-        caps = _host_capabilities()
         d["mattr"] = ["+neon"] + (["+dotprod"] if "dotprod" in caps else [])
     else:
         d["mtriple"] = X86_TRIPLE
-        if _x86_mattr(_host_capabilities()):
-            d["mattr"] = _x86_mattr(_host_capabilities())
-    return TargetPreset("host", d, family, None, _host_capabilities(),
+        mattr = _x86_mattr(caps)
+        if mattr:
+            d["mattr"] = mattr
+    return TargetPreset("host", d, family, None, caps,
                         f"this machine ({cpu}, {d['num-cores']} cores)")
 
 

@@ -216,8 +216,7 @@ def dw_te(p: DwPlan, x, wf, bias):
 
     # the columns every phase reads inside the image: the schedule gives them a loop of
     # their own, free of the padding test, which LLVM vectorizes
-    lo = min(-(-pl // sw), wq)
-    hi = max(min((p.w + pl - sw) // sw + 1, wq), lo)
+    lo, hi = inside_columns(p.w, pl, sw, wq, reach=sw - 1)
     xf = te.compute((p.n, p.c, sh * sw, p.flat), pack, name="qcc_dw_pack",
                     attrs={ANN: "dwpack", "qcc_x86_wq": wq, "qcc_x86_cols": [lo, hi]})
     ri = te.reduce_axis((0, cg), "ri")
@@ -238,6 +237,15 @@ def dw_te(p: DwPlan, x, wf, bias):
         return a + bias[o] if p.is_float else a.astype("int32") + bias[o]
 
     return te.compute((p.n, p.o, oh_n, ow_n), out, name="qcc_dw_out")
+
+
+def inside_columns(w: int, pl: int, sw: int, wq: int, reach: int) -> Tuple[int, int]:
+    """[lo, hi): the packed columns col whose reads, input columns col * sw - pl up to `reach`
+    past it, all fall inside the image (0 <= . < w): the pack's loop without the padding test
+    (_partition_pack_columns). reach: sw - 1 for a pack of column phases, the kernel's width
+    less one (dilated) for the VNNI taps words."""
+    lo = min(-(-pl // sw), wq)
+    return lo, max(min((w - 1 + pl - reach) // sw + 1, wq), lo)
 
 
 def tap_byte(word, k):
@@ -264,8 +272,7 @@ def _dw_te_vnni(p: DwPlan, x, w, bias):
     fill = tirx.const(p.zx_u8, "uint32")
 
     # the columns whose taps all read inside the image: a loop free of the padding test
-    lo = min(-(-pl // sw), wq)
-    hi = max(min((p.w - 1 + pl - (p.kw - 1) * dw) // sw + 1, wq), lo)
+    lo, hi = inside_columns(p.w, pl, sw, wq, reach=(p.kw - 1) * dw)
     # LLVM vectorizes that loop on long unit-stride rows with the row test in every tap
     # (det's 16x192x288: 97 us, 131 with one row test around the word), on strided rows with
     # one row test around the word (96x112x112 stride 2: 48 us, 136 with a test per tap), and

@@ -74,7 +74,7 @@ import numpy as np
 from .conv_geometry import ConvGeometry, conv_geometry, conv_kernel_2d
 from .cpu_rules import _is_reduction, schedule_injective
 from .cpu_tir_passes import STACK_LIMIT
-from .x86_depthwise import (MAX_GROUP_CHANNELS, dw_plan, dw_te, pack_dw, schedule_dw_conv,
+from .x86_depthwise import (MAX_GROUP_CHANNELS, dw_plan, dw_te, inside_columns, pack_dw, schedule_dw_conv,
                             schedule_dw_fused, schedule_dw_pack)
 from .lower_nn import weights_as_float
 from .strategy import FusedCPUStrategy, register_strategy
@@ -403,8 +403,7 @@ def conv_te(p: ConvPlan, x, wpk, bias):
 
     # the columns every phase reads inside the image (as x86_depthwise's pack): the schedule
     # gives them a loop of their own, free of the padding test
-    lo = min(-(-pl // sw), wq)
-    hi = max(min((p.w + pl - sw) // sw + 1, wq), lo)
+    lo, hi = inside_columns(p.w, pl, sw, wq, reach=sw - 1)
     xq = te.compute((p.n, p.groups, p.cb, nph, p.flat, G), pack, name=f"{isa.prefix}_pack",
                     attrs={ANN: "pack", "qcc_x86_wq": wq, "qcc_x86_isa": isa.name, "qcc_x86_cols": [lo, hi],
                            "qcc_x86_stride_w": sw})
