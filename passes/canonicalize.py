@@ -1,7 +1,8 @@
 """canonicalize: fold what is known at compile time and drop what does nothing.
 
 Every later pass pattern-matches, and patterns are simpler when constants are
-folded, no-op reshapes/casts/transposes are gone and dead values are removed.
+folded, no-op reshapes/casts/transposes are gone, dead values are removed and an op
+computed twice from the same inputs is computed once.
 
 Before:                                        After:
   %s = qcc.reshape(%x) {shape=[1,8]}             %y = qcc.relu(%x)
@@ -18,6 +19,7 @@ import numpy as np
 
 from qcc.ir.graph import Graph, Node, Value
 from qcc.ir.opdef import opaque_runner
+from qcc.ir.printer import _Printer
 from qcc.pass_manager import PassContext
 from qcc.passes_registry import Pass, register_pass
 from qcc.rewrite import rewrite_to_fixpoint
@@ -167,8 +169,40 @@ class Canonicalize(Pass):
                  **{op: [_as_rule(rw)] for op, rw in REWRITES.items()},
                  "conv": [_crop_dead_taps], "qconv": [_crop_dead_taps]}
         changed = rewrite_to_fixpoint(graph, rules, self.max_iters)
+        if merge_duplicates(graph):
+            graph.eliminate_dead_code()
+            changed = True
         _keep_output_names(graph)
         return changed
+
+
+# observers collect statistics per node: two on one value are two reports, not one computation
+_NOT_MERGED = frozenset({"observe"})
+
+
+def merge_duplicates(g: Graph) -> bool:
+    """Common subexpressions: a node with the same op, inputs, attributes and output types
+    (quantization included) as an earlier one reads the earlier one's outputs instead.
+
+    The quantize pass writes one quantize per consumer of a float value, so a value read by
+    two integer ops (an LSTM's h_t: the next step's matmul and the layer's output) got two
+    identical quantizes; in the back end neither can join the kernel that makes h_t (it has
+    two readers), and each costs a kernel launch per step. True if anything merged."""
+    printer = _Printer(g, inline_all=True)
+    seen: Dict[tuple, Node] = {}
+    merged = False
+    for n in g.nodes:
+        if n.op in _NOT_MERGED or not n.outputs or n.opdef.opaque or any(o in g.outputs for o in n.outputs):
+            continue
+        key = (n.op, tuple(None if v is None else id(v) for v in n.inputs),
+               tuple((k, printer.attr(n.attrs[k])) for k in sorted(n.attrs)),
+               tuple(printer.typed(o) for o in n.outputs))  # quantization printed inline: no names
+        first = seen.setdefault(key, n)
+        if first is not n:
+            for old, new in zip(n.outputs, first.outputs):
+                g.replace_value(old, new)
+            merged = True
+    return merged
 
 
 def _drop_noop(node: Node, g: Graph) -> bool:

@@ -25,6 +25,7 @@ from .exact_fp import FENCE
 
 _EXPENSIVE = re.compile(r"T\.(exp|exp2|exp10|log|log2|log10|log1p|tanh|erf|sigmoid|pow|sqrt|rsqrt|sin|cos|"
                         r"tan|atan|asin|acos|sinh|cosh)\(")
+_MAX_SELECTS_INLINED = 8
 _DECL = re.compile(r"^\s*[\w.]+ = T\.\w+\(")
 
 
@@ -56,6 +57,11 @@ def _inline_stages(sch: s_tir.Schedule) -> bool:
                 continue
             body = str(block.body)
             if len(consumers) > 1 and _EXPENSIVE.search(body):
+                continue
+            # a concat of many inputs is a chain of selects: kept as its own loop nest it is
+            # copied input by input, inlined every element of its consumer walks the chain
+            # (PP-OCRv2 rec's 160-input LSTM output concat inlined into a transpose: 200 us)
+            if body.count("if_then_else") > _MAX_SELECTS_INLINED:
                 continue
             # a fenced product (exact_fp.py) keeps its own loop: LLVM does not vectorize
             # the fence, and inlined it would make the whole consumer loop scalar
