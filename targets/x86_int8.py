@@ -662,7 +662,7 @@ def _parallel_outer(sch, block) -> None:
     sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
 
 
-def _schedule_pack(sch, block) -> None:
+def _schedule_pack(sch, block, parallel: bool = True) -> None:
     """Rows in parallel; along a row, the four interleaved channels unrolled, and the columns
     inside the image a loop of their own, without the padding test (x86_depthwise's
     _partition_pack_columns): with the test in it LLVM copied one byte at a time (YOLOX's
@@ -682,7 +682,7 @@ def _schedule_pack(sch, block) -> None:
         sch.reorder(r, col, pw)
         sch.unroll(pw)
     rows = sch.fuse(n, g, cb, ph, r)
-    if _extent(sch, [rows]) * wq * 4 >= _PAR_BYTES:
+    if parallel and _extent(sch, [rows]) * wq * 4 >= _PAR_BYTES:
         sch.parallel(rows)
     sch.unroll(ci)
     _partition_pack_columns(sch, block, col)
@@ -774,10 +774,14 @@ def _schedule_kernels(func, target) -> Optional[object]:
         return None
     for isa in ISAS.values():
         register_intrinsics(isa)
+    # a pack runs on several threads only when its conv does: packed by two cores and read by
+    # one, half of it crosses between the cores' caches on every call
+    conv_parallel = any(kind == "conv" and _extent(sch, sch.get_loops(b)) >= _PAR_MACS
+                        for b, kind in zip(blocks, kinds))
     try:
         for b, kind in zip(blocks, kinds):
             if kind == "pack":
-                _schedule_pack(sch, b)
+                _schedule_pack(sch, b, conv_parallel)
             elif kind == "matmul":
                 _schedule_matmul(sch, b)
     except Exception as e:  # noqa: BLE001 - a kernel this rule cannot schedule: leave it to the others

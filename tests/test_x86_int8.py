@@ -455,6 +455,36 @@ def test_small_conv_runs_channel_block_by_block(isa, tail, shape):
 
 
 @ISAS
+@pytest.mark.parametrize("dtype", ["u8", "f32"])
+def test_pack_of_a_one_thread_conv_runs_on_one_thread(isa, dtype):
+    """A conv too small to split (1x1 256->8 at 3x96: 590 k multiply-adds) leaves its pack,
+    big enough to split (74 kB of int8, 295 kB of float), on one thread too: packed by two
+    cores and read by one, half the pack crossed between the cores' caches on every call
+    (PP-OCR cls float, 2 threads: 1x1 88->16 at 3x96 15.1 -> 7.1 us, the stem 28.8 -> 13.8).
+    Exact on two threads and on one."""
+    from qcc.targets import x86_int8
+
+    cin, c, h, w = 256, 8, 3, 96
+    rng = np.random.default_rng(12)
+    if dtype == "u8":
+        g = _conv_and_epilogue("conv_serial", (cin, c, h, w, 1), "requantize", rng, shift=-14, scales=(2e-5, 6e-5))
+        kernel = f"qcc_{isa}_conv"
+        feeds = {"x": _feed(rng, (1, cin, h, w), "u8")}
+    else:
+        g = Graph("fconv_serial")
+        x = g.add_input("x", TensorType((1, cin, h, w), "f32"))
+        wv = g.add_const("w", rng.standard_normal((c, cin, 1, 1)).astype(np.float32))
+        g.set_outputs([g.add_node("conv", [x, wv, None], {"strides": [1, 1], "pads": [0] * 4, "dilations": [1, 1],
+                                                          "group": 1}, names=["y"]).output])
+        kernel = f"qcc_f32x{x86_int8.ISAS[isa].lanes}_conv" if isa == "avx2" else "qcc_f32x16_conv"
+        feeds = {"x": rng.standard_normal((1, cin, h, w)).astype(np.float32)}
+    assert c * cin * h * w < x86_int8._PAR_MACS
+    text = _kernel_script(g, isa, kernel)
+    assert "pack" in text and "T.parallel" not in text
+    _check_on_two_threads_and_one(g, feeds, isa)
+
+
+@ISAS
 @pytest.mark.parametrize("shape", [(16, 32, 96, 144, 1, 1, -11), (24, 40, 180, 62, 3, 1, -13),
                                    (16, 32, 33, 509, 1, 1, -11), (3, 16, 192, 288, 3, 2, -9)])
 @pytest.mark.parametrize("tail", ["requantize", "hard_swish"])
