@@ -58,10 +58,13 @@ def _inline_stages(sch: s_tir.Schedule) -> bool:
             body = str(block.body)
             if len(consumers) > 1 and _EXPENSIVE.search(body):
                 continue
-            # a concat of many inputs is a chain of selects: kept as its own loop nest it is
-            # copied input by input, inlined every element of its consumer walks the chain
-            # (PP-OCRv2 rec's 160-input LSTM output concat inlined into a transpose: 200 us)
-            if body.count("if_then_else") > _MAX_SELECTS_INLINED:
+            # a concat of many inputs is a chain of selects: an elementwise consumer's loops are
+            # cut per source (cpu_rules.LoopNests) and the selects fold, but a consumer that
+            # reshapes or transposes it would walk the whole chain for every element
+            # (PP-OCRv2 rec's 160-input LSTM output concat inlined into a transpose: 200 us);
+            # kept as its own loop nest, it is copied input by input
+            if body.count("if_then_else") > _MAX_SELECTS_INLINED and \
+                    not all(_reads_at_own_index(sch.get(c), name) for c in consumers):
                 continue
             # a fenced product (exact_fp.py) keeps its own loop: LLVM does not vectorize
             # the fence, and inlined it would make the whole consumer loop scalar
@@ -80,6 +83,16 @@ def _inline_stages(sch: s_tir.Schedule) -> bool:
             # stage that became inlinable through a later inline is caught by the next sweep
             changed = progress = True
     return changed
+
+
+def _reads_at_own_index(block, buffer_name: str) -> bool:
+    """The block reads `buffer_name` only at its own iteration variables, in order (an
+    elementwise consumer), not through a reshape's or transpose's index arithmetic."""
+    ivs = [iv.var for iv in block.iter_vars]
+    regions = [r.region for r in block.reads if r.source.name == buffer_name]
+    return bool(regions) and all(
+        len(rg) == len(ivs) and all(int(getattr(d.extent, "value", -1)) == 1 and d.min.same_as(v)
+                                    for d, v in zip(rg, ivs)) for rg in regions)
 
 
 def _is_reduction(block) -> bool:
