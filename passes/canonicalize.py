@@ -19,7 +19,7 @@ import numpy as np
 
 from qcc.ir.graph import Graph, Node, Value
 from qcc.ir.opdef import opaque_runner
-from qcc.ir.printer import _Printer
+from qcc.ir.printer import node_signature
 from qcc.pass_manager import PassContext
 from qcc.passes_registry import Pass, register_pass
 from qcc.rewrite import rewrite_to_fixpoint
@@ -188,15 +188,12 @@ def merge_duplicates(g: Graph) -> bool:
     two integer ops (an LSTM's h_t: the next step's matmul and the layer's output) got two
     identical quantizes; in the back end neither can join the kernel that makes h_t (it has
     two readers), and each costs a kernel launch per step. True if anything merged."""
-    printer = _Printer(g, inline_all=True)
     seen: Dict[tuple, Node] = {}
     merged = False
     for n in g.nodes:
         if n.op in _NOT_MERGED or not n.outputs or n.opdef.opaque or any(o in g.outputs for o in n.outputs):
             continue
-        key = (n.op, tuple(None if v is None else id(v) for v in n.inputs),
-               tuple((k, printer.attr(n.attrs[k])) for k in sorted(n.attrs)),
-               tuple(printer.typed(o) for o in n.outputs))  # quantization printed inline: no names
+        key = (tuple(None if v is None else id(v) for v in n.inputs), node_signature(n))
         first = seen.setdefault(key, n)
         if first is not n:
             for old, new in zip(n.outputs, first.outputs):

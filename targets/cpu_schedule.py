@@ -25,6 +25,8 @@ from .exact_fp import FENCE
 
 _EXPENSIVE = re.compile(r"T\.(exp|exp2|exp10|log|log2|log10|log1p|tanh|erf|sigmoid|pow|sqrt|rsqrt|sin|cos|"
                         r"tan|atan|asin|acos|sinh|cosh)\(")
+# a stage with more selects than this (a concat of many inputs) is inlined only into a
+# reader that reads it elementwise (see _inline_stages)
 _MAX_SELECTS_INLINED = 8
 _DECL = re.compile(r"^\s*[\w.]+ = T\.\w+\(")
 

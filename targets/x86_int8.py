@@ -707,10 +707,17 @@ def _conv_tile_loops(sch, block):
     return None if isa.is_float else isa.conv_intrin, (n, g, oco), vo, rc, oci, vi, lane
 
 
+def _conv_on_threads(sch, conv) -> bool:
+    """Whether a conv (its loops as lowered, before tiling) is big enough to pay for a
+    parallel launch; its pack runs on several threads only then (_schedule_kernels)."""
+    return _extent(sch, sch.get_loops(conv)) >= _PAR_MACS
+
+
 def _schedule_conv(sch, block) -> None:
+    parallel = _conv_on_threads(sch, block)
     intrin, blocks, vo, rc, oci, vi, lane = _conv_tile_loops(sch, block)
     tile = sch.fuse(*blocks, vo)
-    if _extent(sch, sch.get_loops(block)) >= _PAR_MACS:
+    if parallel:
         sch.parallel(tile)
     _register_tile(sch, block, tile, rc, oci, vi, lane, intrin)
 
@@ -776,8 +783,7 @@ def _schedule_kernels(func, target) -> Optional[object]:
         register_intrinsics(isa)
     # a pack runs on several threads only when its conv does: packed by two cores and read by
     # one, half of it crosses between the cores' caches on every call
-    conv_parallel = any(kind == "conv" and _extent(sch, sch.get_loops(b)) >= _PAR_MACS
-                        for b, kind in zip(blocks, kinds))
+    conv_parallel = any(kind == "conv" and _conv_on_threads(sch, b) for b, kind in zip(blocks, kinds))
     try:
         for b, kind in zip(blocks, kinds):
             if kind == "pack":
@@ -895,7 +901,7 @@ def _schedule_conv_blocks(sch, conv, tail, target) -> bool:
     rows = _band_rows(mr, nr * isa.lanes, oh, wq, flat)
     if rows is None or -(-n_out // mr) * (oh // rows) < 2:  # one block: nothing to interleave
         return False
-    macs = _extent(sch, sch.get_loops(conv))
+    parallel = _conv_on_threads(sch, conv)
     intrin, blocks, vo, rc, oci, vi, lane = _conv_tile_loops(sch, conv)
     tn, to, th, tw = sch.get_loops(tail)
     tob, toi = sch.split(to, [None, mr])
@@ -909,7 +915,7 @@ def _schedule_conv_blocks(sch, conv, tail, target) -> bool:
     if _extent(sch, [blocks]) != _extent(sch, [tail_blocks]):  # the padded channels' tiles
         return False
     merged = sch.merge(blocks, tail_blocks)
-    if macs >= _PAR_MACS:
+    if parallel:
         sch.parallel(merged)
     vectorize_fenced_row(sch, tail, epilogue_run(sch, th, tw, wq, ow, isa.lanes), target)
     _register_tile(sch, conv, vo, rc, oci, vi, lane, intrin)

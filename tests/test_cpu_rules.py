@@ -245,7 +245,7 @@ def test_concatenation_of_many_sources_keeps_its_own_loop_nest(target):
     cat = topi.concatenate(xs, axis=0)
     y = topi.transpose(topi.reshape(cat, (n // 2, 2, 16)), (1, 0, 2))
     func = _func(*xs, y)
-    stages = [b for b in func.script().split("T.sblock(")[1:]]
+    stages = func.script().split("T.sblock(")[1:]
     assert any(b.startswith('"T_concat') for b in stages), "the concat was inlined"
     consumer = next(b for b in stages if b.startswith('"T_transpose'))
     assert "if_then_else" not in consumer

@@ -131,6 +131,15 @@ class _Printer:
         return "\n".join(lines) + "\n"
 
 
+def node_signature(node) -> str:
+    """What a node computes from its inputs, without names: op, attributes and output types,
+    quantization and large attributes inline. Two nodes reading the same values compute the
+    same thing when their signatures are equal (canonicalize's merge_duplicates)."""
+    p = _Printer(node.graph, inline_all=True)
+    attrs = ", ".join(f"{k}={p.attr(node.attrs[k])}" for k in sorted(node.attrs))
+    return f"{node.op} {{{attrs}}} : {', '.join(p.typed(o) for o in node.outputs)}"
+
+
 def print_graph(graph: Graph, inline_all: bool = False) -> str:
     """The graph's text. Large constants are shown as `@name` references."""
     return _Printer(graph, inline_all).run()
