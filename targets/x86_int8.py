@@ -108,6 +108,7 @@ class Isa:
     registers: int    # vector registers
     scratch: int      # registers an inner step needs besides accumulators and loaded vectors
     max_acc: int      # accumulator registers of one tile
+    max_vecs: int = 4  # loaded vectors of one tile (its columns)
 
     @property
     def prefix(self) -> str:
@@ -129,7 +130,15 @@ class Isa:
 
 
 VNNI = Isa("vnni", 16, 4, "uint8", "int8", 32, 1, 24)  # scratch: the broadcast
-AVX2 = Isa("avx2", 8, 2, "int16", "int16", 16, 2, 12)  # the broadcast and vpmaddwd's product
+# the broadcast and vpmaddwd's product. At most two loaded vectors: with 16 registers, a
+# 3x4 or 2x4 tile left LLVM no room to load the next tap's vectors early and it spilled
+# accumulators inside the reduction loop. PP-OCR det int8, one thread, kernels alone (Zen 3):
+# 2x4 (the cost model's choice) 37.8 ms, 3x4 36.1, 4x3 36.0, 6x2 33.8, 3x2 35.1; its 1x1
+# convs at 24x36 0.80 -> 0.54 ms, a 3x3 96->24 at 96x144 7.2 -> 6.1 ms. Whole models, 2
+# threads, interleaved p50: det 29.0 -> 26.1 ms, rec 14.5 -> 11.9, cls 0.88 -> 0.87. Not
+# everywhere: rec's 1x1 240->480 at 6x80 went 1.1 -> 1.4 ms on one thread (6x2 still spills
+# there, after LLVM unrolls its reduction loop twice).
+AVX2 = Isa("avx2", 8, 2, "int16", "int16", 16, 2, 12, max_vecs=2)
 # 16-bit activations (w8a16 layers) on AVX-512 VNNI: vpdpwssd, 16 lanes x 2 int16 products
 VNNI16 = Isa("vnni16", 16, 2, "int16", "int16", 32, 1, 24)
 # float convs share the layout, tile and schedule: one FMA per lanes x 1 product
@@ -235,7 +244,7 @@ def _pick_tile(isa: Isa, rows: int, vecs: int, max_rows: int = 24) -> Tuple[int,
     model matters for padding and small maps more than for the inner loop."""
     best = None
     for nr in (4, 3, 2, 1):
-        if nr > max(1, vecs) and nr > 1:
+        if (nr > max(1, vecs) or nr > isa.max_vecs) and nr > 1:
             continue
         cap = min(max_rows, isa.max_acc // nr, (isa.registers - isa.scratch - nr) // nr)
         for mr in range(min(cap, rows), 0, -1):
