@@ -11,7 +11,10 @@ every line of it but the packed dtypes and the intrinsic (`Isa`):
 - AVX2: `vpmaddwd` (s16 x s16 -> int32, 8 lanes x 2 products) plus `vpaddd`. The
   operands are packed as int16 (activations widened once by the pack stage,
   weights at compile time). `vpmaddubsw` would take bytes directly but saturates
-  its int16 pair sums (255*127*2 > 32767), so it is not exact on u8 x s8.
+  its int16 pair sums (255*127*2 > 32767), so it is not exact on u8 x s8. Two
+  instructions per 16 products is what float32's FMA takes too: on AVX2, int8 gains only
+  the integer ports' rate (Zen 3: peak 1.4-1.5x float's, benchmarks/run.py measures it)
+  and its smaller data.
 - 16-bit activations (the bit-width search's w8a16 layers) take `vpdpwssd` on AVX-512
   VNNI (`VNNI16`: 16 lanes x 2 int16 products) and AVX2's kernel as they are, the zero
   point folded like an 8-bit one's. A 3x3 96->96 conv at 48x72 (Zen 5, two threads): 369
