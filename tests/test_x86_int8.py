@@ -115,15 +115,23 @@ def g_conv(name, seed=0):
 
 def check(g, feeds, preset="host"):
     ref = interp_run(g, feeds)
-    got = runner_from_executable(compile_graph(g, preset), g).run(feeds)
+    _assert_outputs(runner_from_executable(compile_graph(g, preset), g).run(feeds), ref)
+    return ref
+
+
+def _assert_outputs(got, ref, float_tol=None):
+    """got == ref bit for bit; float outputs within float_tol x their largest magnitude when
+    float_tol is given (a float reference sums in its BLAS's order, which depends on the CPU)."""
     assert set(got) == set(ref)
     for k, r in ref.items():
         o = got[k]
         assert o.dtype == r.dtype and o.shape == r.shape, (k, o.dtype, o.shape, r.dtype, r.shape)
+        if float_tol is not None and r.dtype.kind == "f":
+            np.testing.assert_allclose(o, r, rtol=0, atol=float_tol * np.abs(r).max(), err_msg=k)
+            continue
         bad = np.flatnonzero(o != r)
         assert bad.size == 0, f"{k}: {bad.size}/{r.size} differ, first {bad[:5]}: {o.ravel()[bad[:5]]} vs " \
                               f"{r.ravel()[bad[:5]]}"
-    return ref
 
 
 def _uses(g, isa, preset) -> bool:
@@ -364,16 +372,21 @@ def _kernel_script(g, isa, name: str) -> str:
     return text
 
 
-def _check_on_two_threads_and_one(g, feeds, isa):
-    """check() with the pool at two threads, then at one; returns the reference outputs."""
+def _check_on_two_threads_and_one(g, feeds, isa, float_tol=None):
+    """check() of one build run with the pool at two threads, then at one (the runner sets
+    the pool to its own count on every call: one without a count would run on every core),
+    the two runs' outputs also bit-identical; returns the reference outputs."""
     from qcc.targets.builder import configure_threads
 
+    ref = interp_run(g, feeds)
+    ex = compile_graph(g, PRESET[isa])
     try:
-        for threads in (2, 1):
-            configure_threads(threads)
-            ref = check(g, feeds, PRESET[isa])
+        runs = [runner_from_executable(ex, g, num_threads=threads).run(feeds) for threads in (2, 1)]
     finally:
         configure_threads(None)
+    for got in runs:
+        _assert_outputs(got, ref, float_tol)
+    assert all(np.array_equal(runs[0][k], runs[1][k]) for k in ref)
     return ref
 
 
@@ -481,24 +494,9 @@ def test_pack_of_a_one_thread_conv_runs_on_one_thread(isa, dtype):
     assert c * cin * h * w < x86_int8._PAR_MACS
     text = _kernel_script(g, isa, kernel)
     assert "pack" in text and "T.parallel" not in text
-    if dtype == "u8":
-        _check_on_two_threads_and_one(g, feeds, isa)
-        return
-    # float: the reference's sums run in its BLAS's order, which depends on the CPU (on a
-    # Zen 3 host OpenBLAS's kernel differs from this conv's in the last bit of most
-    # outputs); the same within rounding, and the same bits on two threads as on one
-    from qcc.targets.builder import configure_threads
-
-    ref = interp_run(g, feeds)["y"]
-    got = []
-    try:
-        for threads in (2, 1):
-            configure_threads(threads)
-            got.append(runner_from_executable(compile_graph(g, PRESET[isa]), g).run(feeds)["y"])
-    finally:
-        configure_threads(None)
-    np.testing.assert_allclose(got[0], ref, rtol=1e-5, atol=1e-4 * np.abs(ref).max())
-    assert np.array_equal(got[0], got[1])
+    # float: the reference's sums run in OpenBLAS's order, which depends on the CPU (on Zen 3
+    # most outputs differ from this conv's in the last bit)
+    _check_on_two_threads_and_one(g, feeds, isa, float_tol=None if dtype == "u8" else 1e-4)
 
 
 @ISAS
