@@ -43,6 +43,7 @@ from qcc.ops.quant import quantize
 from qcc.pass_manager import PassContext
 from qcc.passes_registry import Pass, register_pass
 from qcc.quantization import params_for_range, quantize_weights
+from qcc.tails import percentiles
 
 from .equalize import _clamp, _in_ranges, _layer_ok, _scale_reader, _summary, scaled_reader_weights
 
@@ -106,7 +107,7 @@ def activations(g: Graph, values: List[Value], samples, budget: int) -> Dict[str
 
 def _fake_quant_activation(x: np.ndarray, percentile: float) -> np.ndarray:
     """x on a uint8 grid over its [100-p, p] percentiles (a cheap stand-in for the observers')."""
-    lo, hi = np.percentile(x, [100.0 - percentile, percentile])
+    lo, hi = percentiles(x, [100.0 - percentile, percentile])  # np.percentile's numbers, faster
     qp = params_for_range(lo, hi, "u8")
     # the codes by the interpreter's own quantize (in place, in float32), and each code's
     # value computed once and looked up: 0.30 -> 0.09 s a call on a 7x48x96x144 tensor
