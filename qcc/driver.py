@@ -384,7 +384,11 @@ def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
         say(f"compiling for {preset.name} with TVM")
         try:
             strategy, tuner = _tuning(preset, tune_budget, opts, say)
-            lib = targets.build(graph, preset, tmp, strategy=strategy)
+            tiles, tile_report = _tile_search(graph, preset, tuner, opts, say)
+            from .targets.x86_int8 import tile_choices
+
+            with tile_choices(tiles):
+                lib = targets.build(graph, preset, tmp, strategy=strategy)
         except targets.LoweringError as e:
             raise CompileError(f"cannot lower to {preset.name}: {str(e).splitlines()[0]}") from None
         save_qir(graph, tmp / "model.qir")
@@ -393,6 +397,8 @@ def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
         report["pipeline"] = chosen.pipeline
         if recipes is not None:
             report["recipes"] = recipes
+        if tile_report:
+            report["tile_search"] = tile_report
         report["warnings"] = list(ctx.warnings)
         _dump_json(tmp / "report.json", report)
         if report["layers"]:
@@ -445,6 +451,23 @@ def _tuning(preset, budget, opts: CompileOptions, say):
     strategy.kernel_passes = (*strategy.kernel_passes, tuner.as_pass())
     say(f"tuning: budget {budget}, database {tuner.db.dir}")
     return strategy, tuner
+
+
+def _tile_search(graph, preset, tuner, opts: CompileOptions, say):
+    """({conv_key: tile}, report) at -O3 on x86: the int8 convs' register tiles measured here
+    (targets/tile_search.py) or read from the tuning database; ({}, {}) otherwise."""
+    if tuner is None or getattr(tuner.strategy, "isa", None) is None:
+        return {}, {}
+    from .targets.tile_search import search_tiles
+    from .targets.tune import TuneDB
+
+    measure = tuner.budget.measures and tuner._cannot_measure() is None
+    db = TuneDB(tuner.db.root / "tiles", preset.target_dict())  # beside the kernels' records
+    tiles, report = search_tiles(graph, preset, db, measure=measure, threads=opts.threads, log=say)
+    if report:
+        say(f"tiles: {len(tiles)} of {len(report)} large int8 convs run the tile timed fastest, "
+            f"the rest the cost model's")
+    return tiles, report
 
 
 # --- for build systems: emitted device code, depfiles --------------------------------------

@@ -66,11 +66,13 @@ mr rows x nr*16 columns.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -258,6 +260,46 @@ def _pick_tile(isa: Isa, rows: int, vecs: int, max_rows: int = 24) -> Tuple[int,
     return best[1], best[2]
 
 
+def tile_candidates(isa: Isa, rows: int, vecs: int) -> List[Tuple[int, int]]:
+    """Register tiles worth measuring for a conv (-O3's tile search, targets/tile_search.py):
+    the cost model's choice first, then for each tile width up to four vectors the cost
+    model's best height, and the next lower one at four. Register limits are the cost
+    model's guess, not the hardware's answer, so the widths past isa.max_vecs are tried
+    too (measured on PP-OCR rec, Zen 3, one thread: the 1x1 240->480 conv at 6x80 ran in
+    2.63 ms with the default 6x2 tile, 1.88 ms with 4x3; its 3x80 sibling preferred 6x2)."""
+    out = [_pick_tile(isa, rows, vecs)]
+    for nr in range(1, 5):
+        if nr > max(1, vecs):
+            break
+        mrs = [mr for mr in range(min(24, isa.max_acc // nr, rows), 0, -1)]
+        ranked = sorted(mrs, key=lambda mr: -(-rows // mr) * mr * (1 + 0.3 / mr))
+        for mr in ranked[:2 if nr == 4 else 1]:
+            if (mr, nr) not in out:
+                out.append((mr, nr))
+    return out
+
+
+# Tiles chosen by measurement (-O3), by conv_key: conv_plan gives these convs that tile.
+_TILES: contextvars.ContextVar[Mapping[str, Tuple[int, int]]] = contextvars.ContextVar("qcc_x86_tiles", default={})
+
+
+@contextlib.contextmanager
+def tile_choices(tiles: Mapping[str, Tuple[int, int]]) -> Iterator[None]:
+    """Within the block, conv_plan gives each conv whose conv_key is in `tiles` that tile."""
+    token = _TILES.set(dict(tiles))
+    try:
+        yield
+    finally:
+        _TILES.reset(token)
+
+
+def conv_key(p: "ConvPlan") -> str:
+    """What a measured tile is recorded under: the conv's geometry and instruction set
+    (not its zero point or weights, which do not change its speed)."""
+    g = {f.name: getattr(p, f.name) for f in dataclasses.fields(ConvGeometry)}
+    return f"{p.isa.name}:{p.x_signed}:" + ",".join(f"{k}={g[k]}" for k in sorted(g))
+
+
 # --- qconv ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -266,6 +308,7 @@ class ConvPlan(ConvGeometry):
     zx: int = 0  # zero point in the uint8 domain
     isa: Isa = VNNI
     pitch: int = 0  # row pitch of the packed phases and the sums; 0: ceil(wp / stride)
+    chosen_tile: Tuple[int, int] = (0, 0)  # measured (tile_choices); (0, 0): the cost model's
 
     @property
     def cb(self):
@@ -281,8 +324,16 @@ class ConvPlan(ConvGeometry):
 
     @property
     def tile(self):
+        if self.chosen_tile[0]:
+            return self.chosen_tile
         oh, _ = self.out_hw
         return _pick_tile(self.isa, self.og, -(-oh * self.wq // self.isa.lanes))
+
+    @property
+    def tile_space(self) -> List[Tuple[int, int]]:
+        """The tiles -O3 measures for this conv (tile_candidates)."""
+        oh, _ = self.out_hw
+        return tile_candidates(self.isa, self.og, -(-oh * self.wq // self.isa.lanes))
 
     @property
     def ogp(self):
@@ -345,13 +396,19 @@ def conv_plan(x_shape, x_dtype: str, w_shape, attrs, isa: Isa = VNNI) -> Optiona
         zx = int(attrs.get("x_zero_point", 0))
         if not -(1 << 15) <= zx < (1 << 15):
             return None
-        return _banded(ConvPlan(**geom.fields(), x_signed=False, zx=zx, isa=isa))
+        return _banded(_measured(ConvPlan(**geom.fields(), x_signed=False, zx=zx, isa=isa)))
     zx = int(attrs.get("x_zero_point", 0)) + (128 if x_dtype == "int8" else 0)
     if not 0 <= zx <= 255:
         return None
     if 255 * 128 * geom.cg * geom.kh * geom.kw >= (1 << 31):  # the raw u8 x s8 sum must not wrap
         return None
-    return _banded(ConvPlan(**geom.fields(), x_signed=x_dtype == "int8", zx=zx, isa=isa))
+    return _banded(_measured(ConvPlan(**geom.fields(), x_signed=x_dtype == "int8", zx=zx, isa=isa)))
+
+
+def _measured(p: ConvPlan) -> ConvPlan:
+    """`p` with the tile tile_choices holds for it, if any."""
+    tile = _TILES.get().get(conv_key(p))
+    return dataclasses.replace(p, chosen_tile=tuple(tile)) if tile else p
 
 
 def float_conv_plan(x_shape, w_shape, attrs, isa: Isa) -> Optional[ConvPlan]:

@@ -1017,3 +1017,22 @@ def test_avx512_presets_vectorize_epilogues_sixteen_lanes_wide():
     if _HAS["vnni"]:
         ref = check(g, {"x": _feed(rng, (1, 8, 24, 96), "u8")}, "x86-avx512")
         assert len(np.unique(ref["y"])) > 20
+
+
+@ISAS
+@pytest.mark.parametrize("name", ["3x3_s1", "grouped"])
+def test_every_tile_the_search_may_choose_is_bit_exact(isa, name):
+    """-O3's tile search (targets/tile_search.py) may give a conv any tile of its plan's
+    tile_space, wider ones than the cost model allows included: each computes the same bits."""
+    from qcc.targets import x86_int8
+    from qcc.targets.tile_search import _plan
+
+    g, feeds = g_conv(name)
+    plan = _plan(next(n for n in g.nodes if n.op == "qconv"), x86_int8.isa_for(get_target(PRESET[isa])))
+    space = plan.tile_space
+    assert len(space) >= 3 and len(set(space)) == len(space)
+    assert max(nr for _, nr in space) == 4  # past AVX2's max_vecs too
+    for tile in space:
+        with x86_int8.tile_choices({x86_int8.conv_key(plan): tile}):
+            assert _plan(next(n for n in g.nodes if n.op == "qconv"), plan.isa).tile == tile
+            check(g, feeds, PRESET[isa])
