@@ -171,6 +171,6 @@ def _measure(graph: Graph, node: Node, plan: x86_int8.ConvPlan, preset, threads:
                 best[i] = min(best[i], r.time(feeds, number=5, repeat=2))
     default, fastest = best[0], min(range(len(best)), key=best.__getitem__)
     win = fastest if best[fastest] < (1 - MIN_GAIN) * default else 0
-    return {"tile": list(plan.tile_space[win]),
+    return {"conv": key, "tile": list(plan.tile_space[win]),
             "ms": {f"{mr}x{nr}": round(t * 1e3, 4) for (mr, nr), t in zip(plan.tile_space, best) if t < float("inf")},
             "measured": time.strftime("%Y-%m-%d")}
