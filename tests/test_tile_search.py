@@ -83,3 +83,22 @@ def test_a_recorded_tile_is_what_the_build_uses(tmp_path):
     with x86_int8.tile_choices(tiles):
         p = tile_search._plan(next(n for n in g.nodes if n.op == "qconv"), plan.isa)
     assert p.tile == other and p.ogp % other[0] == 0
+
+
+def test_a_candidate_that_fails_to_build_is_dropped(tmp_path, monkeypatch):
+    """A tile TVM cannot compile costs the search that candidate, not the compile."""
+    from qcc.targets import builder
+
+    monkeypatch.setattr(tile_search, "ROUNDS", 1)
+    real = builder.compile_graph
+
+    def flaky(g, preset, **kw):
+        if x86_int8._TILES.get() and next(iter(x86_int8._TILES.get().values()))[1] == 4:
+            raise RuntimeError("no such schedule")
+        return real(g, preset, **kw)
+
+    monkeypatch.setattr(builder, "compile_graph", flaky)
+    g = _graph()
+    tiles, report = tile_search.search_tiles(g, HOST, TuneDB(tmp_path, HOST.target_dict()), measure=True, threads=1)
+    rec = json.loads(next(TuneDB(tmp_path, HOST.target_dict()).dir.glob("tile-*.json")).read_text())
+    assert rec["ms"] and not any(k.endswith("x4") for k in rec["ms"]) and rec["tile"][1] != 4
