@@ -454,7 +454,7 @@ def _tuning(preset, budget, opts: CompileOptions, say):
 
 
 def _tile_search(graph, preset, tuner, opts: CompileOptions, say):
-    """({conv_key: tile}, report) at -O3 on x86: the int8 convs' register tiles measured here
+    """({conv_key: tile}, report) at -O3 on x86: the int8 convs' and matmuls' register tiles measured here
     (targets/tile_search.py) or read from the tuning database; ({}, {}) otherwise."""
     if tuner is None or getattr(tuner.strategy, "isa", None) is None:
         return {}, {}
@@ -465,7 +465,7 @@ def _tile_search(graph, preset, tuner, opts: CompileOptions, say):
     db = TuneDB(tuner.db.root / "tiles", preset.target_dict())  # beside the kernels' records
     tiles, report = search_tiles(graph, preset, db, measure=measure, threads=opts.threads, log=say)
     if report:
-        say(f"tiles: {len(tiles)} of {len(report)} large int8 convs run the tile timed fastest, "
+        say(f"tiles: {len(tiles)} of {len(report)} large int8 convs and matmuls run the tile timed fastest, "
             f"the rest the cost model's")
     return tiles, report
 

@@ -10,7 +10,8 @@ one thread, 11.0 -> 9.8 on two (each kernel timed alone), where any one tile for
 them stayed within 8% of the cost model's.
 
 So at -O3, before the build, every distinct int8 conv among the largest (those that
-together hold MAC_SHARE of the graph's qconv MACs, at most MAX_CONVS of them) is
+together hold MAC_SHARE of the graph's qconv and qmatmul MACs, at most MAX_CONVS of them;
+int8 matmuls by a constant matrix count as convs here, their kernel has a tile too) is
 compiled alone with each of its plan's tile_space, the candidates are timed in
 interleaved rounds on the build's thread count, and the fastest is kept when it beats
 the cost model's tile by MIN_GAIN. The choices go into the tuning database under the
@@ -32,18 +33,26 @@ from qcc.ir.graph import Graph, Node
 from . import x86_int8
 from .lower import tvm_dtype
 
-MAC_SHARE = 0.9   # the convs searched hold this share of the qconv MACs ...
+MAC_SHARE = 0.9   # the convs searched hold this share of the qconv / qmatmul MACs ...
 MAX_CONVS = 16    # ... but no more than this many distinct convs
 MIN_GAIN = 0.03   # a measured tile must beat the cost model's by this much to replace it
 ROUNDS = 5        # interleaved timing rounds (the minimum of each candidate is kept)
 
 
-def _plan(node: Node, isa) -> Optional[x86_int8.ConvPlan]:
-    """The int8 conv kernel's plan for a qconv node, or None when that kernel does not take it."""
-    if node.op != "qconv" or len(node.inputs) < 2 or not node.inputs[1].is_const:
+def _plan(node: Node, isa):
+    """The int8 kernel's plan (ConvPlan, MatmulPlan) for a qconv or qmatmul node by constant
+    weights, or None when that kernel does not take it."""
+    if node.op not in ("qconv", "qmatmul") or len(node.inputs) < 2 or not node.inputs[1].is_const \
+            or node.attrs.get("acc") == "i64":
         return None
     x, w = node.inputs[0], node.inputs[1]
-    if len(x.type.shape) != 4 or w.type.dtype != "i8" or node.attrs.get("acc") == "i64":
+    if node.op == "qmatmul":
+        bias = node.inputs[2] if len(node.inputs) > 2 else None
+        if w.data.ndim != 2 or (bias is not None and (not bias.is_const or bias.data.ndim > 1)):
+            return None
+        return x86_int8.matmul_plan(tuple(x.type.shape), tvm_dtype(x.type.dtype), w.data.shape,
+                                    int(node.attrs.get("a_zero_point", 0)), isa)
+    if len(x.type.shape) != 4 or w.type.dtype != "i8":
         return None
     return x86_int8.conv_plan(tuple(x.type.shape), tvm_dtype(x.type.dtype), w.data.shape, node.attrs, isa)
 
@@ -110,11 +119,12 @@ def _workload(key: str) -> str:
 def search_tiles(graph: Graph, preset, db, *, measure: bool, threads: Optional[int] = None,
                  log: Callable[[str], None] = lambda s: None) -> Tuple[Dict[str, Tuple[int, int]], Dict]:
     """({conv_key: tile}, report) for the graph's large int8 convs: the database's records,
-    and (when `measure`) new measurements for the convs it lacks. `db`: a tune.TuneDB."""
+    and (when `measure`) new measurements for the convs it lacks. `db`: a tune.TuneDB. The
+    int8 matmuls by constant matrices take part the same way (their plans have tiles too)."""
     isa = x86_int8.isa_for(preset)
     if isa is None:
         return {}, {}
-    convs: Dict[str, Tuple[Node, x86_int8.ConvPlan, int]] = {}
+    convs: Dict[str, Tuple[Node, object, int]] = {}
     total = 0
     for n in graph.nodes:
         p = _plan(n, isa)
@@ -148,7 +158,7 @@ def search_tiles(graph: Graph, preset, db, *, measure: bool, threads: Optional[i
     return chosen, report
 
 
-def _measure(graph: Graph, node: Node, plan: x86_int8.ConvPlan, preset, threads: Optional[int]) -> Dict:
+def _measure(graph: Graph, node: Node, plan, preset, threads: Optional[int]) -> Dict:
     """Each candidate tile's kernel compiled alone and timed, interleaved; the record. A
     candidate whose output differs from the cost model's tile's in any bit is dropped (the
     tiles only reorder independent integer sums: none should)."""

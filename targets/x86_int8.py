@@ -260,18 +260,18 @@ def _pick_tile(isa: Isa, rows: int, vecs: int, max_rows: int = 24) -> Tuple[int,
     return best[1], best[2]
 
 
-def tile_candidates(isa: Isa, rows: int, vecs: int) -> List[Tuple[int, int]]:
+def tile_candidates(isa: Isa, rows: int, vecs: int, max_rows: int = 24) -> List[Tuple[int, int]]:
     """Register tiles worth measuring for a conv (-O3's tile search, targets/tile_search.py):
     the cost model's choice first, then for each tile width up to four vectors the cost
     model's best height, and the next lower one at four. Register limits are the cost
     model's guess, not the hardware's answer, so the widths past isa.max_vecs are tried
     too (measured on PP-OCR rec, Zen 3, one thread: the 1x1 240->480 conv at 6x80 ran in
     2.63 ms with the default 6x2 tile, 1.88 ms with 4x3; its 3x80 sibling preferred 6x2)."""
-    out = [_pick_tile(isa, rows, vecs)]
+    out = [_pick_tile(isa, rows, vecs, max_rows)]
     for nr in range(1, 5):
         if nr > max(1, vecs):
             break
-        mrs = [mr for mr in range(min(24, isa.max_acc // nr, rows), 0, -1)]
+        mrs = [mr for mr in range(min(max_rows, isa.max_acc // nr, rows), 0, -1)]
         ranked = sorted(mrs, key=lambda mr: -(-rows // mr) * mr * (1 + 0.3 / mr))
         for mr in ranked[:2 if nr == 4 else 1]:
             if (mr, nr) not in out:
@@ -293,9 +293,11 @@ def tile_choices(tiles: Mapping[str, Tuple[int, int]]) -> Iterator[None]:
         _TILES.reset(token)
 
 
-def conv_key(p: "ConvPlan") -> str:
-    """What a measured tile is recorded under: the conv's geometry and instruction set
-    (not its zero point or weights, which do not change its speed)."""
+def conv_key(p) -> str:
+    """What a measured tile is recorded under: the conv's geometry (a matmul's shape) and
+    instruction set, not its zero point or weights, which do not change its speed."""
+    if isinstance(p, MatmulPlan):
+        return f"{p.isa.name}:{p.a_signed}:matmul:batch={p.batch},m={p.m},k={p.k},n={p.n},vector={p.vector}"
     g = {f.name: getattr(p, f.name) for f in dataclasses.fields(ConvGeometry)}
     return f"{p.isa.name}:{p.x_signed}:" + ",".join(f"{k}={g[k]}" for k in sorted(g))
 
@@ -405,7 +407,7 @@ def conv_plan(x_shape, x_dtype: str, w_shape, attrs, isa: Isa = VNNI) -> Optiona
     return _banded(_measured(ConvPlan(**geom.fields(), x_signed=x_dtype == "int8", zx=zx, isa=isa)))
 
 
-def _measured(p: ConvPlan) -> ConvPlan:
+def _measured(p):
     """`p` with the tile tile_choices holds for it, if any."""
     tile = _TILES.get().get(conv_key(p))
     return dataclasses.replace(p, chosen_tile=tuple(tile)) if tile else p
@@ -534,10 +536,16 @@ class MatmulPlan:
     za: int  # uint8 domain
     vector: bool  # a is 1-D
     isa: Isa = VNNI
+    chosen_tile: Tuple[int, int] = (0, 0)  # measured (tile_choices); (0, 0): the cost model's
 
     @property
     def rows(self):
         return int(np.prod(self.batch, dtype=np.int64)) * self.m
+
+    @property
+    def tile_space(self) -> List[Tuple[int, int]]:
+        """The tiles -O3 measures for this matmul (tile_candidates)."""
+        return tile_candidates(self.isa, self.rows, -(-self.n // self.isa.lanes), max_rows=8)
 
     @property
     def kb(self):
@@ -545,6 +553,8 @@ class MatmulPlan:
 
     @property
     def tile(self):
+        if self.chosen_tile[0]:
+            return self.chosen_tile
         return _pick_tile(self.isa, self.rows, -(-self.n // self.isa.lanes), max_rows=8)
 
     @property
@@ -571,7 +581,7 @@ def matmul_plan(a_shape, a_dtype: str, b_shape, za: int, isa: Isa = VNNI) -> Opt
     vector = len(a_shape) == 1
     batch = tuple(int(d) for d in a_shape[:-2])
     m = 1 if vector else int(a_shape[-2])
-    return MatmulPlan(batch, m, k, n, a_dtype == "int8", za, vector, isa)
+    return _measured(MatmulPlan(batch, m, k, n, a_dtype == "int8", za, vector, isa))
 
 
 def float_matmul_plan(a_shape, b_shape, isa: Isa) -> Optional[MatmulPlan]:

@@ -1036,3 +1036,21 @@ def test_every_tile_the_search_may_choose_is_bit_exact(isa, name):
         with x86_int8.tile_choices({x86_int8.conv_key(plan): tile}):
             assert _plan(next(n for n in g.nodes if n.op == "qconv"), plan.isa).tile == tile
             check(g, feeds, PRESET[isa])
+
+
+@ISAS
+def test_every_matmul_tile_the_search_may_choose_is_bit_exact(isa):
+    """The int8 matmul kernel takes any tile of its plan's tile_space too (the search treats
+    matmuls by a constant matrix like convs): the i-th candidate of every matmul at once."""
+    from qcc.targets import x86_int8
+    from qcc.targets.tile_search import _plan
+
+    g, feeds = g_matmuls()
+    isa_obj = x86_int8.isa_for(get_target(PRESET[isa]))
+    plans = [p for p in (_plan(n, isa_obj) for n in g.nodes) if p is not None]
+    assert len(plans) == 4
+    for i in range(max(len(p.tile_space) for p in plans)):
+        pick = {x86_int8.conv_key(p): p.tile_space[min(i, len(p.tile_space) - 1)] for p in plans}
+        with x86_int8.tile_choices(pick):
+            assert [_plan(n, isa_obj).tile for n in g.nodes if _plan(n, isa_obj) is not None] == list(pick.values())
+            check(g, feeds, PRESET[isa])
