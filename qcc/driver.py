@@ -454,14 +454,14 @@ def _tuning(preset, budget, opts: CompileOptions, say):
 
 
 def _tile_search(graph, preset, tuner, opts: CompileOptions, say):
-    """({conv_key: tile}, report) at -O3 on x86: the int8 convs' and matmuls' register tiles measured here
+    """({tile_key: tile}, report) at -O3 on x86: the int8 convs' and matmuls' register tiles measured here
     (targets/tile_search.py) or read from the tuning database; ({}, {}) otherwise."""
-    if tuner is None or getattr(tuner.strategy, "isa", None) is None:
+    if tuner is None:  # (search_tiles itself answers nothing for a preset without x86 int8 kernels)
         return {}, {}
     from .targets.tile_search import search_tiles
     from .targets.tune import TuneDB
 
-    measure = tuner.budget.measures and tuner._cannot_measure() is None
+    measure = tuner.budget.measures and tuner.cannot_measure() is None
     db = TuneDB(tuner.db.root / "tiles", preset.target_dict())  # beside the kernels' records
     tiles, report = search_tiles(graph, preset, db, measure=measure, threads=opts.threads, log=say)
     if report:

@@ -12,8 +12,6 @@ there, they fall back to np.percentile.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 try:  # numpy's own index and interpolation steps, so the numbers cannot drift from it

@@ -15,7 +15,7 @@ int8 matmuls by a constant matrix count as convs here, their kernel has a tile t
 compiled alone with each of its plan's tile_space, the candidates are timed in
 interleaved rounds on the build's thread count, and the fastest is kept when it beats
 the cost model's tile by MIN_GAIN. The choices go into the tuning database under the
-conv's geometry (x86_int8.conv_key), so a rebuild measures nothing, and the build
+conv's geometry (x86_int8.tile_key), so a rebuild measures nothing, and the build
 applies them (x86_int8.tile_choices). The tile changes the schedule, never a sum's
 value: every tile gives the same bits.
 """
@@ -57,7 +57,7 @@ def _plan(node: Node, isa):
     return x86_int8.conv_plan(tuple(x.type.shape), tvm_dtype(x.type.dtype), w.data.shape, node.attrs, isa)
 
 
-_STOP = frozenset({"conv", "qconv", "gemm", "matmul", "qmatmul", "conv_transpose", "qconv_transpose"})
+_STOP = frozenset({"conv", "qconv", "gemm", "matmul", "qmatmul", "conv_transpose"})  # the next layer
 
 
 def _epilogue(graph: Graph, node: Node) -> List[Node]:
@@ -118,7 +118,7 @@ def _workload(key: str) -> str:
 
 def search_tiles(graph: Graph, preset, db, *, measure: bool, threads: Optional[int] = None,
                  log: Callable[[str], None] = lambda s: None) -> Tuple[Dict[str, Tuple[int, int]], Dict]:
-    """({conv_key: tile}, report) for the graph's large int8 convs: the database's records,
+    """({tile_key: tile}, report) for the graph's large int8 convs: the database's records,
     and (when `measure`) new measurements for the convs it lacks. `db`: a tune.TuneDB. The
     int8 matmuls by constant matrices take part the same way (their plans have tiles too)."""
     isa = x86_int8.isa_for(preset)
@@ -132,7 +132,7 @@ def search_tiles(graph: Graph, preset, db, *, measure: bool, threads: Optional[i
             continue
         m = macs(n)
         total += m
-        key = x86_int8.conv_key(p)
+        key = x86_int8.tile_key(p)
         if key in convs:
             convs[key] = (convs[key][0], p, convs[key][2] + m)
         else:
@@ -165,7 +165,7 @@ def _measure(graph: Graph, node: Node, plan, preset, threads: Optional[int]) -> 
     from .builder import compile_graph, runner_from_executable
 
     g, feeds = _probe(graph, node)
-    key = x86_int8.conv_key(plan)
+    key = x86_int8.tile_key(plan)
     runners, ref = [], None
     for tile in plan.tile_space:
         try:
@@ -174,12 +174,13 @@ def _measure(graph: Graph, node: Node, plan, preset, threads: Optional[int]) -> 
             r = runner_from_executable(ex, g, num_threads=threads)
             out = list(r.run(feeds).values())
         except Exception:  # noqa: BLE001 - a candidate TVM cannot build is just not a candidate
+            if ref is None:  # the cost model's own tile did not build alone: nothing to compare with
+                return {"conv": key, "tile": list(plan.tile_space[0]), "ms": {},
+                        "measured": time.strftime("%Y-%m-%d")}
             runners.append(None)
             continue
         ref = out if ref is None else ref
         runners.append(r if all(np.array_equal(a, b, equal_nan=True) for a, b in zip(out, ref)) else None)
-    if runners[0] is None:  # the cost model's own tile did not build alone: nothing to compare with
-        return {"conv": key, "tile": list(plan.tile_space[0]), "ms": {}, "measured": time.strftime("%Y-%m-%d")}
     best = [float("inf")] * len(runners)
     for _ in range(ROUNDS):
         for i, r in enumerate(runners):

@@ -431,7 +431,7 @@ class TuningPass:
             tasks.setdefault(k, _Task(k, gv.name_hint, f))
         self.stats = TuneStats(kernels=len(kernels))
         if self.budget.measures and tasks:
-            why = self._cannot_measure()
+            why = self.cannot_measure()
             if why:
                 self.stats.notes.append(why)
                 self.log(f"tuning: {why}; applying the database only")
@@ -476,7 +476,7 @@ class TuningPass:
         return new
 
     # -- tuning --
-    def _cannot_measure(self) -> Optional[str]:
+    def cannot_measure(self) -> Optional[str]:
         """Why this machine cannot time the preset's kernels, or None. It can whenever the code
         runs here: a preset for another cpu of the same family (x86-avx512 on a Zen 4, say) is
         timed on this one when it has every capability the preset's code uses -- the only way

@@ -72,7 +72,7 @@ import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -253,11 +253,16 @@ def _pick_tile(isa: Isa, rows: int, vecs: int, max_rows: int = 24) -> Tuple[int,
             continue
         cap = min(max_rows, isa.max_acc // nr, (isa.registers - isa.scratch - nr) // nr)
         for mr in range(min(cap, rows), 0, -1):
-            work = math.ceil(rows / mr) * mr * math.ceil(vecs / nr) * nr
-            key = (work * (1 + 0.8 / nr + 0.3 / mr), -nr)
+            key = (_tile_cost(rows, vecs, mr, nr), -nr)
             if best is None or key < best[0]:
                 best = (key, mr, nr)
     return best[1], best[2]
+
+
+def _tile_cost(rows: int, vecs: int, mr: int, nr: int) -> float:
+    """_pick_tile's cost of an mr x nr tile: the padded work times the load/broadcast overhead."""
+    work = math.ceil(rows / mr) * mr * math.ceil(vecs / nr) * nr
+    return work * (1 + 0.8 / nr + 0.3 / mr)
 
 
 def tile_candidates(isa: Isa, rows: int, vecs: int, max_rows: int = 24) -> List[Tuple[int, int]]:
@@ -271,21 +276,20 @@ def tile_candidates(isa: Isa, rows: int, vecs: int, max_rows: int = 24) -> List[
     for nr in range(1, 5):
         if nr > max(1, vecs):
             break
-        mrs = [mr for mr in range(min(max_rows, isa.max_acc // nr, rows), 0, -1)]
-        ranked = sorted(mrs, key=lambda mr: -(-rows // mr) * mr * (1 + 0.3 / mr))
-        for mr in ranked[:2 if nr == 4 else 1]:
+        mrs = range(min(max_rows, isa.max_acc // nr, rows), 0, -1)
+        for mr in sorted(mrs, key=lambda mr: _tile_cost(rows, vecs, mr, nr))[:2 if nr == 4 else 1]:
             if (mr, nr) not in out:
                 out.append((mr, nr))
     return out
 
 
-# Tiles chosen by measurement (-O3), by conv_key: conv_plan gives these convs that tile.
+# Tiles chosen by measurement (-O3), by tile_key: conv_plan gives these convs that tile.
 _TILES: contextvars.ContextVar[Mapping[str, Tuple[int, int]]] = contextvars.ContextVar("qcc_x86_tiles", default={})
 
 
 @contextlib.contextmanager
 def tile_choices(tiles: Mapping[str, Tuple[int, int]]) -> Iterator[None]:
-    """Within the block, conv_plan gives each conv whose conv_key is in `tiles` that tile."""
+    """Within the block, conv_plan gives each conv whose tile_key is in `tiles` that tile."""
     token = _TILES.set(dict(tiles))
     try:
         yield
@@ -293,7 +297,7 @@ def tile_choices(tiles: Mapping[str, Tuple[int, int]]) -> Iterator[None]:
         _TILES.reset(token)
 
 
-def conv_key(p) -> str:
+def tile_key(p) -> str:
     """What a measured tile is recorded under: the conv's geometry (a matmul's shape) and
     instruction set, not its zero point or weights, which do not change its speed."""
     if isinstance(p, MatmulPlan):
@@ -409,7 +413,7 @@ def conv_plan(x_shape, x_dtype: str, w_shape, attrs, isa: Isa = VNNI) -> Optiona
 
 def _measured(p):
     """`p` with the tile tile_choices holds for it, if any."""
-    tile = _TILES.get().get(conv_key(p))
+    tile = _TILES.get().get(tile_key(p))
     return dataclasses.replace(p, chosen_tile=tuple(tile)) if tile else p
 
 

@@ -60,7 +60,7 @@ def test_search_records_the_choice_and_a_rebuild_reads_it(tmp_path, monkeypatch)
     assert set(rec["ms"]) == {f"{mr}x{nr}" for mr, nr in plan.tile_space}  # every candidate timed, all bit-exact
     assert tuple(rec["tile"]) in plan.tile_space
     assert report["acc_big"] == {"tile": rec["tile"], "cost_model": list(plan.tile_space[0])}
-    assert (x86_int8.conv_key(plan) in tiles) == (tuple(rec["tile"]) != plan.tile_space[0])
+    assert (x86_int8.tile_key(plan) in tiles) == (tuple(rec["tile"]) != plan.tile_space[0])
 
     def no_measuring(*a, **k):
         raise AssertionError("a rebuild measured")
@@ -77,9 +77,9 @@ def test_a_recorded_tile_is_what_the_build_uses(tmp_path):
     plan = tile_search._plan(next(n for n in g.nodes if n.op == "qconv"), x86_int8.isa_for(HOST))
     other = plan.tile_space[-1]
     db = TuneDB(tmp_path, HOST.target_dict())
-    db.put(tile_search._workload(x86_int8.conv_key(plan)), {"tile": list(other), "ms": {}})
+    db.put(tile_search._workload(x86_int8.tile_key(plan)), {"tile": list(other), "ms": {}})
     tiles, _ = tile_search.search_tiles(g, HOST, db, measure=False)
-    assert tiles == {x86_int8.conv_key(plan): other}
+    assert tiles == {x86_int8.tile_key(plan): other}
     with x86_int8.tile_choices(tiles):
         p = tile_search._plan(next(n for n in g.nodes if n.op == "qconv"), plan.isa)
     assert p.tile == other and p.ogp % other[0] == 0

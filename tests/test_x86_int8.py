@@ -1033,7 +1033,7 @@ def test_every_tile_the_search_may_choose_is_bit_exact(isa, name):
     assert len(space) >= 3 and len(set(space)) == len(space)
     assert max(nr for _, nr in space) == 4  # past AVX2's max_vecs too
     for tile in space:
-        with x86_int8.tile_choices({x86_int8.conv_key(plan): tile}):
+        with x86_int8.tile_choices({x86_int8.tile_key(plan): tile}):
             assert _plan(next(n for n in g.nodes if n.op == "qconv"), plan.isa).tile == tile
             check(g, feeds, PRESET[isa])
 
@@ -1050,7 +1050,7 @@ def test_every_matmul_tile_the_search_may_choose_is_bit_exact(isa):
     plans = [p for p in (_plan(n, isa_obj) for n in g.nodes) if p is not None]
     assert len(plans) == 4
     for i in range(max(len(p.tile_space) for p in plans)):
-        pick = {x86_int8.conv_key(p): p.tile_space[min(i, len(p.tile_space) - 1)] for p in plans}
+        pick = {x86_int8.tile_key(p): p.tile_space[min(i, len(p.tile_space) - 1)] for p in plans}
         with x86_int8.tile_choices(pick):
             assert [_plan(n, isa_obj).tile for n in g.nodes if _plan(n, isa_obj) is not None] == list(pick.values())
             check(g, feeds, PRESET[isa])
