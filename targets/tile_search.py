@@ -30,7 +30,7 @@ import numpy as np
 from qcc.analysis import macs
 from qcc.ir.graph import Graph, Node
 
-from . import x86_int8
+from . import x86_int8, x86_winograd
 from .lower import tvm_dtype
 
 MAC_SHARE = 0.9   # the convs searched hold this share of the qconv / qmatmul MACs ...
@@ -54,6 +54,8 @@ def _plan(node: Node, isa):
                                     int(node.attrs.get("a_zero_point", 0)), isa)
     if len(x.type.shape) != 4 or w.type.dtype != "i8":
         return None
+    if x86_winograd.wino_plan(tuple(x.type.shape), tvm_dtype(x.type.dtype), w.data.shape, node.attrs, isa):
+        return None  # built as Winograd: no register tile of x86_int8's to choose
     return x86_int8.conv_plan(tuple(x.type.shape), tvm_dtype(x.type.dtype), w.data.shape, node.attrs, isa)
 
 

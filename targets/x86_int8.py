@@ -893,17 +893,28 @@ def _schedule_kernels(func, target) -> Optional[object]:
             except Exception:  # noqa: BLE001 - not inlinable (several consumers, a reduction): kept
                 pass
         kept.append((b, kind))
-    try:
-        sch, fused_tail = _schedule_depthwise(sch, kept, target)
-        for i, (b, kind) in enumerate(kept):
-            if kind == "conv":
-                sch, tail = _schedule_dense_conv(sch, b, _tail_of(kept, i), target)
-                if tail is not None:
-                    fused_tail = tail
-    except Exception as e:  # noqa: BLE001 - as above
-        warnings.warn(f"qcc x86: conv kernel schedule failed, the generic CPU rules take the kernel: {type(e).__name__}: "
-                      f"{str(e).splitlines()[-1] if str(e) else ''}")
-        return None
+    if any(kind == "wgemm" for _, kind in kept):  # x86_winograd's kernel
+        from . import x86_winograd
+
+        try:
+            fused_tail = x86_winograd.schedule(sch, kept)
+        except Exception as e:  # noqa: BLE001 - as below
+            warnings.warn(f"qcc x86: Winograd kernel schedule failed, the generic CPU rules take the kernel: "
+                          f"{type(e).__name__}: {str(e).splitlines()[-1] if str(e) else ''}")
+            return None
+        kept = [(b, kind) for b, kind in kept if kind is None]
+    else:
+        try:
+            sch, fused_tail = _schedule_depthwise(sch, kept, target)
+            for i, (b, kind) in enumerate(kept):
+                if kind == "conv":
+                    sch, tail = _schedule_dense_conv(sch, b, _tail_of(kept, i), target)
+                    if tail is not None:
+                        fused_tail = tail
+        except Exception as e:  # noqa: BLE001 - as above
+            warnings.warn(f"qcc x86: conv kernel schedule failed, the generic CPU rules take the kernel: "
+                          f"{type(e).__name__}: {str(e).splitlines()[-1] if str(e) else ''}")
+            return None
     for b, kind in kept:
         if kind is None and b is not fused_tail:  # prologue/epilogue stages FuseOps added
             try:
@@ -1114,6 +1125,14 @@ def _qconv_kernel(isa: Isa, cx, x, w, attrs, b):
     if wv is None or (b is not None and bv is None) or cx.dtype_of(w) != "int8" \
             or attrs.get("acc") == "i64":  # the kernels accumulate in int32
         return None
+    from . import x86_winograd  # it builds on this module
+
+    wino = x86_winograd.wino_plan(cx.shape_of(x), cx.dtype_of(x), wv.shape, attrs, isa)
+    packed = x86_winograd.pack_wino_weights(wino, wv, bv) if wino is not None else None
+    if packed is not None:
+        wpk, folded = packed
+        return cx.emit_te(lambda xt, wt, bt: x86_winograd.wino_te(wino, xt, wt, bt), x, cx.const(wpk, "int16"),
+                          cx.const(folded, "int32"), primfunc_name_hint="qcc_avx2_wino")
     a16 = cx.dtype_of(x) == "int16"
     plan = conv_plan(cx.shape_of(x), cx.dtype_of(x), wv.shape, attrs, VNNI16 if a16 and isa is VNNI else isa)
     packed = pack_conv_weights(plan, wv, bv) if plan is not None else None
