@@ -29,6 +29,10 @@ _EXPENSIVE = re.compile(r"T\.(exp|exp2|exp10|log|log2|log10|log1p|tanh|erf|sigmo
 # reader that reads it elementwise (see _inline_stages)
 _MAX_SELECTS_INLINED = 8
 _DECL = re.compile(r"^\s*[\w.]+ = T\.\w+\(")
+# a stage whose kernel needs it as a buffer of its own carries this annotation (set to
+# True) and is never inlined (x86_winograd's output stage: inlined, its interleaved
+# columns kept the epilogue from running in vectors)
+KEEP = "qcc_keep"
 
 
 def _reads_in(sch, consumer, buffer_name: str) -> int:
@@ -50,8 +54,8 @@ def _inline_stages(sch: s_tir.Schedule) -> bool:
                 block = sch.get(b)
             except Exception:  # noqa: BLE001 - schedule queries raise TVMError subclasses
                 continue
-            if not consumers or len(block.writes) != 1:
-                continue  # an output stage
+            if not consumers or len(block.writes) != 1 or KEEP in block.annotations:
+                continue  # an output stage, or one that asks to stay
             name = block.writes[0].source.name
             # never duplicate work: each consumer loads the stage once (a stage read twice
             # and inlined doubles, and chains of them blow up exponentially)

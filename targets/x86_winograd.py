@@ -32,24 +32,35 @@ Stages of the kernel (one fused function; FuseOps adds the requantize epilogue a
    same register-tiled `vpmaddwd` loop as x86_int8's conv (weights [t, O/mr, C/2, 1, 1,
    mr, 2], packed at compile time).
 4. output: y[n, o, oh, ow] = (At m A)[oh % 2, ow % 2] >> 2 + bias'[o], the zero point
-   folded into the bias as x86_int8 does, and the epilogue inlined into it.
+   folded into the bias as x86_int8 does; the epilogue (requantize, activation) reads y.
 
-The schedule runs 2 and 3 per row of tiles (the transformed row, 16 x C x tiles int16,
-stays in L2 between them), rows in parallel; 1 and 4 are passes over the image.
+The schedule runs 2 and 3 per row of tiles (the transformed row, 16 x C x tiles int16, 221
+kB for det's, is read back from L2, not memory), rows in parallel; 1 and 4 are passes over
+the image. (4 inside the rows too would spare writing m to memory, but TVM's
+reverse_compute_at cannot place it: its reads of m index tiles by oh // 2.)
 Measured on PP-OCR det's 3x3 96->24 conv at 96x144 (Zen 3, two threads): 2.82 ms direct,
 1.39 ms this way.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
+from .cpu_schedule import KEEP
 from .x86_int8 import ANN, AVX2, Isa, _register_tile, register_intrinsics
 
 MIN_PIXELS = 64  # smaller maps: the transforms' overhead outweighs the saved products
+# ... and fewer input channels: the input transform is per channel, the saved products per
+# channel pair and output channel. Winograd / direct on Zen 3, two threads, u8 3x3 convs
+# with a requantize: 3->16 at 112x112 1.36x, 8->16 1.28x, 8->32 at 56x56 1.86x, 12->24 at
+# 64x64 1.15x, 16->16 at 160x160 0.96x, 16->32 at 112x112 0.97x, 32->64 at 52x52 0.86x,
+# 64->64 at 56x56 0.66x, 96->24 at 96x144 0.45x, 256->256 at 14x14 0.52x, 400->64 0.72x
+MIN_CHANNELS = 24
 
 _BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.int64)
 _G2 = np.array([[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]], np.int64)
@@ -116,14 +127,27 @@ def _pick_mr(isa: Isa, o: int) -> int:
     return min(range(1, cap + 1), key=lambda mr: (math.ceil(o / mr) * mr * (1 + 0.3 / mr), -mr))
 
 
+_ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("qcc_x86_winograd", default=True)
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Within the block, every conv takes x86_int8's direct kernel (its tests, comparisons)."""
+    token = _ENABLED.set(False)
+    try:
+        yield
+    finally:
+        _ENABLED.reset(token)
+
+
 def wino_plan(x_shape, x_dtype: str, w_shape, attrs, isa: Isa) -> Optional[WinoPlan]:
     """The plan when this kernel takes the qconv: AVX2, a 3x3 kernel, stride and dilation
     1, one group, 8-bit activations, few enough channels, a large enough output; else None."""
-    if isa is not AVX2 or x_dtype not in ("uint8", "int8") or len(x_shape) != 4 or len(w_shape) != 4:
+    if not _ENABLED.get() or isa is not AVX2 or x_dtype not in ("uint8", "int8") or len(x_shape) != 4 or len(w_shape) != 4:
         return None
     n, c, h, w = (int(d) for d in x_shape)
     o, cg, kh, kw = (int(d) for d in w_shape)
-    if (kh, kw) != (3, 3) or cg != c or int(attrs.get("group", 1)) != 1 or c > MAX_CHANNELS:
+    if (kh, kw) != (3, 3) or cg != c or int(attrs.get("group", 1)) != 1 or not MIN_CHANNELS <= c <= MAX_CHANNELS:
         return None
     if any(int(s) != 1 for s in attrs.get("strides", (1, 1))) or any(int(d) != 1 for d in attrs.get("dilations", (1, 1))):
         return None
@@ -210,14 +234,13 @@ def wino_te(p: WinoPlan, x, u, bias):
         y = row(oh % 2, lambda i: row(ow % 2, lambda j: m[n, i * 4 + j, o, f]))
         return tirx.shift_right(y, 2) + bias[o]
 
-    return te.compute((p.n, p.o, oh_n, ow_n), output, name="qcc_avx2_wout")
+    return te.compute((p.n, p.o, oh_n, ow_n), output, name="qcc_avx2_wout", attrs={ANN: "wout", KEEP: True})
 
 
-def schedule(sch, kept) -> Optional[object]:
-    """Schedule a function holding the kernel's stages (`kept`: (block, kind) in order,
-    after x86_int8 inlined the epilogue into the last one). Returns the last block, which
-    this scheduled (the output stage with its epilogue), or None when it is not the
-    output stage's shape (then x86_int8's generic epilogue schedule takes it)."""
+def schedule(sch, kept):
+    """Schedule the kernel's stages in a fused function (`kept`: its (block, kind) in order,
+    the epilogue after the output stage inlined into one block by x86_int8). Returns the
+    output stage's block."""
     blocks = {kind: b for b, kind in kept if kind}
     register_intrinsics(AVX2)
     L = AVX2.lanes
@@ -244,18 +267,19 @@ def schedule(sch, kept) -> Optional[object]:
     sch.unroll(t_)
     _, inner = sch.split(sch.fuse(f_, ci_), [None, L * AVX2.group])
     sch.vectorize(inner)
-    # 4. output + epilogue: (image, channel, row pair) parallel; the row and column
-    # parities unrolled, so each (oh % 2, ow % 2) is one fixed sum of m
-    tail = kept[-1][0]
-    if kept[-1][1] is not None or len(sch.get_loops(tail)) != 4:
-        return None  # (an odd extent below leaves a predicate: still exact)
-    n, o, oh, ow = sch.get_loops(tail)
+    # 4. output: (image, channel, row pair) parallel; the row and column parities unrolled,
+    # so each (oh % 2, ow % 2) is one fixed sum of m (an odd height or width leaves a
+    # predicate on the last pair). The epilogue FuseOps put after it is a stage of its own,
+    # which x86_int8 schedules as any other, in vectors along rows: inlined here, it ran
+    # one value at a time (the parities interleave the columns)
+    out = blocks["wout"]
+    n, o, oh, ow = sch.get_loops(out)
     pairs, a = sch.split(oh, [None, 2])
     sch.parallel(sch.fuse(n, o, pairs))
     sch.unroll(a)
     _, b = sch.split(ow, [None, 2])
     sch.unroll(b)
-    return tail
+    return out
 
 
 def _row_len(sch, pack) -> int:

@@ -39,6 +39,16 @@ def _isas(*names):
 
 ISAS = _isas("vnni", "avx2")
 
+
+@pytest.fixture(autouse=True)
+def _direct_convs():
+    """These tests are about x86_int8's direct kernel: AVX2's 3x3 stride-1 convs would be
+    Winograd ones (tests/test_x86_winograd.py)."""
+    from qcc.targets import x86_winograd
+
+    with x86_winograd.disabled():
+        yield
+
 _BOUNDS = {"u8": (0, 255), "i8": (-128, 127)}
 
 

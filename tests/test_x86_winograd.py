@@ -54,14 +54,15 @@ def test_integer_transforms_give_four_times_the_conv():
 def test_which_convs_take_it():
     conv = {"strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": 1, "x_zero_point": 3}
     assert wino_plan((1, 96, 96, 144), "uint8", (24, 96, 3, 3), conv, AVX2).mr == 12
-    assert wino_plan((1, 8, 12, 12), "int8", (5, 8, 3, 3), dict(conv, x_zero_point=-128), AVX2).zx == 0
+    assert wino_plan((1, 24, 12, 12), "int8", (5, 24, 3, 3), dict(conv, x_zero_point=-128), AVX2).zx == 0
     assert wino_plan((1, 96, 96, 144), "uint8", (24, 96, 3, 3), conv, VNNI) is None  # 4 bytes per lane there
     assert wino_plan((1, 96, 96, 144), "int16", (24, 96, 3, 3), conv, AVX2) is None  # past int16
     assert wino_plan((1, 96, 96, 144), "uint8", (24, 96, 3, 3), dict(conv, strides=[2, 2]), AVX2) is None
     assert wino_plan((1, 96, 96, 144), "uint8", (24, 96, 3, 3), dict(conv, dilations=[2, 2]), AVX2) is None
     assert wino_plan((1, 96, 96, 144), "uint8", (24, 48, 3, 3), dict(conv, group=2), AVX2) is None
     assert wino_plan((1, 96, 96, 144), "uint8", (24, 96, 5, 5), conv, AVX2) is None
-    assert wino_plan((1, 3, 6, 6), "uint8", (8, 3, 3, 3), conv, AVX2) is None  # 36 pixels: too few
+    assert wino_plan((1, 96, 6, 6), "uint8", (8, 96, 3, 3), conv, AVX2) is None  # 36 pixels: too few
+    assert wino_plan((1, 16, 60, 60), "uint8", (8, 16, 3, 3), conv, AVX2) is None  # too few channels
     assert wino_plan((1, MAX_CHANNELS, 16, 16), "uint8", (8, MAX_CHANNELS, 3, 3), conv, AVX2) is not None
     assert wino_plan((1, MAX_CHANNELS + 1, 16, 16), "uint8", (8, MAX_CHANNELS + 1, 3, 3), conv, AVX2) is None
 
@@ -69,10 +70,10 @@ def test_which_convs_take_it():
 # x dtype, x shape, out channels, pads, x zero point, bias
 CASES = {
     "det_like": ("u8", (1, 96, 20, 30), 24, (1, 1, 1, 1), 125, True),
-    "odd_everything": ("u8", (2, 13, 11, 9), 19, (1, 1, 1, 1), 0, True),
-    "int8_input": ("i8", (1, 8, 10, 14), 5, (1, 1, 1, 1), -128, False),
-    "asym_pads": ("u8", (1, 6, 9, 16), 7, (0, 2, 1, 0), 255, True),
-    "no_pads": ("i8", (1, 10, 12, 14), 16, (0, 0, 0, 0), 127, True),
+    "odd_everything": ("u8", (2, 25, 11, 9), 19, (1, 1, 1, 1), 0, True),
+    "int8_input": ("i8", (1, 24, 10, 14), 5, (1, 1, 1, 1), -128, False),
+    "asym_pads": ("u8", (1, 32, 9, 16), 7, (0, 2, 1, 0), 255, True),
+    "no_pads": ("i8", (1, 26, 12, 14), 16, (0, 0, 0, 0), 127, True),
 }
 
 
@@ -141,3 +142,35 @@ def test_largest_sums_stay_exact_at_the_channel_bound():
     checker = np.indices((1, c, 8, 8)).sum(0) % 2
     for xv in (np.full((1, c, 8, 8), 255, np.uint8), (255 * checker).astype(np.uint8)):
         _compile_and_check(g, {"x": xv})
+
+
+@needs_avx2
+def test_float_epilogue_runs_in_vectors():
+    """A dequantize -> hard_swish -> quantize epilogue after the kernel: its fenced
+    dequantize product and rounding run as vectors (inlined into the output transform,
+    whose parities interleave the columns, they ran one value at a time), still exact; and
+    `disabled()` gives the direct kernel back."""
+    import re
+
+    from qcc.targets import llvm_source
+    from test_x86_int8 import _kernel_bodies
+
+    rng = np.random.default_rng(4)
+    g = Graph("wino_hswish")
+    x = g.add_input("x", TensorType((1, 24, 12, 16), "u8"))
+    acc = g.add_node("qconv", [x, g.add_const("w", rng.integers(-128, 128, (16, 24, 3, 3)).astype(np.int8))],
+                     {"strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": 1,
+                      "x_zero_point": 7}).output
+    dq = g.add_node("dequantize", [acc], {"axis": 1, "scale": [float(v) for v in rng.uniform(1e-4, 3e-4, 16)],
+                                          "zero_point": [0]}).output
+    hs = g.add_node("hard_swish", [dq]).output
+    g.set_outputs([g.add_node("quantize", [hs], {"axis": -1, "scale": [0.03], "zero_point": [20], "dtype": "u8"},
+                              names=["y"]).output])
+    feeds = {"x": rng.integers(0, 256, (1, 24, 12, 16)).astype(np.uint8)}
+    ref = _compile_and_check(g, feeds)
+    assert len(np.unique(ref["y"])) > 20
+    body = "\n".join(_kernel_bodies(llvm_source(compile_graph(g, "x86-avx2"), "ll"), "qcc_avx2_wino"))
+    assert re.search(r"llvm\.arithmetic\.fence\.v\d+f32", body), "the fenced dequantize is scalar"
+    assert re.search(r"llvm\.nearbyint\.v\d+f32", body), "the quantize rounds one value at a time"
+    with x86_winograd.disabled():
+        assert "qcc_avx2_wino" not in lower_for(g, "x86-avx2").script(show_meta=False)
