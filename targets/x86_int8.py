@@ -897,12 +897,12 @@ def _schedule_kernels(func, target) -> Optional[object]:
         from . import x86_winograd
 
         try:
-            done = x86_winograd.schedule(sch, kept)
+            x86_winograd.schedule(sch, kept)
         except Exception as e:  # noqa: BLE001 - as below
             warnings.warn(f"qcc x86: Winograd kernel schedule failed, the generic CPU rules take the kernel: "
                           f"{type(e).__name__}: {str(e).splitlines()[-1] if str(e) else ''}")
             return None
-        kept, fused_tail = [(b, kind) for b, kind in kept if kind is None and b is not done], None
+        fused_tail = None  # its epilogue: scheduled below, as any other
     else:
         try:
             sch, fused_tail = _schedule_depthwise(sch, kept, target)

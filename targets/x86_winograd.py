@@ -39,20 +39,19 @@ kB for det's, is read back from L2, not memory), rows in parallel; 1 and 4 are p
 the image. (4 inside the rows too would spare writing m to memory, but TVM's
 reverse_compute_at cannot place it: its reads of m index tiles by oh // 2.)
 Measured on PP-OCR det's 3x3 96->24 conv at 96x144 (Zen 3, two threads): 2.82 ms direct,
-1.39 ms this way.
+1.39-1.43 ms this way.
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import math
 from dataclasses import dataclass
 from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
 from .cpu_schedule import KEEP
-from .x86_int8 import ANN, AVX2, Isa, _register_tile, register_intrinsics
+from .x86_int8 import ANN, AVX2, Isa, _pick_tile, _register_tile, register_intrinsics
 
 MIN_PIXELS = 64  # smaller maps: the transforms' overhead outweighs the saved products
 # ... and fewer input channels: the input transform is per channel, the saved products per
@@ -80,7 +79,7 @@ def _largest_transformed():
 U_MAX, V_MAX = _largest_transformed()  # U_MAX <= 1152, V_MAX <= 1020: both int16
 # every partial sum, in the gemm (over channels) and in the output transform (nine of
 # those), stays inside int32 (TVM's int32 adds are `nsw`: no wrapping to rely on)
-MAX_CHANNELS = (2 ** 31 - 1) // int(max((np.abs(np.einsum("i,j->ij", _AT[a], _AT[b])) * U_MAX * V_MAX).sum()
+MAX_CHANNELS = (2 ** 31 - 1) // int(max((np.abs(np.outer(_AT[a], _AT[b])) * U_MAX * V_MAX).sum()
                                         for a in range(2) for b in range(2)))
 
 
@@ -106,8 +105,8 @@ class WinoPlan:
     def tiles_hw(self) -> Tuple[int, int]:
         """Rows of tiles, and tiles per row padded to whole vectors."""
         oh, ow = self.out_hw
-        L = self.isa.lanes
-        return -(-oh // 2), -(-(-(-ow // 2)) // L) * L
+        tiles, L = -(-ow // 2), self.isa.lanes
+        return -(-oh // 2), -(-tiles // L) * L
 
     @property
     def cb(self) -> int:
@@ -119,12 +118,12 @@ class WinoPlan:
 
 
 def _pick_mr(isa: Isa, o: int) -> int:
-    """Output channels per tile: one vector of tiles wide (a row of tiles is only a few
-    vectors, and a second one padded it: det's 72 tiles are 9 vectors), as many
-    accumulators as the register file holds, least padding. Det's 24 channels, two
-    threads: 12x1 1.39 ms, 8x1 1.56, 6x2 1.64, 4x2 1.72, 3x4 2.40."""
-    cap = min(isa.max_acc, isa.registers - isa.scratch - 1)
-    return min(range(1, cap + 1), key=lambda mr: (math.ceil(o / mr) * mr * (1 + 0.3 / mr), -mr))
+    """Output channels per tile, the tile one vector of tiles wide: a row of tiles is only a
+    few vectors, and a second one padded it (det's 72 tiles are 9 vectors). x86_int8's cost
+    model, held to that width, picks the height. Det's 24 channels, two threads: 12x1 1.39
+    ms, 8x1 1.56, 6x2 1.64, 4x2 1.72, 3x4 2.40."""
+    mr, _ = _pick_tile(isa, o, 1)
+    return mr
 
 
 _ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("qcc_x86_winograd", default=True)
@@ -223,7 +222,7 @@ def wino_te(p: WinoPlan, x, u, bias):
     m = te.compute((p.n, 16, p.op, th * twp),
                    lambda n, t, oc, f: te.sum(v[n, t, rc, f, ri].astype("int32")
                                               * u[t, oc // mr, rc, 0, 0, oc % mr, ri].astype("int32"), axis=[rc, ri]),
-                   name="qcc_avx2_wgemm", attrs={ANN: "wgemm", "qcc_x86_mr": mr, "qcc_x86_isa": isa.name})
+                   name="qcc_avx2_wgemm", attrs={ANN: "wgemm", "qcc_x86_mr": mr, "qcc_x86_isa": isa.name, "qcc_x86_wq": twp})
 
     def output(n, o, oh, ow):
         f = (oh // 2) * twp + ow // 2
@@ -237,10 +236,9 @@ def wino_te(p: WinoPlan, x, u, bias):
     return te.compute((p.n, p.o, oh_n, ow_n), output, name="qcc_avx2_wout", attrs={ANN: "wout", KEEP: True})
 
 
-def schedule(sch, kept):
-    """Schedule the kernel's stages in a fused function (`kept`: its (block, kind) in order,
-    the epilogue after the output stage inlined into one block by x86_int8). Returns the
-    output stage's block."""
+def schedule(sch, kept) -> None:
+    """Schedule the kernel's stages in a fused function (`kept`: its (block, kind) in order);
+    the epilogue after the output stage is x86_int8's to schedule, as any other."""
     blocks = {kind: b for b, kind in kept if kind}
     register_intrinsics(AVX2)
     L = AVX2.lanes
@@ -251,9 +249,8 @@ def schedule(sch, kept):
     sch.unroll(ci)
     # 3. gemm per row of tiles, rows parallel; 2. that row's transform first
     gemm = blocks["wgemm"]
-    mr = int(sch.get(gemm).annotations["qcc_x86_mr"])
+    mr, row_len = (int(sch.get(gemm).annotations[k]) for k in ("qcc_x86_mr", "qcc_x86_wq"))
     n, t, oc, f, rc, ri = sch.get_loops(gemm)
-    row_len = _row_len(sch, blocks["wpack"])
     band, fi = sch.split(f, [None, row_len])
     vec, lane = sch.split(fi, [None, L])
     oco, oci = sch.split(oc, [None, mr])
@@ -279,9 +276,3 @@ def schedule(sch, kept):
     sch.unroll(a)
     _, b = sch.split(ow, [None, 2])
     sch.unroll(b)
-    return out
-
-
-def _row_len(sch, pack) -> int:
-    """Tiles per row of tiles (the pack's column pairs minus its one extra)."""
-    return int(sch.get(pack).writes[0].source.shape[4]) - 1

@@ -109,14 +109,14 @@ def _compile_and_check(g, feeds):
             assert got[k].dtype == r.dtype and got[k].shape == r.shape
             bad = np.flatnonzero(got[k] != r)
             assert bad.size == 0, f"{k}, {threads} threads: {bad.size}/{r.size} differ"
-    return ref
+    return ref, ex
 
 
 @needs_avx2
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bit_exact_with_the_interpreter(name):
     g, feeds = _graph(name)
-    ref = _compile_and_check(g, feeds)
+    ref, _ = _compile_and_check(g, feeds)
     xdt, xshape, oc, pads, zx, _ = CASES[name]
     w = g.nodes[0].inputs[1].data
     b = g.nodes[0].inputs[2].data if len(g.nodes[0].inputs) > 2 else 0
@@ -153,23 +153,14 @@ def test_float_epilogue_runs_in_vectors():
     import re
 
     from qcc.targets import llvm_source
-    from test_x86_int8 import _kernel_bodies
+    from test_x86_int8 import _conv_and_epilogue, _kernel_bodies
 
     rng = np.random.default_rng(4)
-    g = Graph("wino_hswish")
-    x = g.add_input("x", TensorType((1, 24, 12, 16), "u8"))
-    acc = g.add_node("qconv", [x, g.add_const("w", rng.integers(-128, 128, (16, 24, 3, 3)).astype(np.int8))],
-                     {"strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": 1,
-                      "x_zero_point": 7}).output
-    dq = g.add_node("dequantize", [acc], {"axis": 1, "scale": [float(v) for v in rng.uniform(1e-4, 3e-4, 16)],
-                                          "zero_point": [0]}).output
-    hs = g.add_node("hard_swish", [dq]).output
-    g.set_outputs([g.add_node("quantize", [hs], {"axis": -1, "scale": [0.03], "zero_point": [20], "dtype": "u8"},
-                              names=["y"]).output])
+    g = _conv_and_epilogue("wino_hswish", (24, 16, 12, 16, 3), "hard_swish", rng, shift=0, scales=(1e-4, 3e-4))
     feeds = {"x": rng.integers(0, 256, (1, 24, 12, 16)).astype(np.uint8)}
-    ref = _compile_and_check(g, feeds)
+    ref, ex = _compile_and_check(g, feeds)
     assert len(np.unique(ref["y"])) > 20
-    body = "\n".join(_kernel_bodies(llvm_source(compile_graph(g, "x86-avx2"), "ll"), "qcc_avx2_wino"))
+    body = "\n".join(_kernel_bodies(llvm_source(ex, "ll"), "qcc_avx2_wino"))
     assert re.search(r"llvm\.arithmetic\.fence\.v\d+f32", body), "the fenced dequantize is scalar"
     assert re.search(r"llvm\.nearbyint\.v\d+f32", body), "the quantize rounds one value at a time"
     with x86_winograd.disabled():
