@@ -336,13 +336,21 @@ def lower_global_pool(cx, node, ins, attrs):
     x = ins[0]
     shape = cx.shape_of(x)
     axes = list(range(2, len(shape)))
+    lanes = int(getattr(cx.strategy, "partial_sums", 0))
     if node.op == "global_max_pool":
+        # a max is the same in any order: interleaved partial maxima, vectorized with the
+        # elementwise stages fused before them (magika's GELU + max over 508: 0.55 ms as one
+        # scalar running max per row)
+        n = int(np.prod([shape[a] for a in axes]))
+        if lanes and n >= 4 * lanes:
+            nb, c = int(shape[0]), int(shape[1])
+            y = _interleaved(cx, cx.reshape(x, [nb * c, n]), "max", lanes, cx.dtype_of(x), "global_max")
+            return cx.reshape(y, [nb, c] + [1] * len(axes))
         return R.max(x, axis=axes, keepdims=True)
     # the reference's mean: in float64 (exact for the sums of dequantized values a
     # quantized graph averages), divided by the count, rounded once to the dtype
     dt = cx.dtype_of(x)
     n = int(np.prod([shape[a] for a in axes]))
-    lanes = int(getattr(cx.strategy, "partial_sums", 0))
     total = _interleaved_sum(cx, x, lanes) if lanes and n >= 4 * lanes else \
         R.sum(cx.cast(x, "float64"), axis=axes, keepdims=True)
     m = R.divide(total, cx.const(float(n), "float64"))
