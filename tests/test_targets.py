@@ -327,6 +327,8 @@ def g_pools():
         mp((3, 3), (2, 2), (0, 0, 1, 1), 1),
         mp((2, 2), (2, 2), (0, 0, 0, 0), 1),
         mp((2, 3), (1, 2), (1, 0, 0, 1), 0, (2, 1)),
+        mp((5, 5), (1, 1), (2, 2, 2, 2), 0),  # separable (lower_nn._separable_max_pool)
+        mp((5, 7), (2, 1), (2, 3, 1, 3), 0),
         ap((3, 3), (2, 2), (1, 1, 1, 1), 0, 0),
         ap((3, 3), (2, 2), (1, 1, 1, 1), 0, 1),
         ap((3, 3), (2, 2), (1, 1, 1, 1), 1, 1),
@@ -539,6 +541,22 @@ def test_lowering_matches_interpreter(name):
         feeds["a"][0, 0] = np.iinfo(np.int32).min
     # f16 results may differ by one f16 ulp (~1e-3 relative) where the reference computes in f64
     check_graph(g, feeds, rtol_range=1e-3 if name == "f16" else 1e-4)
+
+
+def test_wide_max_pool_runs_as_rows_then_columns():
+    """A 13x13 max pool (YOLOX's SPP) lowers to a 1x13 pool and a 13x1 pool: 26 comparisons
+    an output, not 169; a 3x3 pool stays one pass (the graph test above checks both against
+    the interpreter, padding and strides included)."""
+    from qcc.targets import lower_for
+
+    g = Graph("spp")
+    x = g.add_input("x", TensorType((1, 8, 13, 13), "f32"))
+    attrs = {"strides": [1, 1], "ceil_mode": 0, "dilations": [1, 1]}
+    g.set_outputs([g.add_node("max_pool", [x], {"kernel_shape": [13, 13], "pads": [6] * 4, **attrs}).output,
+                   g.add_node("max_pool", [x], {"kernel_shape": [3, 3], "pads": [1] * 4, **attrs}).output])
+    script = lower_for(g, "host").script(show_meta=False)
+    assert re.search(r"pool_size=\[1, 13\]", script) and re.search(r"pool_size=\[13, 1\]", script), script
+    assert "pool_size=[13, 13]" not in script and "pool_size=[3, 3]" in script
 
 
 def _core_table_ops():

@@ -535,6 +535,8 @@ def g_int_data_movement(dt="u8"):
         mp((3, 3), (2, 2), (1, 1, 1, 1), 0),
         mp((3, 3), (2, 2), (0, 0, 1, 1), 1),
         mp((2, 3), (1, 2), (1, 0, 0, 1), 0, (2, 1)),
+        mp((9, 9), (1, 1), (4, 4, 4, 4), 0),  # separable (lower_nn._separable_max_pool)
+        mp((5, 6), (2, 3), (1, 2, 2, 0), 0),
         g.add_node("concat", [x, y, x], {"axis": 1}).output,
         g.add_node("pad", [x], {"pads": [0, 0, 1, 2, 0, 0, 3, 1], "mode": "constant", "value": zp}).output,
         g.add_node("pad", [x], {"pads": [0, 1, 0, 2, 0, 0, 1, -1], "mode": "constant", "value": 0.0}).output,
