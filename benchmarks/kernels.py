@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -38,11 +39,15 @@ def kernel_table(artifact: Path, feeds=None, threads=None, number: int = 50, rep
 def print_table(t, top: int) -> None:
     total = t["total_ms"]
     print(f"{t['artifact']}: {len(t['kernels'])} kernel calls, {total:.3f} ms in kernels (each timed alone, warm)")
-    print(f"{'ms':>8} {'share':>6}  {'output':<20} {'dtype':<8} kernel")
+    # ns per output element: an elementwise or data-movement kernel far above ~1 is doing
+    # something wrong (a reduction recomputed per element, a scalar loop)
+    print(f"{'ms':>8} {'share':>6} {'ns/out':>7}  {'output':<20} {'dtype':<8} kernel")
     for k in sorted(t["kernels"], key=lambda k: -k["seconds"])[:top]:
         ms = k["seconds"] * 1e3
         out = "x".join(str(d) for d in k["shapes"][-1]) if k["shapes"] else "-"
-        print(f"{ms:8.3f} {100 * ms / total if total else 0:5.1f}%  {out:<20} {k['dtype']:<8} "
+        n = math.prod(k["shapes"][-1]) if k["shapes"] else 0
+        per = f"{k['seconds'] * 1e9 / n:7.2f}" if n else f"{'-':>7}"
+        print(f"{ms:8.3f} {100 * ms / total if total else 0:5.1f}% {per}  {out:<20} {k['dtype']:<8} "
               f"{k['kernel'].removeprefix('fused_')[:90]}")
 
 

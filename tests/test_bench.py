@@ -177,6 +177,7 @@ def test_kernel_times(tiny, capsys):
     assert script.main([str(tiny), "--top", "3"]) == 0
     out = capsys.readouterr().out
     assert "ms in kernels" in out and len([ln for ln in out.splitlines() if "%" in ln]) == 3
+    assert "ns/out" in out  # time per output element: what finds a kernel doing redundant work
 
 
 # --- RPC on loopback ----------------------------------------------------------------------------
