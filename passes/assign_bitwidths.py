@@ -115,11 +115,17 @@ def parse_error_budget(text: str) -> float:
     t = str(text).strip().lower()
     if not t:
         return 0.0
+    bad = ValueError(f"--max-error {text}: give dB (like 30dB) or a relative error in (0, 1)")
+    try:
+        r = float(t[:-2] if t.endswith("db") else t)
+    except ValueError:
+        raise bad from None
+    if not math.isfinite(r):
+        raise bad
     if t.endswith("db"):
-        return float(t[:-2])
-    r = float(t)
+        return r
     if not 0 < r < 1:
-        raise ValueError(f"--max-error {text}: give dB (like 30dB) or a relative error in (0, 1)")
+        raise bad
     return -20 * math.log10(r)
 
 

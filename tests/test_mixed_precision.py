@@ -16,7 +16,7 @@ from qcc.interp import run as interp_run
 from qcc.ir import Graph, TensorType
 from qcc.ops.quant import accumulator_dtype
 from qcc.pass_manager import PassContext, PassManager
-from qcc.passes.assign_bitwidths import normalize_choice, parse_precision, parse_size
+from qcc.passes.assign_bitwidths import normalize_choice, parse_error_budget, parse_precision, parse_size
 from qcc.quantization import pack_int4, quantize_weights, unpack_int4
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +71,14 @@ def test_parse_size():
     for bad in ("two MB", "-3", "5 parsecs"):
         with pytest.raises(ValueError):
             parse_size(bad)
+
+
+def test_parse_error_budget():
+    assert parse_error_budget("30dB") == 30.0 and parse_error_budget(" 12.5 DB ") == 12.5
+    assert parse_error_budget("0.01") == pytest.approx(40.0) and parse_error_budget("") == 0.0
+    for bad in ("abc", "xdB", "nandB", "infdB", "1.5", "0", "nan"):
+        with pytest.raises(ValueError, match="give dB"):
+            parse_error_budget(bad)
 
 
 def test_accumulator_dtype_from_dtypes_and_k():
@@ -470,6 +478,8 @@ def test_cli_rejects_bad_precision_and_budget(tmp_path):
     assert p.returncode == 1 and "int3" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     p = _qcc("compile", TINY, "-o", tmp_path / "o", "--size-budget", "lots")
     assert p.returncode == 1 and "size" in p.stderr
+    p = _qcc("compile", TINY, "-o", tmp_path / "o", "--max-error", "lots")
+    assert p.returncode == 1 and "--max-error lots: give dB" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     (tmp_path / "bad.toml").write_text("[precision]\nc1 = 3\n")
     p = _qcc("compile", TINY, "-o", tmp_path / "o", "--config", tmp_path / "bad.toml")
     assert p.returncode == 1 and "bad.toml" in p.stderr
