@@ -181,12 +181,22 @@ def metrics(model: str, ref: List[np.ndarray], got: List[np.ndarray]) -> Dict[st
             "text_px_median": float(np.median(text))}
 
 
+def spread(values: List[float], digits: int = 4) -> str:
+    """One run's value, or several runs' mean and [min, max]."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} [{min(values):.{digits}f}, {max(values):.{digits}f}]"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="cls,rec,det,enc")
     ap.add_argument("--levels", default="O2,O3")
     ap.add_argument("--calib", type=int, default=0, help="calibration samples (default per model)")
     ap.add_argument("--eval", type=int, default=0, help="evaluation samples (default per model)")
+    ap.add_argument("--calib-sets", type=int, default=1, metavar="K",
+                    help="repeat each build with K disjoint calibration sets and print each metric's "
+                         "mean and range: one set's figure can be a lucky or an unlucky draw")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="a qcc pass-context option for the qcc builds, e.g. min_int8_fraction=0.9")
     ap.add_argument("--model", action="append", default=[], metavar="KEY=KIND:FILE.onnx",
@@ -229,41 +239,44 @@ def main(argv=None) -> int:
             fname, shape = MODELS[name]
             path = model_path(fname)
         n_cal, n_eval = args.calib or sizes[kind][0], args.eval or sizes[kind][1]
-        calib = DATA[kind](n_cal, seed=1)
+        # calibration seeds 1, 3, 4, ...: 2 is the evaluation set's
+        calib_sets = [DATA[kind](n_cal, seed=s) for s in [1] + list(range(3, args.calib_sets + 2))]
         evals = DATA[kind](n_eval, seed=2)
         first = onnx.load(str(path), load_external_data=False).graph.input[0]
         inp, hw = first.name, fixed_hw(first)
-        if hw and hw != calib[0].shape[2:]:  # e.g. PP-OCRv5's 80x160 text-line orientation model
-            calib, evals = resized(calib, hw), resized(evals, hw)
-        shape = shape or calib[0].shape
+        if hw and hw != evals[0].shape[2:]:  # e.g. PP-OCRv5's 80x160 text-line orientation model
+            calib_sets, evals = [resized(c, hw) for c in calib_sets], resized(evals, hw)
+        shape = shape or evals[0].shape
         sess = ort_session(path)
         ref = [sess.run(None, {inp: x})[0] for x in evals]
-        rows = []
-        for level in args.levels.split(","):
-            g = qcc.import_onnx(str(path), {inp: shape})
-            ctx = qcc.PassContext(options={"calib": [{inp: x} for x in calib], **extra})
-            qcc.PassManager(PIPELINES[level]).run(g, ctx)
-            it = Interpreter(g)
-            got = [next(iter(it.run({inp: x}).values())) for x in evals]
-            frac = build_report(g, 0, [])["summary"]["int8_mac_fraction"]
-            # PIPELINES["O3"] is -O3's mse recipe alone; `qcc compile -O3` measures it against
-            # -O2's on held-out calibration batches and builds the closer one (driver._choose_recipe)
-            label = "qcc -O3 mse recipe" if level == "O3" else f"qcc -{level}"
-            rows.append((label, metrics(kind, ref, got), frac))
-        logging.getLogger().setLevel(logging.ERROR)  # quantize_static's per-initializer warnings
+        rows: Dict[str, List] = {}  # label -> [(metrics, int8 fraction) per calibration set]
         failed = None
-        try:
-            with tempfile.TemporaryDirectory() as d:
-                qpath = ort_quantize_static(path, Path(d) / "q.onnx", inp, calib)
-                qs = ort_session(qpath)
-                got = [qs.run(None, {inp: x})[0] for x in evals]
-            rows.append(("onnxruntime quantize_static", metrics(kind, ref, got), 1.0))
-        except Exception as e:  # noqa: BLE001 - the contender failed: say so, keep qcc's rows
-            failed = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
-        print(f"{name}: {n_eval} eval / {n_cal} calib samples")
-        for label, m, frac in rows:
-            ms = "  ".join(f"{k} {v:.4f}" for k, v in m.items())
-            print(f"  {label:<30} {ms}  int8_mac_fraction {frac:.3f}")
+        for calib in calib_sets:
+            for level in args.levels.split(","):
+                g = qcc.import_onnx(str(path), {inp: shape})
+                ctx = qcc.PassContext(options={"calib": [{inp: x} for x in calib], **extra})
+                qcc.PassManager(PIPELINES[level]).run(g, ctx)
+                it = Interpreter(g)
+                got = [next(iter(it.run({inp: x}).values())) for x in evals]
+                frac = build_report(g, 0, [])["summary"]["int8_mac_fraction"]
+                # PIPELINES["O3"] is -O3's mse recipe alone; `qcc compile -O3` measures it against
+                # -O2's on held-out calibration batches and builds the closer one (driver._choose_recipe)
+                label = "qcc -O3 mse recipe" if level == "O3" else f"qcc -{level}"
+                rows.setdefault(label, []).append((metrics(kind, ref, got), frac))
+            logging.getLogger().setLevel(logging.ERROR)  # quantize_static's per-initializer warnings
+            try:
+                with tempfile.TemporaryDirectory() as d:
+                    qpath = ort_quantize_static(path, Path(d) / "q.onnx", inp, calib)
+                    qs = ort_session(qpath)
+                    got = [qs.run(None, {inp: x})[0] for x in evals]
+                rows.setdefault("onnxruntime quantize_static", []).append((metrics(kind, ref, got), 1.0))
+            except Exception as e:  # noqa: BLE001 - the contender failed: say so, keep qcc's rows
+                failed = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        sets = f" x {len(calib_sets)} calibration sets (mean [min, max])" if len(calib_sets) > 1 else ""
+        print(f"{name}: {n_eval} eval / {n_cal} calib samples{sets}")
+        for label, runs in rows.items():
+            ms = "  ".join(f"{k} {spread([m[k] for m, _ in runs])}" for k in runs[0][0])
+            print(f"  {label:<30} {ms}  int8_mac_fraction {spread([f for _, f in runs], 3)}")
         if failed:
             print(f"  {'onnxruntime quantize_static':<30} failed: {failed}")
         sys.stdout.flush()

@@ -97,20 +97,21 @@ def test_float_tiny_cnn_under_qemu_matches_x86(preset, tiny_builds, aarch64_runt
     ref = qcc.load(tiny_builds[X86]).run({"input": x})["probs"]
     so = tiny_builds[preset] / "model.so"
     assert so.read_bytes()[:4] == b"\x7fELF" and objdump(so)  # cross-linked aarch64 code
-    # the command line: qcc run on an ARM artifact goes through qemu with the preset's core
-    t0 = time.monotonic()
-    p = cli("run", tiny_builds[preset], "--input", ROOT / "examples/tiny_cnn_input.npz", "-o", tmp_path / "y.npz")
-    print(f"[arm] qcc run tiny ({preset}, -cpu {CORES[preset]}): {time.monotonic() - t0:.1f} s")
-    assert p.returncode == 0, p.stderr
-    with np.load(tmp_path / "y.npz") as z:
-        got = z["probs"]
-    assert got.dtype == np.float32 and got.shape == (1, 10)
-    assert np.abs(got - ref).max() <= 1e-5, np.abs(got - ref).max()
-    # the API: qcc.load(...).run goes through the same emulation
     mod = qcc.load(tiny_builds[preset])
     assert mod._runner.cpu == CORES[preset]
-    got2 = _timed_run(mod, {"input": x}, f"qcc.load().run tiny {preset}", record_property)["probs"]
-    assert np.array_equal(got, got2)
+    # each qemu start costs ~12 s, so one way in per core: the command line on the first, the
+    # API's qcc.load(...).run on the others (both end in the same emulate.run_library)
+    if preset == next(iter(CORES)):
+        t0 = time.monotonic()
+        p = cli("run", tiny_builds[preset], "--input", ROOT / "examples/tiny_cnn_input.npz", "-o", tmp_path / "y.npz")
+        print(f"[arm] qcc run tiny ({preset}, -cpu {CORES[preset]}): {time.monotonic() - t0:.1f} s")
+        assert p.returncode == 0, p.stderr
+        with np.load(tmp_path / "y.npz") as z:
+            got = z["probs"]
+    else:
+        got = _timed_run(mod, {"input": x}, f"qcc.load().run tiny {preset}", record_property)["probs"]
+    assert got.dtype == np.float32 and got.shape == (1, 10)
+    assert np.abs(got - ref).max() <= 1e-5, np.abs(got - ref).max()
 
 
 # --- int8: PP-OCR's classifier, bit for bit ----------------------------------------------------
@@ -161,7 +162,8 @@ def test_ppocr_int8_under_qemu_is_bit_identical_to_x86(preset, ppocr_builds, aar
     assert (ppocr_builds[preset] / "model.qir").read_bytes() == (ppocr_builds[X86] / "model.qir").read_bytes()
     assert (ppocr_builds[preset] / "model.npz").read_bytes() == (ppocr_builds[X86] / "model.npz").read_bytes()
     ref_mod, arm_mod = qcc.load(ppocr_builds[X86]), qcc.load(ppocr_builds[preset])
-    for i, x in enumerate(_pp_inputs(2)):
+    # one input: every kernel meets all of its 27k values; each further input is a qemu start (~17 s)
+    for i, x in enumerate(_pp_inputs(1)):
         ref = ref_mod.run({"x": x})
         got = _timed_run(arm_mod, {"x": x}, f"PP-OCR cls int8 {preset} input {i}", record_property)
         assert list(got) == list(ref)
