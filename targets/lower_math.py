@@ -303,6 +303,13 @@ def lower_reduce(cx, node, ins, attrs):
     if rank == 0:
         return x
     dt = cx.dtype_of(x)
+    if node.op in ("reduce_mean", "reduce_max") and sorted(a % rank for a in axes) == list(range(2, rank)) \
+            and rank >= 3 and not (node.op == "reduce_mean" and _is_int(dt)):
+        # a mean or max over every axis after N and C is a global pool, and gets its kernel
+        # (exporters write SE blocks' x.mean((2, 3), keepdim=True) so: PP-OCRv6 det's took
+        # 0.22 ms at 96x144, 0.5 ns an element, through the generic reduction)
+        y = _global_pool(cx, x, "max" if node.op == "reduce_max" else "mean")
+        return y if keep else cx.reshape(y, [int(d) for d in cx.shape_of(x)[:2]])
     if node.op == "reduce_mean" and _is_int(dt):
         # int64 sum, then truncating division (ONNX Runtime's integer mean)
         n = int(np.prod([cx.shape_of(x)[a] for a in axes]))
@@ -333,13 +340,17 @@ def round_cast(cx, y, dt: str):
 
 @lowering("global_avg_pool", "global_max_pool")
 def lower_global_pool(cx, node, ins, attrs):
-    x = ins[0]
+    return _global_pool(cx, ins[0], "max" if node.op == "global_max_pool" else "mean")
+
+
+def _global_pool(cx, x, kind: str):
+    """The mean or max of x [N, C, ...] over its spatial axes -> [N, C, 1, ...]."""
     shape = cx.shape_of(x)
     axes = list(range(2, len(shape)))
     n = int(np.prod([shape[a] for a in axes]))
     lanes = int(getattr(cx.strategy, "partial_sums", 0))
     interleave = bool(lanes) and n >= 4 * lanes
-    if node.op == "global_max_pool":
+    if kind == "max":
         # a max is the same in any order: interleaved partial maxima in vector lanes. The
         # plain reduction was one scalar running max per plane, and the elementwise stages
         # fused into it ran scalar too (magika's GELU + max over 508: 0.55 ms; now the GELU
