@@ -213,6 +213,9 @@ def lower_requantize(cx, node, ins, attrs):
     if _fits_u32_form(cx.dtype_of(x), m, t, izp, zp):
         m, t = np.broadcast_arrays(m, t)
         return _requantize_u32(cx, x, m, t, izp, zp, lo, hi, tvm_dtype(attrs["dtype"]))
+    window = _window_form(cx.dtype_of(x), *np.broadcast_arrays(m, t), izp, zp, lo, hi)
+    if window is not None:
+        return _requantize_window(cx, x, window, lo, hi, tvm_dtype(attrs["dtype"]))
     rounding = np.left_shift(np.int64(1), t - 1)
     acc = cx.cast(x, "int64")
     if izp:
@@ -273,6 +276,72 @@ def _requantize_u32(cx, x, m, t, izp: int, zp: int, lo: int, hi: int, out_dtype:
         return te.compute(xt.shape, body, name="requantize")
 
     return cx.emit_te(fn, cx.emit(x), mc, ec, tc, kc, primfunc_name_hint="requantize")
+
+
+def _window_form(x_dtype: str, m: np.ndarray, t: np.ndarray, izp: int, zp: int, lo: int, hi: int):
+    """Per-channel constants (xmin, xmax, base, m, rem, t) of `_requantize_window`, or None
+    where some channel does not fit it (then the int64 formula runs).
+
+    y(x) = floor(((x - izp) * M + 2^(t-1)) / 2^t) never decreases with x, and the output
+    clamps y + zp to [lo, hi]. So x can be clamped first, to [xmin, xmax]: xmin the largest x
+    with y(x) + zp <= lo, xmax the smallest with y(x) + zp >= hi -- each side gives the clamp
+    bound it would have given. In that window x' = x - xmin is small (the output's range
+    times 2^t / M: under 2^18 for 16-bit outputs with the normalised multipliers M >= 2^30
+    fold-requantize writes), and
+        y(x) + zp = base + floor((x' * M + rem) / 2^t),
+        base * 2^t + rem = (xmin - izp) * M + 2^(t-1) + zp * 2^t,  0 <= rem < 2^t,
+    one unsigned 32x32 -> 64 product and a logical shift whose result fits int32. This is
+    the form the t < 33 requantizes (16-bit outputs, scale ratios of 1/4 and up) take
+    where the unsigned form of `_requantize_u32` does not apply: CPUs without 64-bit vector
+    multiplies or arithmetic shifts (AVX2, NEON) ran them through the emulated int64 formula."""
+    if x_dtype not in _NARROW_INTS or not -(1 << 31) <= izp < (1 << 31):
+        return None
+    rows = []
+    for mi, ti in zip((int(v) for v in m.ravel()), (int(v) for v in t.ravel())):
+        # the reference computes (x - izp) * M + 2^(t-1) in int64: where that could wrap, its
+        # integers are the wrapped ones, which only the int64 formula repeats
+        if mi <= 0 or max(izp - _I32[0], _I32[1] - izp) * mi + (1 << (ti - 1)) >= (1 << 63):
+            return None
+        half = 1 << (ti - 1)
+        # y + zp <= lo  <=>  (x - izp) * M <= (lo - zp + 1) * 2^t - 2^(t-1) - 1
+        xmin = max(izp + ((lo - zp + 1) * (1 << ti) - half - 1) // mi, _I32[0])
+        # y + zp >= hi  <=>  (x - izp) * M >= (hi - zp) * 2^t - 2^(t-1)
+        xmax = min(izp - (-((hi - zp) * (1 << ti) - half) // mi), _I32[1])
+        if xmax < xmin:
+            return None
+        c0 = (xmin - izp) * mi + half + zp * (1 << ti)
+        base, rem = c0 >> ti, c0 & ((1 << ti) - 1)
+        span = (xmax - xmin) * mi + rem
+        top = span >> ti  # the largest shifted value: it and base + it are int32
+        if xmax - xmin >= (1 << 31) or span >= (1 << 64) or top >= (1 << 31) \
+                or not -(1 << 31) <= base <= base + top < (1 << 31):
+            return None
+        rows.append((xmin, xmax, base, mi, rem, ti))
+    return [np.array(c).reshape(m.shape) for c in zip(*rows)]
+
+
+def _requantize_window(cx, x, consts, lo: int, hi: int, out_dtype: str):
+    """clamp(base + ((clamp(x, xmin, xmax) - xmin) * M + rem) >> t, lo, hi): `_window_form`."""
+    from tvm import te, tirx
+
+    xmin, xmax, base, m, rem, t = consts
+    args = [cx.const(xmin.astype(np.int32), "int32"), cx.const(xmax.astype(np.int32), "int32"),
+            cx.const(base.astype(np.int32), "int32"), cx.const(m.astype(np.uint64), "uint64"),
+            cx.const(rem.astype(np.uint64), "uint64"), cx.const(t.astype(np.uint64), "uint64")]
+
+    def fn(xt, lo_t, hi_t, bt, mt, rt, tt):
+        def at(c, idx):
+            return c[tuple(i if int(d) > 1 else 0 for i, d in zip(idx, c.shape))]
+
+        def body(*idx):
+            xc = tirx.max(tirx.min(xt[idx].astype("int32"), at(hi_t, idx)), at(lo_t, idx))
+            u = (xc - at(lo_t, idx)).astype("uint64")
+            q = ((u * at(mt, idx) + at(rt, idx)) >> at(tt, idx)).astype("int32") + at(bt, idx)
+            return tirx.max(tirx.min(q, tirx.const(hi, "int32")), tirx.const(lo, "int32")).astype(out_dtype)
+
+        return te.compute(xt.shape, body, name="requantize")
+
+    return cx.emit_te(fn, cx.emit(x), *args, primfunc_name_hint="requantize_window")
 
 
 # --- qconv / qmatmul -----------------------------------------------------------------------

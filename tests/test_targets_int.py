@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import re
+
 import numpy as np
 import pytest
 
@@ -225,12 +227,53 @@ def test_requantize_ties_and_extremes():
     from qcc.targets.builder import lower_for
 
     lowered = lower_for(g).script()
-    assert lowered.count("def requantize") == 3, "tiny, u32_row and u32_wide take the unsigned form"
+    assert len(re.findall(r"cls\.requantize\d*,", lowered)) == 3, "tiny, u32_row and u32_wide take the unsigned form"
+    # t < 33 into at most 16 bits: the clamped-window form (lower_quant._window_form): half,
+    # big and per_row (t from 1 to 51); per_row_32 (M = 1 at t = 40: a window wider than
+    # int32) and quarter (into int32) keep the int64 formula
+    assert len(re.findall(r"cls\.requantize_window\d*,", lowered)) == 3, lowered
     xs = np.arange(-128, 128, dtype=np.int32).reshape(4, 64)
     xs[0, :4] = [2 ** 31 - 1, -2 ** 31, 2 ** 30, -2 ** 30 - 1]
     check_int_graph(g, {"x": xs})
     rng = np.random.default_rng(0)
     check_int_graph(g, {"x": rng.integers(-2 ** 31, 2 ** 31, size=(4, 64)).astype(np.int32)})
+
+
+def test_requantize_window_form_matches_the_reference_at_its_edges():
+    """lower_quant._window_form's arithmetic (clamp x to [xmin, xmax], one unsigned 64-bit
+    product, a logical shift), replayed in numpy for 3000 random requantizes -- multipliers
+    from 1 to 2^32, t from 1 to 40, input and output zero points, 8- and 16-bit outputs,
+    clamps -- equals the reference on every x at and around both window edges, on random x
+    inside it and on int32's extremes; where it declines, the int64 formula runs."""
+    from qcc.ops.quant import _clamp_bounds, requantize
+    from qcc.targets.lower_quant import _window_form
+
+    rng = np.random.default_rng(11)
+    taken = 0
+    for _ in range(3000):
+        dtype = str(rng.choice(["i16", "i8", "u8"]))
+        m = int(rng.integers(1 << 29, 1 << 31)) if rng.random() < 0.7 else int(rng.integers(1, 1 << 32))
+        shift = int(rng.integers(-9, 31))
+        izp = int(rng.integers(-300, 300)) if rng.random() < 0.5 else 0
+        zp = int(rng.integers(-20, 20))
+        clamp = [int(rng.integers(-10, 5)), int(rng.integers(20, 200))] if rng.random() < 0.3 else None
+        lo, hi = _clamp_bounds(dtype, clamp)
+        t = int(np.clip(31 - shift, 1, 62))
+        form = _window_form("int32", np.array([m]), np.array([t]), izp, zp, lo, hi)
+        if form is None:
+            continue
+        taken += 1
+        xmin, xmax, base, mm, rem, tt = (int(c[0]) for c in form)
+        xs = np.concatenate([np.arange(xmin - 3, xmin + 4), np.arange(xmax - 3, xmax + 4),
+                             rng.integers(xmin, xmax + 1, 64), [-(1 << 31), (1 << 31) - 1, izp, 0]])
+        xs = np.clip(xs, -(1 << 31), (1 << 31) - 1).astype(np.int32)
+        u = (np.clip(xs.astype(np.int64), xmin, xmax) - xmin).astype(np.uint64)
+        q = ((u * np.uint64(mm) + np.uint64(rem)) >> np.uint64(tt)).astype(np.int64) + base
+        got = np.clip(q, lo, hi)
+        want = requantize(xs, multiplier=[m], shift=[shift], axis=-1, input_zero_point=izp, zero_point=zp,
+                          dtype=dtype, clamp=clamp).astype(np.int64)
+        assert np.array_equal(got, want), (m, shift, izp, zp, dtype, clamp)
+    assert taken > 2000  # the form covers the normal cases, not a handful
 
 
 # --- qmatmul -> requantize ----------------------------------------------------------------------
