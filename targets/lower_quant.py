@@ -239,6 +239,11 @@ def _fits_u32_form(x_dtype: str, m: np.ndarray, t: np.ndarray, izp: int, zp: int
             and -(1 << 31) <= izp < (1 << 31) and abs(zp) < (1 << 29))
 
 
+def _at(c, idx):
+    """Element idx of a per-channel constant c broadcast against the output (size-1 axes read at 0)."""
+    return c[tuple(i if int(d) > 1 else 0 for i, d in zip(idx, c.shape))]
+
+
 def _requantize_u32(cx, x, m, t, izp: int, zp: int, lo: int, hi: int, out_dtype: str):
     """floor(((x - izp) * M + 2^(t-1)) / 2^t) with one unsigned 32x32 -> 64 product.
 
@@ -261,16 +266,13 @@ def _requantize_u32(cx, x, m, t, izp: int, zp: int, lo: int, hi: int, out_dtype:
     kc = cx.const(np.array(K, dtype=np.int32).reshape(shape) - np.int32(zp), "int32")
 
     def fn(xt, mt, et, tt, kt):
-        def at(c, idx):
-            return c[tuple(i if int(d) > 1 else 0 for i, d in zip(idx, c.shape))]
-
         def body(*idx):
             # x + 2^31 as uint32: the sign bit flipped (an add would meet TVM's simplifier,
             # which assumes integer arithmetic never wraps)
             u = tirx.bitwise_xor(tirx.reinterpret("uint32", xt[idx].astype("int32")),
                                  tirx.const(1 << 31, "uint32")).astype("uint64")
-            q = ((u * at(mt, idx).astype("uint64") + at(et, idx)) >> at(tt, idx)).astype("int32")
-            y = q - at(kt, idx)
+            q = ((u * _at(mt, idx).astype("uint64") + _at(et, idx)) >> _at(tt, idx)).astype("int32")
+            y = q - _at(kt, idx)
             return tirx.max(tirx.min(y, tirx.const(hi, "int32")), tirx.const(lo, "int32")).astype(out_dtype)
 
         return te.compute(xt.shape, body, name="requantize")
@@ -329,14 +331,11 @@ def _requantize_window(cx, x, consts, lo: int, hi: int, out_dtype: str):
             cx.const(base.astype(np.int32), "int32"), cx.const(m.astype(np.uint64), "uint64"),
             cx.const(rem.astype(np.uint64), "uint64"), cx.const(t.astype(np.uint64), "uint64")]
 
-    def fn(xt, lo_t, hi_t, bt, mt, rt, tt):
-        def at(c, idx):
-            return c[tuple(i if int(d) > 1 else 0 for i, d in zip(idx, c.shape))]
-
+    def fn(xt, xmin_t, xmax_t, bt, mt, rt, tt):
         def body(*idx):
-            xc = tirx.max(tirx.min(xt[idx].astype("int32"), at(hi_t, idx)), at(lo_t, idx))
-            u = (xc - at(lo_t, idx)).astype("uint64")
-            q = ((u * at(mt, idx) + at(rt, idx)) >> at(tt, idx)).astype("int32") + at(bt, idx)
+            xc = tirx.max(tirx.min(xt[idx].astype("int32"), _at(xmax_t, idx)), _at(xmin_t, idx))
+            u = (xc - _at(xmin_t, idx)).astype("uint64")
+            q = ((u * _at(mt, idx) + _at(rt, idx)) >> _at(tt, idx)).astype("int32") + _at(bt, idx)
             return tirx.max(tirx.min(q, tirx.const(hi, "int32")), tirx.const(lo, "int32")).astype(out_dtype)
 
         return te.compute(xt.shape, body, name="requantize")
