@@ -304,7 +304,7 @@ def lower_reduce(cx, node, ins, attrs):
         return x
     dt = cx.dtype_of(x)
     if node.op in ("reduce_mean", "reduce_max") and sorted(a % rank for a in axes) == list(range(2, rank)) \
-            and rank >= 3 and not (node.op == "reduce_mean" and _is_int(dt)):
+            and not (node.op == "reduce_mean" and _is_int(dt)):
         # a mean or max over every axis after N and C is a global pool, and gets its kernel
         # (exporters write SE blocks' x.mean((2, 3), keepdim=True) so: PP-OCRv6 det's took
         # 0.22 ms at 96x144, 0.5 ns an element, through the generic reduction)

@@ -210,10 +210,10 @@ def lower_requantize(cx, node, ins, attrs):
     izp = int(attrs["input_zero_point"])
     lo, hi = _clamp_bounds(attrs["dtype"], attrs.get("clamp"))
     zp = int(attrs["zero_point"])
+    m, t = np.broadcast_arrays(m, t)  # the narrow forms read them per channel
     if _fits_u32_form(cx.dtype_of(x), m, t, izp, zp):
-        m, t = np.broadcast_arrays(m, t)
         return _requantize_u32(cx, x, m, t, izp, zp, lo, hi, tvm_dtype(attrs["dtype"]))
-    window = _window_form(cx.dtype_of(x), *np.broadcast_arrays(m, t), izp, zp, lo, hi)
+    window = _window_form(cx.dtype_of(x), m, t, izp, zp, lo, hi)
     if window is not None:
         return _requantize_window(cx, x, window, lo, hi, tvm_dtype(attrs["dtype"]))
     rounding = np.left_shift(np.int64(1), t - 1)
@@ -313,10 +313,10 @@ def _window_form(x_dtype: str, m: np.ndarray, t: np.ndarray, izp: int, zp: int, 
             return None
         c0 = (xmin - izp) * mi + half + zp * (1 << ti)
         base, rem = c0 >> ti, c0 & ((1 << ti) - 1)
-        span = (xmax - xmin) * mi + rem
-        top = span >> ti  # the largest shifted value: it and base + it are int32
-        if xmax - xmin >= (1 << 31) or span >= (1 << 64) or top >= (1 << 31) \
-                or not -(1 << 31) <= base <= base + top < (1 << 31):
+        # the largest shifted value (the product stays under 2^64: the window is under 2^31
+        # and M under 2^32); it and base + it must be int32
+        top = ((xmax - xmin) * mi + rem) >> ti
+        if xmax - xmin >= (1 << 31) or top >= (1 << 31) or not -(1 << 31) <= base <= base + top < (1 << 31):
             return None
         rows.append((xmin, xmax, base, mi, rem, ti))
     return [np.array(c).reshape(m.shape) for c in zip(*rows)]

@@ -237,6 +237,25 @@ def test_requantize_ties_and_extremes():
     check_int_graph(g, {"x": xs})
     rng = np.random.default_rng(0)
     check_int_graph(g, {"x": rng.integers(-2 ** 31, 2 ** 31, size=(4, 64)).astype(np.int32)})
+    # the compiled window form at its edges: x from xmin - 2 to xmin + 2 and from xmax - 2 to
+    # xmax + 2 of half, big and (row by row) per_row, where its clamps take over
+    from qcc.ops.quant import _clamp_bounds
+    from qcc.targets.lower_quant import _window_form
+
+    edges = np.zeros((4, 64), np.int64)
+    for r in range(4):
+        row = []
+        for node in (half.producer, big.producer, per_row.producer):
+            a = node.attrs
+            k = r if len(a["multiplier"]) > 1 else 0
+            t = int(np.clip(31 - a["shift"][k], 1, 62))
+            lo, hi = _clamp_bounds(a["dtype"], a.get("clamp"))
+            form = _window_form("int32", np.array([a["multiplier"][k]]), np.array([t]),
+                                a.get("input_zero_point", 0), a.get("zero_point", 0), lo, hi)
+            xmin, xmax = int(form[0][0]), int(form[1][0])
+            row += [xmin + d for d in range(-2, 3)] + [xmax + d for d in range(-2, 3)]
+        edges[r, :len(row)] = row
+    check_int_graph(g, {"x": np.clip(edges, -2 ** 31, 2 ** 31 - 1).astype(np.int32)})
 
 
 def test_requantize_window_form_matches_the_reference_at_its_edges():
