@@ -23,9 +23,9 @@ PIPELINES = {
     # import and lower in float: only semantics-preserving clean-up
     "O0": "canonicalize",
     # float activations, int8 weights: no calibration data needed
-    "O1": "promote-f16,canonicalize,fuse,quantize-weights,canonicalize",
+    "O1": "promote-f16,canonicalize,fuse,quantize-weights,quantize-embeddings,canonicalize",
     # the static int8 pipeline; cross-layer equalization is data-free and cheap
-    "O2": "promote-f16,canonicalize,fuse,equalize,smooth,insert-observers,propagate-ranges,round-weights{defer=true},assign-bitwidths,round-weights,quantize,"
+    "O2": "promote-f16,canonicalize,fuse,quantize-embeddings,equalize,smooth,insert-observers,propagate-ranges,round-weights{defer=true},assign-bitwidths,round-weights,quantize,"
           "fold-requantize,canonicalize",
     # O2's observers took percentile ranges until 2026-12-05 and mse since (insert_observers.py
     # says why); this recipe is mse without smooth, whose error measure assumes percentile
@@ -34,7 +34,7 @@ PIPELINES = {
     # docs/equalization.md; nor round-weights{defer=true}: with -O3's mse ranges it cost
     # 0.9 dB on 640 PP-OCR cls crops, docs/round-weights.md); -O3 also tunes the kernels
     # in the back end (targets/tune.py: --tune-budget, --tune-db)
-    "O3": "promote-f16,canonicalize,fuse,equalize,insert-observers{method=mse},propagate-ranges,"
+    "O3": "promote-f16,canonicalize,fuse,quantize-embeddings,equalize,insert-observers{method=mse},propagate-ranges,"
           "assign-bitwidths,round-weights,quantize,fold-requantize,canonicalize",
 }
 
