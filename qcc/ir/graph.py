@@ -161,8 +161,12 @@ class Graph:
         t = TensorType.of(array, dtype)
         if array.dtype != t.np_dtype:
             array = array.astype(t.np_dtype)
-        array = np.ascontiguousarray(array).reshape(t.shape)  # (ascontiguousarray makes 0-d 1-d)
-        array.flags.writeable = False
+        if array.flags.writeable or not array.flags.c_contiguous or array.shape != t.shape:
+            array = np.ascontiguousarray(array).reshape(t.shape)  # (ascontiguousarray makes 0-d 1-d)
+            array.flags.writeable = False
+        # else another constant's array, shared as it is: a graph copy's constants are the
+        # same objects, so what is keyed by them (the search's FloatCache hashes each
+        # constant once per array) carries over to the copy
         v = Value(self.unique_name(name) if unique else name, t, quant, data=array)
         self._register(v)
         self.constants[v.name] = v
