@@ -537,7 +537,7 @@ class MatmulPlan:
     k: int
     n: int
     a_signed: bool
-    za: int  # uint8 domain
+    za: int  # uint8 domain (int16 for 16-bit activations)
     vector: bool  # a is 1-D
     isa: Isa = VNNI
     chosen_tile: Tuple[int, int] = (0, 0)  # measured (tile_choices); (0, 0): the cost model's
@@ -574,14 +574,21 @@ class MatmulPlan:
 
 
 def matmul_plan(a_shape, a_dtype: str, b_shape, za: int, isa: Isa = VNNI) -> Optional[MatmulPlan]:
-    if a_dtype not in ("uint8", "int8") or len(b_shape) != 2 or len(a_shape) < 1:
+    """The plan for a qmatmul by a constant 2-D matrix the kernel handles, else None. 16-bit
+    activations (w8a16 layers) take the int16 instruction sets (VNNI16, AVX2) as they are,
+    their zero point folded into the bias like 8-bit ones' (as conv_plan does)."""
+    if a_dtype not in _ACTIVATIONS.get(isa.name, ()) or len(b_shape) != 2 or len(a_shape) < 1:
         return None
     k, n = int(b_shape[0]), int(b_shape[1])
     if int(a_shape[-1]) != k:
         return None
-    za = int(za) + (128 if a_dtype == "int8" else 0)
-    if not 0 <= za <= 255 or 255 * 128 * k >= (1 << 31):
-        return None
+    if a_dtype == "int16":
+        if not -(1 << 15) <= int(za) < (1 << 15):
+            return None
+    else:
+        za = int(za) + (128 if a_dtype == "int8" else 0)
+        if not 0 <= za <= 255 or 255 * 128 * k >= (1 << 31):
+            return None
     vector = len(a_shape) == 1
     batch = tuple(int(d) for d in a_shape[:-2])
     m = 1 if vector else int(a_shape[-2])
@@ -1249,7 +1256,9 @@ def lower_qmatmul_x86(isa: Isa, cx, node, ins, attrs):
     plan = None
     if bv is not None and (bias is None or (biv is not None and biv.ndim <= 1)) \
             and attrs.get("acc") != "i64":  # the kernel accumulates in int32
-        plan = matmul_plan(cx.shape_of(a), cx.dtype_of(a), bv.shape, int(attrs.get("a_zero_point", 0)), isa)
+        a16 = cx.dtype_of(a) == "int16"
+        plan = matmul_plan(cx.shape_of(a), cx.dtype_of(a), bv.shape, int(attrs.get("a_zero_point", 0)),
+                           VNNI16 if a16 and isa is VNNI else isa)
     packed = None
     if plan is not None:
         centred = bv.astype(np.int64) - int(attrs.get("b_zero_point", 0))
@@ -1257,8 +1266,8 @@ def lower_qmatmul_x86(isa: Isa, cx, node, ins, attrs):
     if packed is None:
         return _generic("qmatmul")(cx, node, ins, attrs)
     bpk, folded = packed
-    return cx.emit_te(lambda at, bt, ct: matmul_te(plan, at, bt, ct), a, cx.const(bpk, isa.wt),
-                      cx.const(folded, "int32"), primfunc_name_hint=f"{isa.prefix}_matmul")
+    return cx.emit_te(lambda at, bt, ct: matmul_te(plan, at, bt, ct), a, cx.const(bpk, plan.isa.wt),
+                      cx.const(folded, "int32"), primfunc_name_hint=f"{plan.isa.prefix}_matmul")
 
 
 register_strategy("x86", X86Strategy)
