@@ -171,6 +171,14 @@ def layer_bytes(n: Node, choice: str) -> int:
     return wb + (4 * channels if b is not None else 0)
 
 
+def _constant_weights(n: Node) -> bool:
+    """Whether the layer's weights are a constant (or a QDQ model's dequantized one)."""
+    from qcc.passes.quantize import _fixed_weights
+
+    w = n.inputs[1] if len(n.inputs) > 1 else None
+    return w is not None and (w.is_const or _fixed_weights(w) is not None)
+
+
 def _fixed_bytes(graph: Graph, layers: List[Node]) -> int:
     """Bytes of every constant no layer decision changes."""
     owned = set()
@@ -238,6 +246,12 @@ class AssignBitwidths(Pass):
                 if rule_matches(pat, n):
                     choice, why = c, f"user rule {pat}"
                     pinned.add(n.name)
+            if n.op in QUANTIZABLE and not _constant_weights(n):
+                # attention's Q.K^T and P.V: quantize rewrites layers with constant weights
+                # only, so such a layer stays float whatever is chosen (and measuring it
+                # would cost a model run for nothing)
+                choice, why = "float", "both operands are activations: computed in float"
+                pinned.add(n.name)
             decisions[n.name] = choice
             report[n.name] = {"bits": choice, "why": why, "macs": layer_macs[n.name]}
         budget_text = ctx.options.get("size_budget") or self.size_budget

@@ -557,3 +557,21 @@ def test_python_api_takes_the_same_budgets_and_config(tmp_path):
                          input_shapes={"input": (1, 3, 32, 32)}, size_budget="900", max_error="10dB")
     assert report["summary"]["size_bytes_quantized"] <= 900
     assert json.loads((tmp_path / "small" / "manifest.json").read_text())["options"]["size_budget"] == "900"
+
+
+def test_matmul_of_two_activations_is_float_and_not_measured():
+    """Attention's Q.K^T: quantize rewrites layers with constant weights only, so the search
+    must not report it int8 nor spend a model run measuring it."""
+    rng = np.random.default_rng(4)
+    g = Graph("attn")
+    x = g.add_input("x", TensorType((1, 8, 16), "f32"))
+    q = g.add_node("matmul", [x, g.add_const("wq", rng.normal(0, 0.3, (16, 16)).astype(np.float32))], names=["q"])
+    kt = g.add_node("transpose", [q.output], {"perm": [0, 2, 1]}, names=["kt"])
+    s = g.add_node("matmul", [q.output, kt.output], names=["scores"])
+    g.set_outputs([s.output])
+    samples = [{"x": rng.normal(0, 1, (1, 8, 16)).astype(np.float32)} for _ in range(4)]
+    d, ctx = _assign(g, samples, min_sqnr=200.0)  # a budget no int8 layer meets: every layer is measured
+    by = ctx.report["bitwidths"]
+    assert d["scores"] == "float" and "activations" in by["scores"]["why"]
+    assert "sensitivity_db" not in by["scores"]
+    assert "sensitivity_db" in by["q"]
