@@ -95,3 +95,22 @@ def test_the_report_lists_the_table(builds):
     # one scale for the whole table (rows 0.01x to 2x) would not reach
     assert entry["sqnr_db"] > 38
     assert r["summary"]["size_bytes_quantized"] < r["summary"]["size_bytes_float"] * 0.3
+
+
+def test_small_tables_and_tables_with_inf_stay_float():
+    from qcc.ir import Graph, TensorType
+    from qcc.pass_manager import PassManager
+
+    rng = np.random.default_rng(1)
+    g = Graph("t")
+    ids = g.add_input("ids", TensorType((1, 4), "i64"))
+    big = rng.normal(0, 1, (300, 64)).astype(np.float32)
+    bad = big.copy()
+    bad[7, 3] = np.inf
+    outs = [g.add_node("gather", [g.add_const(name, t), ids], {"axis": 0}, names=[name + ".g"]).output
+            for name, t in (("big", big), ("bad", bad), ("small", big[:2]))]
+    g.set_outputs(outs)
+    PassManager("quantize-embeddings{min-bytes=4096}").run(g)
+    tables = {n.outputs[0].name: n.inputs[0].dtype for n in g.nodes if n.op == "gather"}
+    assert tables == {"big.g.q": "i8", "big.g.s": "f32", "bad.g": "f32", "small.g": "f32"}
+    assert [v.name for v in g.outputs] == ["big.g", "bad.g", "small.g"]
