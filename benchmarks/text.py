@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from run import interleaved_medians  # noqa: E402
+from run import interleaved_medians, ort_session as _session  # noqa: E402
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -70,14 +70,6 @@ torch.onnx.export(Hidden(model), example, out + "/minilm.onnx", input_names=list
 np.savez(out + "/sentences.npz", **{k: enc[k].astype(np.int64) for k in names})
 print("exported all-MiniLM-L6-v2 and", len(texts[:n]), "sentences", flush=True)
 '''
-
-
-def _session(path, threads):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def embeddings(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:

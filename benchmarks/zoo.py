@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from run import interleaved_medians  # noqa: E402
+from run import interleaved_medians, ort_session as _session  # noqa: E402
 
 MODELS = ("transformer,squeezenet1_1,resnet18,mobilenet_v3_small,mobilenet_v2,efficientnet_b0,"
           "shufflenet_v2_x1_0,regnet_x_400mf,googlenet,densenet121,mnasnet0_5,convnext_tiny")
@@ -93,15 +93,6 @@ def crops(n: int, size: int, seed: int) -> np.ndarray:
 
 def sqnr(ref: np.ndarray, y: np.ndarray) -> float:
     return float(10 * np.log10((ref ** 2).sum() / max(float(((ref - y) ** 2).sum()), 1e-30)))
-
-
-def _session(path, threads):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # it would steal the next run's cores
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def main(argv=None) -> int:
