@@ -19,8 +19,9 @@ After:  %E.q = const @E.q : i8[30522,384] !q<i8 axis=0 scale=@E.q.scale>
 The lookup stays a copy (a quarter of the bytes), the multiply is one elementwise op,
 and every value is exactly q * scale in float32, in the interpreter as in compiled code.
 Tables under `min-bytes` stay float: two more ops to save a few kB (BERT's token-type
-table is 2 x 384); so does a table holding an inf or a NaN. The report lists each table with its bytes and the SQNR of its int8
-form (`embeddings`). Indices that are constants were folded by canonicalize already.
+table is 2 x 384); so does a table holding an inf or a NaN. The report lists each table
+with its bytes and the SQNR of its int8 form (`embeddings`). A gather with constant
+indices was folded by canonicalize already.
 """
 from __future__ import annotations
 
