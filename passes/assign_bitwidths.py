@@ -406,7 +406,8 @@ class _Search:
     def meet_error(self, budget: float) -> None:
         current = self.output_sqnr()
         self.keep()
-        label = "all_int8" if all(c == "int8" for c in self.decisions.values()) else "start"
+        label = "all_int8" if all(c == "int8" for l, c in self.decisions.items()
+                                  if _constant_weights(self.by_name[l])) else "start"
         self.ctx.report["predicted_output_sqnr_db"] = {label: round(current, 2)}
         if current >= budget or not self.free:
             self.ctx.report["predicted_output_sqnr_db"]["chosen"] = round(current, 2)

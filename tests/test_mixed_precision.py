@@ -575,3 +575,4 @@ def test_matmul_of_two_activations_is_float_and_not_measured():
     assert d["scores"] == "float" and "activations" in by["scores"]["why"]
     assert "sensitivity_db" not in by["scores"]
     assert "sensitivity_db" in by["q"]
+    assert "all_int8" in ctx.report["predicted_output_sqnr_db"]  # every layer quantize can take was
