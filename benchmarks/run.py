@@ -349,6 +349,36 @@ def o3_builds(path, tmp: Path, inp, shape, budget):
     return times
 
 
+SPEED_COLUMNS = ("qcc int8", "qcc f32", "ort f32", "ort int8")
+
+
+def cli_build(model, out: Path, level: str, *args: str):
+    """`qcc compile MODEL -LEVEL -o OUT --quiet ARGS` as a user runs it, in its own process:
+    (seconds, None), or (seconds, the error's last line) when it failed."""
+    import subprocess
+
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "qcc.cli", "compile", str(model), f"-{level}", "-o", str(out),
+                        "--quiet", *args], capture_output=True, text=True)
+    dt = time.perf_counter() - t0
+    if p.returncode:
+        return dt, f"exit {p.returncode}: {(p.stderr.strip().splitlines() or ['?'])[-1]}"
+    return dt, None
+
+
+def print_speed_table(rows, width: int = 20) -> None:
+    """{label: {contender: median ms}} as a table of SPEED_COLUMNS and issue 7's ratios (a
+    row missing a contender, whose build failed, is left out)."""
+    print(f"{'':<{width}} " + " ".join(f"{c:>9}" for c in SPEED_COLUMNS)
+          + f" {'int8/ort-int8':>13} {'int8/ort-f32':>12} {'int8/qcc-f32':>12}")
+    for label, med in rows.items():
+        if not all(c in med for c in SPEED_COLUMNS):
+            continue
+        print(f"{label:<{width}} " + " ".join(f"{med[c]:9.2f}" for c in SPEED_COLUMNS)
+              + f" {med['qcc int8'] / med['ort int8']:13.2f} {med['qcc int8'] / med['ort f32']:12.2f}"
+              f" {med['qcc int8'] / med['qcc f32']:12.2f}")
+
+
 def interleaved_medians(calls, rounds: int, burst: int = 1):
     """{name: median ms}: `rounds` rounds, each running every contender in turn.
 

@@ -27,7 +27,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from run import interleaved_medians, ort_session as _session  # noqa: E402
+from run import cli_build, interleaved_medians, ort_session as _session, print_speed_table  # noqa: E402
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -126,18 +125,13 @@ def main(argv=None) -> int:
     print(f"all-MiniLM-L6-v2, {args.seq} tokens, {args.calib} calibration / {n} evaluation sentences")
     print(f"{'contender':<30} {'compile':>8} {'cos mean':>9} {'cos min':>8} {'NN':>6} {'SQNR dB':>8} "
           f"{'int8 MACs':>9} {'weights MB':>10}")
-    qcc_cli = [sys.executable, "-m", "qcc.cli"]
     shapes = ",".join(f"{k}=1x{args.seq}" for k in INPUTS)
     for level in ("O0", "O2"):
         out = work / f"qcc_{level}"
-        cmd = qcc_cli + ["compile", str(path), f"-{level}", "-o", str(out), "--quiet", "--input-shape", shapes,
-                         "--threads", str(args.threads)]
-        cmd += ["--calib", str(work / "calib.npz")] if level == "O2" else []
-        t0 = time.perf_counter()
-        p = subprocess.run(cmd, capture_output=True, text=True)
-        dt = time.perf_counter() - t0
-        if p.returncode:
-            print(f"qcc -{level} failed (exit {p.returncode}): {(p.stderr.strip().splitlines() or ['?'])[-1]}")
+        dt, failed = cli_build(path, out, level, "--input-shape", shapes, "--threads", str(args.threads),
+                               *(["--calib", str(work / "calib.npz")] if level == "O2" else []))
+        if failed:
+            print(f"qcc -{level} failed ({failed})")
             continue
         m = qcc.load(out, threads=args.threads)
         got = np.concatenate([m.run(f)["last_hidden_state"] for f in one])
@@ -156,16 +150,9 @@ def main(argv=None) -> int:
     runs["ort int8"] = lambda: qs.run(None, one[0])
     for f in runs.values():
         f()
-    cols = ("qcc int8", "qcc f32", "ort f32", "ort int8")
     print(f"\nthreads {args.threads}, {args.rounds} interleaved rounds, medians in ms ('warm': bursts of 3)")
-    print(f"{'':<8} " + " ".join(f"{c:>9}" for c in cols) + f" {'int8/ort-int8':>13} {'int8/ort-f32':>12} {'int8/qcc-f32':>12}")
-    for label, burst in (("single", 1), ("warm", 3)):
-        med = interleaved_medians(runs, args.rounds, burst=burst)
-        if not all(c in med for c in cols):
-            continue
-        print(f"{label:<8} " + " ".join(f"{med[c]:9.2f}" for c in cols)
-              + f" {med['qcc int8'] / med['ort int8']:13.2f} {med['qcc int8'] / med['ort f32']:12.2f}"
-              f" {med['qcc int8'] / med['qcc f32']:12.2f}")
+    print_speed_table({label: interleaved_medians(runs, args.rounds, burst=burst)
+                       for label, burst in (("single", 1), ("warm", 3))}, width=8)
     return 0
 
 

@@ -23,7 +23,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from run import interleaved_medians, ort_session as _session  # noqa: E402
+from run import cli_build, interleaved_medians, ort_session as _session, print_speed_table  # noqa: E402
 
 MODELS = ("transformer,squeezenet1_1,resnet18,mobilenet_v3_small,mobilenet_v2,efficientnet_b0,"
           "shufflenet_v2_x1_0,regnet_x_400mf,googlenet,densenet121,mnasnet0_5,convnext_tiny")
@@ -120,7 +119,6 @@ def main(argv=None) -> int:
     missing = [n for n in names if not (work / f"{n}.onnx").exists()]
     if missing:
         subprocess.run([args.torch_python, "-c", _EXPORT, str(work), ",".join(missing)], check=True)
-    qcc_cli = [sys.executable, "-m", "qcc.cli"]
 
     print(f"{'model':<20} {'build':<8} {'compile':>8} {'SQNR dB':>8} {'top-1':>6} {'int8 MACs':>9}")
     timings = {}
@@ -131,13 +129,9 @@ def main(argv=None) -> int:
         runs = {"ort f32": lambda s=sess: s.run(None, {"input": test[:1]})}
         for level in ("O0", "O2"):
             out = work / f"{name}_{level}"
-            cmd = qcc_cli + ["compile", str(path), f"-{level}", "-o", str(out), "--quiet"]
-            cmd += ["--calib", str(work / "calib.npz")] if level == "O2" else []
-            t0 = time.perf_counter()
-            p = subprocess.run(cmd, capture_output=True, text=True)
-            dt = time.perf_counter() - t0
-            if p.returncode:
-                print(f"{name:<20} qcc -{level} failed (exit {p.returncode}): {(p.stderr.strip().splitlines() or ['?'])[-1]}")
+            dt, failed = cli_build(path, out, level, *(["--calib", str(work / "calib.npz")] if level == "O2" else []))
+            if failed:
+                print(f"{name:<20} qcc -{level} failed ({failed})")
                 continue
             m = qcc.load(out, threads=args.threads)
             y = np.concatenate([m.run({"input": x[None]})["output"] for x in test])
@@ -160,14 +154,7 @@ def main(argv=None) -> int:
 
     print(f"\nthreads {args.threads}, {args.rounds} interleaved rounds, medians in ms; 'warm': each round "
           "runs each contender 4 times back to back and keeps the median of the last 3")
-    cols = ("qcc int8", "qcc f32", "ort f32", "ort int8")
-    print(f"{'model':<20} " + " ".join(f"{c:>9}" for c in cols) + f" {'int8/ort-int8':>13} {'int8/ort-f32':>12} {'int8/qcc-f32':>12}")
-    for name, med in timings.items():
-        if not all(c in med for c in cols):
-            continue
-        print(f"{name:<20} " + " ".join(f"{med[c]:9.2f}" for c in cols)
-              + f" {med['qcc int8'] / med['ort int8']:13.2f} {med['qcc int8'] / med['ort f32']:12.2f}"
-              f" {med['qcc int8'] / med['qcc f32']:12.2f}")
+    print_speed_table(timings)
     return 0
 
 

@@ -173,7 +173,7 @@ def layer_bytes(n: Node, choice: str) -> int:
 
 def _constant_weights(n: Node) -> bool:
     """Whether the layer's weights are a constant (or a QDQ model's dequantized one)."""
-    from qcc.passes.quantize import _fixed_weights
+    from qcc.passes.quantize import _fixed_weights  # not at the top: quantize's imports come back here
 
     w = n.inputs[1] if len(n.inputs) > 1 else None
     return w is not None and (w.is_const or _fixed_weights(w) is not None)
