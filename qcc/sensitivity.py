@@ -10,13 +10,14 @@ about N half-model runs, not N full ones.
 from __future__ import annotations
 
 import hashlib
+import threading
 import weakref
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from .analysis import output_parts
-from .batches import map_batches
+from .batches import imap_batches, map_batches, workers
 from .ir.graph import Graph
 from .ir.opdef import opaque_runner
 
@@ -36,6 +37,7 @@ class FloatCache:
 
         self.samples = list(samples)
         self._ids: Dict[tuple, int] = {}
+        self._ids_lock = threading.Lock()  # layer_sensitivity numbers candidates on parallel threads
         self._const_seen: Dict[int, tuple] = {}  # id(array) -> (weak reference, number)
         self.outputs: List[List[np.ndarray]] = []
         self.parts = output_parts(graph)  # each output's concatenated parts, measured too
@@ -92,7 +94,8 @@ class FloatCache:
         return k
 
     def _intern(self, key) -> int:
-        return self._ids.setdefault(key, len(self._ids))
+        with self._ids_lock:  # two threads must not hand out the same new number
+            return self._ids.setdefault(key, len(self._ids))
 
     def accept(self) -> None:
         """Keep the last `output_sqnr` run's arrays for later runs to reuse (one kept at a time)."""
@@ -179,16 +182,19 @@ def run_reusing(g: Graph, cache: FloatCache, i: int, numbers: Optional[Dict[int,
     return [read(v) for v in g.outputs]
 
 
-def output_sqnr(cache: FloatCache, g: Graph, keep: bool = False) -> float:
+def output_sqnr(cache: FloatCache, g: Graph, keep: bool = False, parallel: bool = True) -> float:
     """The worst output's SQNR (dB) of `g` against float over the cached batches (and of
     each part of a concatenated output, analysis.output_parts); with `keep`, its arrays
-    stay as `cache.last` for `cache.accept()`."""
+    stay as `cache.last` for `cache.accept()`. The batches run side by side unless not
+    `parallel` (the caller already runs candidates so)."""
     refs: Dict[int, List[np.ndarray]] = {}
     gots: Dict[int, List[np.ndarray]] = {}
     numbers = cache.numbers(g)
     cache.last = [{} for _ in cache.samples] if keep else None
-    runs = map_batches(lambda i: run_reusing(g, cache, i, numbers, cache.last[i] if keep else None),
-                       range(len(cache.samples)))
+    def run(i):
+        return run_reusing(g, cache, i, numbers, cache.last[i] if keep else None)
+
+    runs = map_batches(run, range(len(cache.samples))) if parallel else [run(i) for i in range(len(cache.samples))]
     for i, outs in enumerate(runs):
         for k, (r, o) in enumerate(zip(cache.outputs[i], outs)):
             r, o = np.asarray(r, np.float64), np.asarray(o, np.float64)
@@ -223,11 +229,21 @@ def layer_sensitivity(g: Graph, cache: FloatCache, layers: Sequence[str],
                       rounded: Optional[Dict] = None) -> Dict[str, float]:
     """Output SQNR (dB) when only that layer is quantized, at `choice` ("int8", "w4a8",
     "w8a16", ...; see assign-bitwidths), every other layer in float (higher = less sensitive)."""
-    out = {}
     every = [n.name for n in g.nodes if n.op in ("conv", "gemm", "matmul", "conv_transpose")]
-    for k, name in enumerate(layers):
+
+    def one(name: str, parallel: bool = True) -> float:
         decisions = {l: (choice if l == name else "float") for l in every}
-        out[name] = output_sqnr(cache, quantized_copy(g, decisions, rounded=rounded))
+        return output_sqnr(cache, quantized_copy(g, decisions, rounded=rounded), parallel=parallel)
+
+    # Several layers: the candidates side by side, each on its batches in turn. Each one's
+    # quantized copy is built in Python, serially under the GIL; one candidate's copy is
+    # then built while another computes (PP-OCR det: those copies were ~4 s of idle cores
+    # in a 21 s search, with the batches side by side instead).
+    across = len(layers) > 1 and workers() > 1
+    results = imap_batches(lambda name: one(name, parallel=False), layers) if across else map(one, layers)
+    out = {}
+    for k, (name, db) in enumerate(zip(layers, results)):
+        out[name] = db
         if progress:
             progress(f"sensitivity: {k + 1}/{len(layers)} layers")
     return out

@@ -166,3 +166,21 @@ def test_report_sqnr_from_batch_sums_equals_sqnr_of_the_concatenation():
     direct = 10 * np.log10(np.mean(ref ** 2) / np.mean((got - ref) ** 2))
     assert sqnr_db(*sums) == round(direct, 2)
     assert sqnr_db(*signal_noise(ref, ref)) == float("inf")
+
+
+def test_layers_measured_side_by_side_give_what_one_at_a_time_gives(monkeypatch):
+    """layer_sensitivity runs its candidates on parallel threads (each one's batches in
+    turn), numbering their values from several threads at once: every SQNR must be exactly
+    the one a candidate measured alone gets."""
+    from qcc import batches, sensitivity
+
+    g, calib = calibrated()
+    results = []
+    for n in (1, 3):
+        monkeypatch.setattr(batches, "workers", lambda n=n: n)
+        monkeypatch.setattr(sensitivity, "workers", lambda n=n: n)
+        cache = FloatCache(g, calib)
+        results.append(layer_sensitivity(g, cache, list(LAYERS), choice="w4a8"))
+        assert len(set(cache._ids.values())) == len(cache._ids)  # no number handed out twice
+    assert results[0] == results[1]
+    assert all(np.isfinite(v) for v in results[0].values())
