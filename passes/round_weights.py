@@ -56,13 +56,14 @@ After:  %w.rw = const @w.rw : f32[8,3,3,3]  (= q * scale, q the optimised intege
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from qcc.batches import in_order_on_a_thread, map_batches, single_threaded_blas
+from qcc.batches import imap_batches, in_order_on_a_thread, map_batches, single_threaded_blas, workers
 from qcc.ir.graph import Graph, Node
 from qcc.ops._common import pad_spatial, windows
 from qcc.pass_manager import PassContext
@@ -104,8 +105,8 @@ class Layer:
 
     def _take(self, f: int) -> np.ndarray:
         """Fold f's held rows as one array; none held after."""
-        rows = np.concatenate(self.held[f], axis=1)
-        self.held[f] = []
+        held, self.held[f] = self.held[f], []
+        rows = held[0] if len(held) == 1 else np.concatenate(held, axis=1)  # one: no copy
         return rows
 
     def fold_in(self, f: int, X: np.ndarray) -> None:
@@ -257,7 +258,7 @@ def _input_rows(n: Node, x: np.ndarray, max_rows: int, rng) -> Tuple[np.ndarray,
     b, *o = np.unravel_index(idx, (N, *out))
     patches = win[(b, slice(None), *o)]  # rows, C, *k
     G = int(a.get("group", 1))
-    X = patches.reshape(len(idx), G, -1).transpose(1, 0, 2).astype(np.float32)
+    X = patches.reshape(len(idx), G, -1).transpose(1, 0, 2).astype(np.float32, copy=False)  # copied per fold
     return X, idx, int(np.prod(out))
 
 
@@ -275,31 +276,49 @@ def accumulate_hessians(graph: Graph, layers: List[Layer], samples, max_rows: in
     by_input: Dict[str, List[Layer]] = {}
     for l in layers:
         by_input.setdefault(l.node.inputs[0].name, []).append(l)
-    rng = np.random.default_rng(seed)
 
-    def rows(value_name: str, array: np.ndarray) -> None:
-        for l in by_input[value_name]:
-            X, idx, per_image = _input_rows(l.node, array, max_rows, rng)
-            image = l.images + idx // per_image  # counted over all batches (batches of 1)
-            for f in (0, 1):
-                full = l.add_rows(f, X[:, image % 2 == f])
-                if full is not None:
-                    fold(l, f, full)
-            l.rows += idx.size
-            l.images += array.shape[0]
+    def sampled(item):
+        """Batch i's float run, kept only as each layer's sampled rows. Each batch draws
+        from its own seeded stream, so the batches run side by side and still sample the
+        same rows whatever the thread count."""
+        i, feeds = item
+        rng = np.random.default_rng((seed, i))
+        got = []
 
-    # three stages, each on its own thread and in the run's order (so the same samples,
-    # sums and H as one loop): the float run, the sampled rows, the products. PP-OCR det's
-    # round-weights{defer=true} on 2 cores: 8.7 s as one loop, 5.9 s
-    with in_order_on_a_thread(Layer.fold_in, depth=2) as fold, in_order_on_a_thread(rows) as put:
-        class _Gram(Interpreter):
+        class _Rows(Interpreter):
             def on_value(self, value, array):
-                if value.name in by_input:
-                    put(value.name, array)
+                for l in by_input.get(value.name, ()):
+                    X, idx, per_image = _input_rows(l.node, array, max_rows, rng)
+                    got.append((l, X, idx // per_image, array.shape[0]))
 
-        it = _Gram(graph)
-        for feeds in samples:
-            it.run(feeds)
+        _Rows(graph).run(feeds)
+        return got
+
+    # the float runs on every core; each layer's products summed into its H in batch order
+    # on one of as many more threads, so every H is the same sum, in the same order, as one
+    # loop's. The products are most of the work: XᵀX over 4096 rows of K = 864 is 6 GFLOP
+    # a batch. PP-OCR det's round-weights{defer=true} on 2 cores, A/B medians of 3
+    # interleaved runs: 11.3 -> 9.6 s and 8.6 -> 7.8 s against one run, one sampling and
+    # one products thread (the float runs alone are 2.6 s of it)
+    with contextlib.ExitStack() as stack:
+        shards = [stack.enter_context(in_order_on_a_thread(Layer.fold_in, depth=2)) for _ in range(workers())]
+        shard = {id(l): shards[k % len(shards)] for k, l in enumerate(layers)}
+
+        def fold(l, f, X):
+            shard[id(l)](l, f, X)
+
+        for got in imap_batches(sampled, list(enumerate(samples))):
+            for l, X, image_in_batch, n in got:
+                image = l.images + image_in_batch  # counted over all batches
+                for f in (0, 1):
+                    mine = image % 2 == f
+                    if not mine.any():  # batches of one image: each batch is one fold's
+                        continue
+                    full = l.add_rows(f, X if mine.all() else X[:, mine])
+                    if full is not None:
+                        fold(l, f, full)
+                l.rows += image_in_batch.size
+                l.images += n
 
 
 # --- the rounding ---------------------------------------------------------------------

@@ -10,6 +10,8 @@ also makes every product's rounding the same on any machine, whatever its core c
 """
 from __future__ import annotations
 
+import collections
+import itertools
 import os
 import queue
 import threading
@@ -47,8 +49,10 @@ def single_threaded_blas() -> Iterator[None]:
 def imap_batches(fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
     """fn(item) for each item, the items on parallel threads; results yielded in order.
 
-    Each result is handed on as soon as it and those before it are done, so a caller
-    that folds them into a running total holds only the few still in flight.
+    Each result is handed on as soon as it and those before it are done, and an item
+    starts only when fewer than two per thread are started and not yet handed on: a caller
+    that folds the results into a running total holds only those few, however many
+    items there are (Executor.map would start them all, and keep every early result).
     `fn` must not share mutable state between items."""
     n = min(len(items), workers())
     with single_threaded_blas():
@@ -57,7 +61,17 @@ def imap_batches(fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
                 yield fn(it)
             return
         with ThreadPoolExecutor(max_workers=n) as pool:
-            yield from pool.map(fn, items)
+            todo = iter(items)
+            started = collections.deque(pool.submit(fn, it) for it in itertools.islice(todo, 2 * n))
+            try:
+                while started:
+                    result = started.popleft().result()
+                    for it in itertools.islice(todo, 1):
+                        started.append(pool.submit(fn, it))
+                    yield result
+            finally:  # an error, or the caller stopped early: start nothing more
+                for f in started:
+                    f.cancel()
 
 
 def map_batches(fn: Callable[[T], R], items: Sequence[T]) -> List[R]:

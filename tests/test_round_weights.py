@@ -294,27 +294,31 @@ def test_the_search_measures_each_layer_with_its_deferred_rounding():
 
 
 def test_hessians_summed_on_threads_are_a_plain_loops_bit_for_bit(monkeypatch):
-    """accumulate_hessians runs the float model, the sampled rows and the products on three
-    threads; each stage in order, so the rows sampled and every H are those of one loop."""
+    """accumulate_hessians runs the batches' float runs side by side and sums the products
+    on other threads; each layer's in batch order, so the rows sampled and every H are
+    those of one loop on one thread."""
     from contextlib import contextmanager
 
     from qcc import batches
     from qcc.passes import round_weights as rw
 
     g, _ = prepared(mobile_block_model(), (N, 3, 8, 8), CALIB)
-    monkeypatch.setattr(batches, "workers", lambda: 2)
 
     def hessians():
         layers, _ = rw.layers_to_round(g, {}, True)
         rw.accumulate_hessians(g, layers, CALIB * 3, max_rows=40)  # rows sampled; K = 27..72
         return {l.node.name: (l.rows, l.hessians()) for l in layers}
 
+    monkeypatch.setattr(batches, "workers", lambda: 3)
+    monkeypatch.setattr(rw, "workers", lambda: 3)
     threaded = hessians()
 
     @contextmanager
     def inline(fn, depth=4):
         yield fn
 
+    monkeypatch.setattr(batches, "workers", lambda: 1)
+    monkeypatch.setattr(rw, "workers", lambda: 1)
     monkeypatch.setattr(rw, "in_order_on_a_thread", inline)
     plain = hessians()
     assert threaded.keys() == plain.keys() and len(plain) == 4
