@@ -92,16 +92,22 @@ def activations(g: Graph, values: List[Value], samples, budget: int) -> Dict[str
     per_batch = sum(v.type.nbytes for v in values)
     n = max(1, min(len(samples), budget // max(per_batch, 1)))
     want = {v.name for v in values}
+
+    def run(feeds) -> Dict[str, np.ndarray]:
+        got: Dict[str, np.ndarray] = {}
+
+        class _Keep(Interpreter):
+            def on_value(self, value, array):
+                if value.name in want:
+                    got[value.name] = np.array(array, np.float32)
+
+        _Keep(g).run(feeds)
+        return got
+
     acc: Dict[str, List[np.ndarray]] = {}
-
-    class _Keep(Interpreter):
-        def on_value(self, value, array):
-            if value.name in want:
-                acc.setdefault(value.name, []).append(np.array(array, np.float32))
-
-    it = _Keep(g)
-    for feeds in samples[:n]:
-        it.run(feeds)
+    for got in imap_batches(run, samples[:n]):  # the batches side by side, kept in order
+        for k, a in got.items():
+            acc.setdefault(k, []).append(a)
     return {k: np.concatenate(v) for k, v in acc.items()}
 
 
