@@ -236,30 +236,36 @@ def layers_to_round(graph: Graph, decisions: Dict[str, str], int8: bool = False
 
 # --- the calibration inputs ---------------------------------------------------------------
 
-def _input_rows(n: Node, x: np.ndarray, max_rows: int, rng) -> Tuple[np.ndarray, np.ndarray, int]:
-    """The layer's input as im2col rows per group, at most `max_rows` of them sampled without
-    replacement: ([G, rows, K] float32, the rows' indices among all N*positions, positions
-    per image). Only the sampled windows are gathered: a stem conv's full im2col is
-    hundreds of MB for the 4096 rows kept."""
+def _input_rows(n: Node, x: np.ndarray, idx: np.ndarray) -> Tuple[np.ndarray, int]:
+    """The layer's input as im2col rows per group, the rows `idx` of all N*positions (see
+    _row_count): ([G, rows, K] float32, positions per image). Only the sampled windows are
+    gathered: a stem conv's full im2col is hundreds of MB for the 4096 rows kept."""
     if n.op != "conv":
         X = x.reshape(1, -1, x.shape[-1])
         per_image = max(X.shape[1] // max(x.shape[0], 1), 1)
-        idx = _sample(X.shape[1], max_rows, rng)
-        return X[:, idx].astype(np.float32), idx, per_image
+        return X[:, idx].astype(np.float32), per_image
     r = x.ndim - 2
     a = n.attrs
     k = n.inputs[1].shape[2:]
     pads = a.get("pads") or [0] * (2 * r)
     xp = pad_spatial(x, pads[:r], pads[r:])
     win = windows(xp, k, a.get("strides") or [1] * r, a.get("dilations") or [1] * r)  # N,C,*out,*k (a view)
-    N, C = win.shape[:2]
+    N = win.shape[0]
     out = win.shape[2:2 + r]
-    idx = _sample(N * int(np.prod(out)), max_rows, rng)
     b, *o = np.unravel_index(idx, (N, *out))
     patches = win[(b, slice(None), *o)]  # rows, C, *k
     G = int(a.get("group", 1))
     X = patches.reshape(len(idx), G, -1).transpose(1, 0, 2).astype(np.float32, copy=False)  # copied per fold
-    return X, idx, int(np.prod(out))
+    return X, int(np.prod(out))
+
+
+def _row_count(n: Node) -> int:
+    """The rows of layer n's input per batch that _input_rows samples from: N*positions for a
+    conv (its output's), every vector along the last axis for a gemm/matmul."""
+    if n.op == "conv":
+        out = n.outputs[0].shape
+        return int(out[0] * np.prod(out[2:]))
+    return int(np.prod(n.inputs[0].shape[:-1]))
 
 
 def _sample(total: int, max_rows: int, rng) -> np.ndarray:
@@ -276,22 +282,28 @@ def accumulate_hessians(graph: Graph, layers: List[Layer], samples, max_rows: in
     by_input: Dict[str, List[Layer]] = {}
     for l in layers:
         by_input.setdefault(l.node.inputs[0].name, []).append(l)
+    # every batch's rows drawn up front, from one stream in the order a run produces the
+    # layers' inputs (the shapes are the graph's): the batches then run side by side and
+    # sample exactly what one loop over them would
+    produced = [v.name for v in graph.inputs] + [o.name for n in graph.nodes for o in n.outputs]
+    draws = [l for name in produced for l in by_input.get(name, ())]
+    rng = np.random.default_rng(seed)
+    picks = [[_sample(_row_count(l.node), max_rows, rng) for l in draws] for _ in samples]
 
-    def sampled(item):
-        """Batch i's float run, kept only as each layer's sampled rows. Each batch draws
-        from its own seeded stream, so the batches run side by side and still sample the
-        same rows whatever the thread count."""
-        i, feeds = item
-        rng = np.random.default_rng((seed, i))
+    def sampled(i: int):
+        """Batch i's float run, kept only as each layer's sampled rows."""
+        todo = iter(picks[i])
         got = []
 
         class _Rows(Interpreter):
             def on_value(self, value, array):
                 for l in by_input.get(value.name, ()):
-                    X, idx, per_image = _input_rows(l.node, array, max_rows, rng)
+                    idx = next(todo)
+                    X, per_image = _input_rows(l.node, array, idx)
                     got.append((l, X, idx // per_image, array.shape[0]))
 
-        _Rows(graph).run(feeds)
+        _Rows(graph).run(samples[i])
+        picks[i] = None  # drawn and used
         return got
 
     # the float runs on every core; each layer's products summed into its H in batch order
@@ -307,7 +319,7 @@ def accumulate_hessians(graph: Graph, layers: List[Layer], samples, max_rows: in
         def fold(l, f, X):
             shard[id(l)](l, f, X)
 
-        for got in imap_batches(sampled, list(enumerate(samples))):
+        for got in imap_batches(sampled, range(len(samples))):
             for l, X, image_in_batch, n in got:
                 image = l.images + image_in_batch  # counted over all batches
                 for f in (0, 1):
