@@ -190,3 +190,21 @@ def test_fake_quantized_activation_is_the_uint8_grid_bit_for_bit():
                     * qp.scale_array(x.ndim)).astype(np.float32)
             got = _fake_quant_activation(x, p)
             assert got.dtype == np.float32 and np.array_equal(got, want), (k, p)
+
+
+def test_smooth_chooses_the_same_scales_on_any_number_of_threads(monkeypatch):
+    """The calibration batches' float runs go side by side (qcc.batches), each batch's
+    activations kept in batch order: the scales must not depend on the thread count."""
+    from qcc import batches
+
+    m, x = _hardswish_chain()
+    calib = [{"x": x[i:i + 16]} for i in range(0, 64, 16)]
+    scales = []
+    for n in (1, 3):
+        monkeypatch.setattr(batches, "workers", lambda n=n: n)
+        g = _prepared(m)
+        ctx = PassContext(options={"calib": calib})
+        PassManager("smooth").run(g, ctx)
+        [c] = [v for v in g.constants.values() if v.name.endswith(".smooth")]
+        scales.append(c.data)
+    np.testing.assert_array_equal(scales[0], scales[1])
