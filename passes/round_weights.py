@@ -282,17 +282,22 @@ def accumulate_hessians(graph: Graph, layers: List[Layer], samples, max_rows: in
     by_input: Dict[str, List[Layer]] = {}
     for l in layers:
         by_input.setdefault(l.node.inputs[0].name, []).append(l)
-    # every batch's rows drawn up front, from one stream in the order a run produces the
-    # layers' inputs (the shapes are the graph's): the batches then run side by side and
-    # sample exactly what one loop over them would
+    # each batch's rows drawn from the one stream as the batch starts (imap_batches starts
+    # them in order), in the order a run produces the layers' inputs (the shapes are the
+    # graph's): the batches then run side by side and sample exactly what one loop over
+    # them would, and only the batches in flight hold their draws
     produced = [v.name for v in graph.inputs] + [o.name for n in graph.nodes for o in n.outputs]
     draws = [l for name in produced for l in by_input.get(name, ())]
     rng = np.random.default_rng(seed)
-    picks = [[_sample(_row_count(l.node), max_rows, rng) for l in draws] for _ in samples]
 
-    def sampled(i: int):
-        """Batch i's float run, kept only as each layer's sampled rows."""
-        todo = iter(picks[i])
+    def batches():
+        for feeds in samples:
+            yield feeds, [_sample(_row_count(l.node), max_rows, rng) for l in draws]
+
+    def sampled(item):
+        """One batch's float run, kept only as each layer's sampled rows."""
+        feeds, picks = item
+        todo = iter(picks)
         got = []
 
         class _Rows(Interpreter):
@@ -302,8 +307,7 @@ def accumulate_hessians(graph: Graph, layers: List[Layer], samples, max_rows: in
                     X, per_image = _input_rows(l.node, array, idx)
                     got.append((l, X, idx // per_image, array.shape[0]))
 
-        _Rows(graph).run(samples[i])
-        picks[i] = None  # drawn and used
+        _Rows(graph).run(feeds)
         return got
 
     # the float runs on every core; each layer's products summed into its H in batch order
@@ -319,7 +323,7 @@ def accumulate_hessians(graph: Graph, layers: List[Layer], samples, max_rows: in
         def fold(l, f, X):
             shard[id(l)](l, f, X)
 
-        for got in imap_batches(sampled, range(len(samples))):
+        for got in imap_batches(sampled, batches(), len(samples)):
             for l, X, image_in_batch, n in got:
                 image = l.images + image_in_batch  # counted over all batches
                 for f in (0, 1):

@@ -17,7 +17,7 @@ import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Callable, Iterator, List, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -46,15 +46,17 @@ def single_threaded_blas() -> Iterator[None]:
         yield
 
 
-def imap_batches(fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
+def imap_batches(fn: Callable[[T], R], items: Iterable[T], count: Optional[int] = None) -> Iterator[R]:
     """fn(item) for each item, the items on parallel threads; results yielded in order.
+    `items` may be an iterator (then `count` says how many, or at least whether one
+    thread is enough): it is read in order, as the items start.
 
     Each result is handed on as soon as it and those before it are done, and an item
     starts only when fewer than two per thread are started and not yet handed on: a caller
     that folds the results into a running total holds only those few, however many
     items there are (Executor.map would start them all, and keep every early result).
     `fn` must not share mutable state between items."""
-    n = min(len(items), workers())
+    n = min(len(items) if count is None else count, workers())
     with single_threaded_blas():
         if n <= 1:
             for it in items:

@@ -73,3 +73,23 @@ def test_one_core_calls_inline(monkeypatch):
     with in_order_on_a_thread(lambda i: seen.append((i, threading.get_ident()))) as put:
         put(1)
         assert seen == [(1, threading.get_ident())]
+
+
+def test_imap_batches_reads_an_iterator_only_as_items_start(monkeypatch):
+    """At most two items per thread are started and not yet handed on: the rest of the
+    iterator is not read (round-weights draws each batch's rows as it is read)."""
+    from qcc import batches
+
+    monkeypatch.setattr(batches, "workers", lambda: 2)
+    read = []
+
+    def items():
+        for i in range(20):
+            read.append(i)
+            yield i
+
+    seen = []
+    for r in batches.imap_batches(lambda i: i * i, items(), 20):
+        seen.append(r)
+        assert len(read) <= len(seen) + 4  # the ones handed on, and at most 2 x 2 ahead
+    assert seen == [i * i for i in range(20)] and read == list(range(20))
