@@ -59,11 +59,11 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from qcc.batches import imap_batches, in_order_on_a_thread, map_batches, single_threaded_blas, workers
+from qcc.batches import imap_batches, in_order_on_a_thread, single_threaded_blas, workers
 from qcc.ir.graph import Graph, Node
 from qcc.ops._common import pad_spatial, windows
 from qcc.pass_manager import PassContext
@@ -274,7 +274,8 @@ def _sample(total: int, max_rows: int, rng) -> np.ndarray:
     return np.arange(total)
 
 
-def accumulate_hessians(graph: Graph, layers: List[Layer], samples, max_rows: int, seed: int = 0) -> None:
+def accumulate_hessians(graph: Graph, layers: List[Layer], samples, max_rows: int, seed: int = 0,
+                        progress: Optional[Callable[[str], None]] = None) -> None:
     """H += XᵀX per layer, fold and batch, from the float model's activations (one run per
     batch; at most `max_rows` rows of X per batch, sampled without replacement)."""
     from qcc.interp import Interpreter
@@ -323,7 +324,10 @@ def accumulate_hessians(graph: Graph, layers: List[Layer], samples, max_rows: in
         def fold(l, f, X):
             shard[id(l)](l, f, X)
 
-        for got in imap_batches(sampled, batches(), len(samples)):
+        step = max(1, len(samples) // 10)
+        for b, got in enumerate(imap_batches(sampled, batches(), len(samples))):
+            if progress and ((b + 1) % step == 0 or b + 1 == len(samples)):
+                progress(f"round-weights: statistics of {b + 1}/{len(samples)} batches")
             for l, X, image_in_batch, n in got:
                 image = l.images + image_in_batch  # counted over all batches
                 for f in (0, 1):
@@ -577,10 +581,17 @@ class RoundWeights(Pass):
         # (K x K, K ~ 10..2000), and on a busy machine a multi-threaded Cholesky of one
         # 200 x 200 matrix was measured 100x slower
         with single_threaded_blas():
-            accumulate_hessians(graph, layers, samples[: self.samples or None], self.max_rows)
+            accumulate_hessians(graph, layers, samples[: self.samples or None], self.max_rows,
+                                progress=ctx.progress)
             fitted = [l for l in layers if l.rows]  # layers are independent: one per core
-            report = dict(zip([l.node.name for l in fitted],
-                              map_batches(lambda l: round_layer(l, self.damp), fitted)))
+            report = {}
+            step = max(1, len(fitted) // 4)
+            # every layer may start at once (the results are small): their costs differ 100x
+            rounded = imap_batches(lambda l: round_layer(l, self.damp), fitted, ahead=len(fitted))
+            for k, (l, r) in enumerate(zip(fitted, rounded)):
+                report[l.node.name] = r
+                if (k + 1) % step == 0 or k + 1 == len(fitted):
+                    ctx.progress(f"round-weights: rounded {k + 1}/{len(fitted)} layers")
         changed = False
         for l in layers:
             if l.rounded is None:

@@ -46,15 +46,18 @@ def single_threaded_blas() -> Iterator[None]:
         yield
 
 
-def imap_batches(fn: Callable[[T], R], items: Iterable[T], count: Optional[int] = None) -> Iterator[R]:
+def imap_batches(fn: Callable[[T], R], items: Iterable[T], count: Optional[int] = None,
+                 ahead: Optional[int] = None) -> Iterator[R]:
     """fn(item) for each item, the items on parallel threads; results yielded in order.
     `items` may be an iterator (then `count` says how many, or at least whether one
     thread is enough): it is read in order, as the items start.
 
     Each result is handed on as soon as it and those before it are done, and an item
-    starts only when fewer than two per thread are started and not yet handed on: a caller
-    that folds the results into a running total holds only those few, however many
-    items there are (Executor.map would start them all, and keep every early result).
+    starts only when fewer than `ahead` (default: two per thread) are started and not yet
+    handed on: a caller that folds the results into a running total holds only those few,
+    however many items there are (Executor.map would start them all, and keep every early
+    result). Items of very uneven cost want a larger `ahead`: a slow one at the head
+    otherwise leaves the other threads idle once they have run the few behind it.
     `fn` must not share mutable state between items."""
     n = min(len(items) if count is None else count, workers())
     with single_threaded_blas():
@@ -64,7 +67,7 @@ def imap_batches(fn: Callable[[T], R], items: Iterable[T], count: Optional[int] 
             return
         with ThreadPoolExecutor(max_workers=n) as pool:
             todo = iter(items)
-            started = collections.deque(pool.submit(fn, it) for it in itertools.islice(todo, 2 * n))
+            started = collections.deque(pool.submit(fn, it) for it in itertools.islice(todo, ahead or 2 * n))
             try:
                 while started:
                     result = started.popleft().result()
@@ -80,7 +83,7 @@ def map_batches(fn: Callable[[T], R], items: Sequence[T]) -> List[R]:
     """[fn(item) for item in items], the items on parallel threads; results in order.
 
     `fn` must not share mutable state between items."""
-    return list(imap_batches(fn, items))
+    return list(imap_batches(fn, items, ahead=len(items)))  # every result is kept anyway
 
 
 _DONE = object()

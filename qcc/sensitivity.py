@@ -240,7 +240,8 @@ def layer_sensitivity(g: Graph, cache: FloatCache, layers: Sequence[str],
     # then built while another computes (PP-OCR det: those copies were ~4 s of idle cores
     # in a 21 s search, with the batches side by side instead).
     across = len(layers) > 1 and workers() > 1
-    results = imap_batches(lambda name: one(name, parallel=False), layers) if across else map(one, layers)
+    results = imap_batches(lambda name: one(name, parallel=False), layers, ahead=len(layers)) \
+        if across else map(one, layers)  # (any may start: a result is one number)
     out = {}
     for k, (name, db) in enumerate(zip(layers, results)):
         out[name] = db
