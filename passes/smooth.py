@@ -196,6 +196,7 @@ class Smooth(Pass):
         cands = [c for n in graph.nodes if (c := candidate(n, graph)) is not None]
         if not cands:
             return False
+        ctx.progress(f"smooth: measuring {len(cands)} tensors")
         acts = activations(graph, [v for v, _ in cands], samples[:self.samples], self.cache_bytes)
         cands = [(v, rs) for v, rs in cands if v.name in acts]
 
@@ -203,7 +204,12 @@ class Smooth(Pass):
             return choose_scales(acts.pop(c[0].name), c[1], ALPHAS, self.max_scale, self.percentile)
 
         report = {}
-        for (v, rs), (s, err, base) in zip(cands, imap_batches(choose, cands)):
+        step = max(1, len(cands) // 4)
+        # every candidate may start at once (a result is one scale vector): their sizes differ 1000x
+        chosen = imap_batches(choose, cands, ahead=len(cands))
+        for k, ((v, rs), (s, err, base)) in enumerate(zip(cands, chosen)):
+            if (k + 1) % step == 0 or k + 1 == len(cands):
+                ctx.progress(f"smooth: measured {k + 1}/{len(cands)} tensors")
             if not err < base:  # no scale beat none (an exact tensor too: both 0)
                 continue
             gain = 10 * np.log10(base / err) if err > 0 else np.inf
