@@ -196,7 +196,7 @@ class Smooth(Pass):
         cands = [c for n in graph.nodes if (c := candidate(n, graph)) is not None]
         if not cands:
             return False
-        ctx.progress(f"smooth: measuring {len(cands)} tensors")
+        ctx.progress(f"smooth: trying scales on {len(cands)} tensors")
         acts = activations(graph, [v for v, _ in cands], samples[:self.samples], self.cache_bytes)
         cands = [(v, rs) for v, rs in cands if v.name in acts]
 
@@ -209,7 +209,7 @@ class Smooth(Pass):
         chosen = imap_batches(choose, cands, ahead=len(cands))
         for k, ((v, rs), (s, err, base)) in enumerate(zip(cands, chosen)):
             if (k + 1) % step == 0 or k + 1 == len(cands):
-                ctx.progress(f"smooth: measured {k + 1}/{len(cands)} tensors")
+                ctx.progress(f"smooth: {k + 1}/{len(cands)} tensors tried")
             if not err < base:  # no scale beat none (an exact tensor too: both 0)
                 continue
             gain = 10 * np.log10(base / err) if err > 0 else np.inf
