@@ -63,7 +63,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from qcc.batches import imap_batches, in_order_on_a_thread, single_threaded_blas, workers
+from qcc.batches import imap_batches, in_order_on_a_thread, milestone, single_threaded_blas, workers
 from qcc.ir.graph import Graph, Node
 from qcc.ops._common import pad_spatial, windows
 from qcc.pass_manager import PassContext
@@ -324,9 +324,8 @@ def accumulate_hessians(graph: Graph, layers: List[Layer], samples, max_rows: in
         def fold(l, f, X):
             shard[id(l)](l, f, X)
 
-        step = max(1, len(samples) // 10)
         for b, got in enumerate(imap_batches(sampled, batches(), len(samples))):
-            if progress and ((b + 1) % step == 0 or b + 1 == len(samples)):
+            if progress and milestone(b + 1, len(samples), 10):
                 progress(f"round-weights: statistics of {b + 1}/{len(samples)} batches")
             for l, X, image_in_batch, n in got:
                 image = l.images + image_in_batch  # counted over all batches
@@ -585,12 +584,11 @@ class RoundWeights(Pass):
                                 progress=ctx.progress)
             fitted = [l for l in layers if l.rows]  # layers are independent: one per core
             report = {}
-            step = max(1, len(fitted) // 4)
             # every layer may start at once (the results are small): their costs differ 100x
             rounded = imap_batches(lambda l: round_layer(l, self.damp), fitted, ahead=len(fitted))
             for k, (l, r) in enumerate(zip(fitted, rounded)):
                 report[l.node.name] = r
-                if (k + 1) % step == 0 or k + 1 == len(fitted):
+                if milestone(k + 1, len(fitted), 4):
                     ctx.progress(f"round-weights: rounded {k + 1}/{len(fitted)} layers")
         changed = False
         for l in layers:

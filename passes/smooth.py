@@ -37,7 +37,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from qcc.batches import imap_batches
+from qcc.batches import imap_batches, milestone
 from qcc.ir.graph import Graph, Node, Value
 from qcc.ops.quant import quantize
 from qcc.pass_manager import PassContext
@@ -204,11 +204,10 @@ class Smooth(Pass):
             return choose_scales(acts.pop(c[0].name), c[1], ALPHAS, self.max_scale, self.percentile)
 
         report = {}
-        step = max(1, len(cands) // 4)
         # every candidate may start at once (a result is one scale vector): their sizes differ 1000x
         chosen = imap_batches(choose, cands, ahead=len(cands))
         for k, ((v, rs), (s, err, base)) in enumerate(zip(cands, chosen)):
-            if (k + 1) % step == 0 or k + 1 == len(cands):
+            if milestone(k + 1, len(cands), 4):
                 ctx.progress(f"smooth: {k + 1}/{len(cands)} tensors tried")
             if not err < base:  # no scale beat none (an exact tensor too: both 0)
                 continue

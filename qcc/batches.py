@@ -79,6 +79,12 @@ def imap_batches(fn: Callable[[T], R], items: Iterable[T], count: Optional[int] 
                     f.cancel()
 
 
+def milestone(done: int, total: int, parts: int) -> bool:
+    """Whether `done` of `total` items is where a progress line goes: about `parts` lines
+    in all, the last one at `total`."""
+    return done % max(1, total // parts) == 0 or done == total
+
+
 def map_batches(fn: Callable[[T], R], items: Sequence[T]) -> List[R]:
     """[fn(item) for item in items], the items on parallel threads; results in order.
 

@@ -349,7 +349,7 @@ def observe(graph: Graph, samples: List[Mapping[str, np.ndarray]], names: List[s
     per batch run one after another was 7x slower on a busy 2-core machine), each into
     observers of its own, which are merged in sample order: the result does not depend on
     which batch finished first."""
-    from .batches import imap_batches
+    from .batches import imap_batches, milestone
     from .interp import Interpreter
 
     samples = check_samples(samples, graph)
@@ -367,10 +367,9 @@ def observe(graph: Graph, samples: List[Mapping[str, np.ndarray]], names: List[s
         _Calib(graph).run(feeds)
         return mine
 
-    step = max(1, len(samples) // 10)
     for i, mine in enumerate(imap_batches(one, samples)):
         for n, ob in mine.items():
             observers[n].merge(ob)
-        if progress and ((i + 1) % step == 0 or i + 1 == len(samples)):
+        if progress and milestone(i + 1, len(samples), 10):
             progress(f"calibrating: {i + 1}/{len(samples)} batches")
     return observers

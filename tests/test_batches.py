@@ -93,3 +93,12 @@ def test_imap_batches_reads_an_iterator_only_as_items_start(monkeypatch):
         seen.append(r)
         assert len(read) <= len(seen) + 4  # the ones handed on, and at most 2 x 2 ahead
     assert seen == [i * i for i in range(20)] and read == list(range(20))
+
+
+def test_milestones_are_about_parts_lines_ending_at_the_total():
+    from qcc.batches import milestone
+
+    assert [d for d in range(1, 17) if milestone(d, 16, 10)] == list(range(1, 17))  # 16 // 10 = 1
+    assert [d for d in range(1, 65) if milestone(d, 64, 4)] == [16, 32, 48, 64]
+    assert [d for d in range(1, 38) if milestone(d, 37, 4)] == [9, 18, 27, 36, 37]
+    assert [d for d in range(1, 4) if milestone(d, 3, 10)] == [1, 2, 3]
