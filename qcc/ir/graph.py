@@ -61,7 +61,7 @@ class Value:
 
 
 class Node:
-    __slots__ = ("op", "inputs", "outputs", "attrs", "graph")
+    __slots__ = ("op", "inputs", "outputs", "attrs", "graph", "_prev", "_next")
 
     def __init__(self, op: str, attrs: Optional[Dict[str, Any]] = None):
         self.op = op
@@ -69,6 +69,8 @@ class Node:
         self.outputs: List[Value] = []
         self.attrs: Dict[str, Any] = dict(attrs or {})
         self.graph: Optional[Graph] = None
+        self._prev: Optional[Node] = None  # the graph's order (Graph keeps the ends)
+        self._next: Optional[Node] = None
 
     @property
     def opdef(self):
@@ -105,20 +107,39 @@ class Graph:
         self.inputs: List[Value] = []
         self.outputs: List[Value] = []
         self.constants: Dict[str, Value] = {}
-        self._nodes: List[Node] = []
+        # The nodes' order is a doubly linked list through the nodes, so that inserting next to
+        # a node and removing one take constant time: with a list, each was a scan comparing
+        # every node before it (24 ns each), and quantizing an unrolled LSTM's 10k-node graph
+        # (its observers removed one by one) spent 0.39 of 0.83 s in them, once per layer
+        # the bit-width search measures. Read in order through _ordered(), cached until the
+        # next change (appending keeps the cache).
+        self._head: Optional[Node] = None
+        self._tail: Optional[Node] = None
+        self._count = 0
+        self._order: Optional[List[Node]] = []
         self._values: Dict[str, Value] = {}
 
     # --- reading ------------------------------------------------------------------
     @property
     def nodes(self) -> List[Node]:
         """Nodes in topological order (a copy: safe to mutate the graph while iterating)."""
-        return list(self._nodes)
+        return list(self._ordered())
 
     def __iter__(self) -> Iterator[Node]:
         return iter(self.nodes)
 
     def __len__(self) -> int:
-        return len(self._nodes)
+        return self._count
+
+    def _ordered(self) -> List[Node]:
+        """The nodes in order (the cache itself: callers must not change it)."""
+        if self._order is None:
+            order, n = [], self._head
+            while n is not None:
+                order.append(n)
+                n = n._next
+            self._order = order
+        return self._order
 
     def value(self, name: str) -> Value:
         return self._values[name]
@@ -130,7 +151,7 @@ class Graph:
         return list(self._values.values())
 
     def index(self, node: Node) -> int:
-        return self._nodes.index(node)
+        return self._ordered().index(node)
 
     # --- naming -------------------------------------------------------------------
     def unique_name(self, base: str) -> str:
@@ -194,14 +215,45 @@ class Graph:
             out = self._register(Value(self.unique_name(nm), t))
             out.producer = node
             node.outputs.append(out)
+        for anchor in (before, after):
+            if anchor is not None and anchor.graph is not self:
+                raise ValueError(f"cannot insert next to {anchor!r}: it is not in the graph")
         node.graph = self
-        if before is not None:
-            self._nodes.insert(self.index(before), node)
-        elif after is not None:
-            self._nodes.insert(self.index(after) + 1, node)
-        else:
-            self._nodes.append(node)
+        self._link(node, before._prev if before is not None else after if after is not None else self._tail)
         return node
+
+    def _link(self, node: Node, prev: Optional[Node]) -> None:
+        """Put `node` right after `prev` (None: first)."""
+        nxt = self._head if prev is None else prev._next
+        node._prev, node._next = prev, nxt
+        if prev is None:
+            self._head = node
+        else:
+            prev._next = node
+        if nxt is None:
+            self._tail = node
+        else:
+            nxt._prev = node
+        self._count += 1
+        if self._order is not None:
+            if nxt is None:
+                self._order.append(node)
+            else:
+                self._order = None
+
+    def _unlink(self, node: Node) -> None:
+        prev, nxt = node._prev, node._next
+        if prev is None:
+            self._head = nxt
+        else:
+            prev._next = nxt
+        if nxt is None:
+            self._tail = prev
+        else:
+            nxt._prev = prev
+        node._prev = node._next = None
+        self._count -= 1
+        self._order = None
 
     def infer_types(self, node: Node) -> List[TensorType]:
         d = node.opdef
@@ -218,6 +270,8 @@ class Graph:
     # --- rewriting ----------------------------------------------------------------
     def remove_node(self, node: Node) -> None:
         """Remove a node whose outputs are no longer used."""
+        if node.graph is not self:
+            raise ValueError(f"cannot remove {node!r}: it is not in the graph")
         for out in node.outputs:
             if out.uses or out in self.outputs:
                 raise ValueError(f"cannot remove {node.op} %{out.name}: it is still used")
@@ -226,7 +280,7 @@ class Graph:
         for out in node.outputs:
             del self._values[out.name]
             out.producer = None
-        self._nodes.remove(node)
+        self._unlink(node)
         node.graph = None
 
     def replace_value(self, old: Value, new: Value) -> None:
@@ -254,7 +308,7 @@ class Graph:
     def eliminate_dead_code(self) -> bool:
         """Drop nodes and constants nothing reaches from the outputs. True if any went."""
         changed = False
-        for node in reversed(self._nodes[:]):
+        for node in reversed(self.nodes):
             if all(not o.uses and o not in self.outputs for o in node.outputs):
                 self.remove_node(node)
                 changed = True
@@ -267,7 +321,7 @@ class Graph:
     def topo_sort(self) -> None:
         """Restore topological order after out-of-order insertion (stable otherwise)."""
         placed = set(id(v) for v in self.inputs) | set(id(v) for v in self.constants.values())
-        order, pending = [], list(self._nodes)
+        order, pending = [], self.nodes
         while pending:
             progress = False
             rest = []
@@ -281,7 +335,10 @@ class Graph:
             if not progress:
                 raise ValueError("graph has a cycle")
             pending = rest
-        self._nodes = order
+        self._head = self._tail = None
+        self._count, self._order = 0, []
+        for n in order:
+            self._link(n, self._tail)
 
     # --- views --------------------------------------------------------------------
     def nx(self):
@@ -289,19 +346,58 @@ class Graph:
         import networkx as nx
 
         g = nx.MultiDiGraph()
-        for n in self._nodes:
+        for n in self._ordered():
             g.add_node(n)
-        for n in self._nodes:
+        for n in self._ordered():
             for v in n.inputs:
                 if v is not None and v.producer is not None:
                     g.add_edge(v.producer, n, value=v)
         return g
 
     def copy(self) -> "Graph":
-        """A deep copy (constants share their read-only arrays)."""
-        from .printer import clone_graph
+        """A structural deep copy; constant arrays are shared (they are read-only).
 
-        return clone_graph(self)
+        Built directly, not through add_input/add_const/add_node: the names are already
+        unique and the types known, and the bit-width search copies the whole graph once
+        per layer it measures (an unrolled LSTM's 10k nodes: 0.21 -> 0.08 s a copy)."""
+        out = Graph(self.name)
+        m: Dict[int, Value] = {}
+
+        def clone(v: Value, data=None) -> Value:
+            nv = Value(v.name, v.type, v.quant, data)  # (meta, analyses' scratch, not copied)
+            out._values[v.name] = nv
+            m[id(v)] = nv
+            return nv
+
+        out.inputs = [clone(v) for v in self.inputs]
+        out.constants = {k: clone(c, c.data) for k, c in self.constants.items()}
+        order = []
+        for n in self._ordered():
+            nn = Node(n.op, n.attrs)
+            ins = nn.inputs
+            for i, v in enumerate(n.inputs):
+                if v is None:
+                    ins.append(None)
+                else:
+                    nv = m[id(v)]
+                    ins.append(nv)
+                    nv.uses.append((nn, i))
+            for o in n.outputs:
+                no = clone(o)
+                no.producer = nn
+                nn.outputs.append(no)
+            nn.graph = out
+            order.append(nn)
+        prev = None
+        for nn in order:
+            nn._prev = prev
+            if prev is not None:
+                prev._next = nn
+            prev = nn
+        out._head, out._tail = (order[0], order[-1]) if order else (None, None)
+        out._count, out._order = len(order), order
+        out.outputs = [m[id(v)] for v in self.outputs]
+        return out
 
     def __str__(self) -> str:
         from .printer import print_graph

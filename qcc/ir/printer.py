@@ -180,22 +180,3 @@ def write_npz(path, arrays: Dict[str, np.ndarray]) -> None:
             np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
             info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
             zf.writestr(info, buf.getvalue())
-
-
-def clone_graph(g: Graph) -> Graph:
-    """A structural deep copy; constant arrays are shared (they are read-only)."""
-    out = Graph(g.name)
-    m = {}
-    for v in g.inputs:
-        m[id(v)] = out.add_input(v.name, v.type, v.quant)
-    for c in g.constants.values():
-        nv = out.add_const(c.name, c.data, c.dtype, c.quant, unique=False)
-        m[id(c)] = nv
-    for n in g.nodes:
-        nn = out.add_node(n.op, [None if i is None else m[id(i)] for i in n.inputs], dict(n.attrs),
-                          names=[o.name for o in n.outputs], types=[o.type for o in n.outputs])
-        for o, no in zip(n.outputs, nn.outputs):
-            no.quant = o.quant
-            m[id(o)] = no
-    out.set_outputs([m[id(v)] for v in g.outputs])
-    return out
