@@ -226,13 +226,17 @@ def quantized_copy(g: Graph, decisions: Dict[str, str], quantize_opts: Optional[
 
 def layer_sensitivity(g: Graph, cache: FloatCache, layers: Sequence[str],
                       progress: Optional[Callable[[str], None]] = None, choice: str = "int8",
-                      rounded: Optional[Dict] = None) -> Dict[str, float]:
+                      rounded: Optional[Dict] = None,
+                      members: Optional[Mapping[str, Sequence[str]]] = None) -> Dict[str, float]:
     """Output SQNR (dB) when only that layer is quantized, at `choice` ("int8", "w4a8",
-    "w8a16", ...; see assign-bitwidths), every other layer in float (higher = less sensitive)."""
+    "w8a16", ...; see assign-bitwidths), every other layer in float (higher = less sensitive).
+    A name in `members` stands for its group of layers, all quantized together."""
     every = [n.name for n in g.nodes if n.op in ("conv", "gemm", "matmul", "conv_transpose")]
+    members = members or {}
 
     def one(name: str, parallel: bool = True) -> float:
-        decisions = {l: (choice if l == name else "float") for l in every}
+        chosen = set(members.get(name, [name]))
+        decisions = {l: (choice if l in chosen else "float") for l in every}
         return output_sqnr(cache, quantized_copy(g, decisions, rounded=rounded), parallel=parallel)
 
     # Several layers: the candidates side by side, each on its batches in turn. Each one's

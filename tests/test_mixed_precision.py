@@ -576,3 +576,43 @@ def test_matmul_of_two_activations_is_float_and_not_measured():
     assert "sensitivity_db" not in by["scores"]
     assert "sensitivity_db" in by["q"]
     assert "all_int8" in ctx.report["predicted_output_sqnr_db"]  # every layer quantize can take was
+
+
+def _unrolled_rnn(steps=6, n=16, seed=0):
+    """h = tanh(x_t W + h R) over `steps` steps, then a head: the shape an RNN has once the
+    frontend unrolls it, every step's two matmuls reading the same W and R."""
+    rng = np.random.default_rng(seed)
+    g = Graph("rnn")
+    xs = [g.add_input(f"x{t}", TensorType((1, n), "f32")) for t in range(steps)]
+    w = g.add_const("W", rng.normal(size=(n, n)).astype(np.float32) / np.float32(np.sqrt(n)))
+    r = g.add_const("R", rng.normal(size=(n, n)).astype(np.float32) / np.float32(np.sqrt(n)))
+    head = g.add_const("head", rng.normal(size=(n, 4)).astype(np.float32) / np.float32(np.sqrt(n)))
+    h = None
+    for t, x in enumerate(xs):
+        a = g.add_node("matmul", [x, w], names=[f"xw{t}"]).output
+        if h is not None:
+            a = g.add_node("add", [a, g.add_node("matmul", [h, r], names=[f"hr{t}"]).output]).output
+        h = g.add_node("tanh", [a]).output
+    g.set_outputs([g.add_node("matmul", [h, head], names=["logits"]).output])
+    samples = [{x.name: rng.normal(size=(1, n)).astype(np.float32) for x in xs} for _ in range(4)]
+    return g, samples
+
+
+def test_layers_sharing_weights_are_one_choice_measured_once():
+    """An unrolled RNN's steps share W and R: the search measures each shared weight once
+    (all its layers quantized) and gives all its layers one precision."""
+    g, samples = _unrolled_rnn()
+    said = []
+    ctx = PassContext(options={"calib": samples, "min_sqnr": 60.0}, log=said.append)
+    PassManager(UPTO_BITWIDTHS).run(g.copy(), ctx)
+    d, rep = ctx.options["bitwidths"], ctx.report["bitwidths"]
+    xw, hr = [f"xw{t}" for t in range(6)], [f"hr{t}" for t in range(1, 6)]
+    assert len({d[l] for l in xw}) == 1 and len({d[l] for l in hr}) == 1
+    assert rep["xw3"]["tied"] == {"layers": 6, "first": "xw0"} and rep["hr2"]["tied"] == {"layers": 5, "first": "hr1"}
+    assert "tied" not in rep["logits"]
+    # three units measured (W's group, R's group, the head), not 12 layers
+    assert "measuring 3 layers at int8" in said
+    assert len({rep[l]["sensitivity_db"] for l in xw}) == 1
+    # the budget forced raises: whatever moved, moved as a whole group
+    assert any(c != "int8" for c in d.values())
+    assert all(rep[l].get("why") == rep["xw0"].get("why") for l in xw)
