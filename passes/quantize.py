@@ -502,8 +502,9 @@ class Quantize(Pass):
             dq = g.add_node("dequantize", [acc.output], {"scale": scales, "zero_point": [0] * len(scales),
                                                          "axis": out_axis if per_ch else -1},
                             names=[name + ".dq"], after=acc)
+            replaced = exit_v.producer
             g.replace_value(exit_v, dq.output)
-            g.eliminate_dead_code()
+            g.eliminate_dead_code([replaced])
             if dq.output in g.outputs:  # a graph output keeps the model's name for it
                 base = exit_v.name.removesuffix(".obs")
                 if not g.has_value(base):
@@ -524,8 +525,9 @@ class Quantize(Pass):
         rq.output.quant = qy
         dq = g.add_node("dequantize", [rq.output], {"scale": list(qy.scale), "zero_point": list(qy.zero_point),
                                                    "axis": -1}, names=[name + ".dq"], after=rq)
+        replaced = end_v.producer
         g.replace_value(end_v, dq.output)
-        g.eliminate_dead_code()
+        g.eliminate_dead_code([replaced])
         if dq.output in g.outputs:  # a graph output keeps the model's name for it
             base = end_v.name.removesuffix(".obs")
             if not g.has_value(base):

@@ -68,3 +68,32 @@ def test_nodes_of_another_graph_are_refused():
     with pytest.raises(ValueError, match="not in the graph"):
         g.remove_node(n)
     assert h.nodes == [n] and len(g) == 0
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 1 << 16), st.booleans()), min_size=1, max_size=30),
+       st.integers(0, 1 << 16), st.lists(st.integers(0, 1 << 16), max_size=3))
+def test_dead_code_from_a_replaced_producer_is_what_the_whole_scan_removes(spec, pick, extra_outputs):
+    """eliminate_dead_code(roots): after a rewrite replaces a value, looking only at its old
+    producer and what dies with it leaves the graph the whole-graph scan leaves."""
+    import numpy as np
+
+    g, x = _graph()
+    vals = [x]
+    for k, (a, b, const) in enumerate(spec):
+        other = g.add_const(f"c{k}", np.full((4,), k, np.float32)) if const else vals[b % len(vals)]
+        vals.append(g.add_node("add", [vals[a % len(vals)], other], names=[f"v{k}"]).output)
+    g.set_outputs([vals[-1]] + [vals[1 + i % (len(vals) - 1)] for i in extra_outputs])
+    g.eliminate_dead_code()
+    live = g.nodes
+    n = live[pick % len(live)]
+    if n.output in g.outputs:
+        return
+    copies = [g.copy(), g.copy()]
+    for c, local in zip(copies, (True, False)):
+        v = c.value(n.output.name)
+        producer = v.producer
+        c.replace_value(v, c.inputs[0])
+        c.eliminate_dead_code([producer] if local else None)
+    assert print_graph(copies[0]) == print_graph(copies[1])
+    assert sorted(copies[0].constants) == sorted(copies[1].constants)

