@@ -383,6 +383,23 @@ def test_merged_observers_match_one_fed_in_order():
         assert merged.range(m) == one.range(m), m
 
 
+def test_a_few_values_at_a_time_count_as_one_large_update():
+    """update() counts a small array where its values fall and a large one with a pass over
+    every bin: the histogram must be the one a single update of all the data gives (the
+    final grid is the same power of two either way)."""
+    rng = np.random.default_rng(6)
+    x = np.concatenate([rng.normal(size=n) * s for n, s in [(7, 0.5), (300, 3.0), (1, 9.0), (64, 1.0),
+                                                             (5000, 2.0), (3, 40.0)]])
+    chunks, one = Observer(), Observer()
+    at = 0
+    for n in (7, 300, 1, 64, 5000, 3):  # below and above the small-array threshold (BINS / 8)
+        chunks.update(x[at:at + n])
+        at += n
+    one.update(x)
+    assert (chunks.R, chunks.count) == (one.R, one.count)
+    np.testing.assert_array_equal(chunks.hist, one.hist)
+
+
 def test_zeros_then_data_and_non_finite_values():
     ob = Observer()
     ob.update(np.zeros(100))
