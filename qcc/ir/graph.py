@@ -225,15 +225,8 @@ class Graph:
     def _link(self, node: Node, prev: Optional[Node]) -> None:
         """Put `node` right after `prev` (None: first)."""
         nxt = self._head if prev is None else prev._next
-        node._prev, node._next = prev, nxt
-        if prev is None:
-            self._head = node
-        else:
-            prev._next = node
-        if nxt is None:
-            self._tail = node
-        else:
-            nxt._prev = node
+        self._join(prev, node)
+        self._join(node, nxt)
         self._count += 1
         if self._order is not None:
             if nxt is None:
@@ -242,18 +235,21 @@ class Graph:
                 self._order = None
 
     def _unlink(self, node: Node) -> None:
-        prev, nxt = node._prev, node._next
-        if prev is None:
-            self._head = nxt
-        else:
-            prev._next = nxt
-        if nxt is None:
-            self._tail = prev
-        else:
-            nxt._prev = prev
+        self._join(node._prev, node._next)
         node._prev = node._next = None
         self._count -= 1
         self._order = None
+
+    def _join(self, a: Optional[Node], b: Optional[Node]) -> None:
+        """Make `b` follow `a` (None on either side: that end of the order)."""
+        if a is None:
+            self._head = b
+        else:
+            a._next = b
+        if b is None:
+            self._tail = a
+        else:
+            b._prev = a
 
     def infer_types(self, node: Node) -> List[TensorType]:
         d = node.opdef
