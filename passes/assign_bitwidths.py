@@ -390,7 +390,9 @@ class _Search:
         todo = [n for n in names if (n, choice) not in self.sens]
         if not todo:
             return
-        self.ctx.progress(f"measuring {len(todo)} layers at {choice}")
+        tied = sum(len(self.members.get(l, [l])) for l in todo)
+        self.ctx.progress(f"measuring {len(todo)} layers at {choice}"
+                          + (f" ({tied} with the layers tied to them)" if tied != len(todo) else ""))
         for name, db in layer_sensitivity(self.graph, self.cache(), todo, self.ctx.progress, choice,
                                           self.rounded, self.members).items():
             self.sens[(name, choice)] = db

@@ -611,7 +611,7 @@ def test_layers_sharing_weights_are_one_choice_measured_once():
     assert rep["xw3"]["tied"] == {"layers": 6, "first": "xw0"} and rep["hr2"]["tied"] == {"layers": 5, "first": "hr1"}
     assert "tied" not in rep["logits"]
     # three units measured (W's group, R's group, the head), not 12 layers
-    assert "measuring 3 layers at int8" in said
+    assert "measuring 3 layers at int8 (12 with the layers tied to them)" in said
     assert len({rep[l]["sensitivity_db"] for l in xw}) == 1
     # the budget forced raises: whatever moved, moved as a whole group
     assert any(c != "int8" for c in d.values())
