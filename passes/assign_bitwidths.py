@@ -159,16 +159,21 @@ def _layer_consts(n: Node):
 def layer_bytes(n: Node, choice: str) -> int:
     """Bytes the layer's weights and bias take in the artifact with this choice (0 when
     its weights are not float constants: they are what they are)."""
+    return sum(nbytes for _, nbytes in _const_bytes(n, choice))
+
+
+def _const_bytes(n: Node, choice: str) -> List[Tuple[int, int]]:
+    """[(id of the constant, its bytes with this choice)] for the layer's weight and bias."""
     consts = _layer_consts(n)
     if consts is None:
-        return 0
+        return []
     w, b = consts
     if choice == "float" or n.op not in QUANTIZABLE:
-        return w.type.nbytes + (b.type.nbytes if b else 0)
+        return [(id(c), c.type.nbytes) for c in (w, b) if c is not None]
     wbits = choice_bits(choice)[0]
     channels = w.shape[0] if n.op == "conv" else n.output.shape[-1]
     wb = (w.type.size + 1) // 2 if wbits == 4 else w.type.size * wbits // 8
-    return wb + (4 * channels if b is not None else 0)
+    return [(id(w), wb)] + ([(id(b), 4 * channels)] if b is not None else [])
 
 
 def _constant_weights(n: Node) -> bool:
@@ -180,19 +185,14 @@ def _constant_weights(n: Node) -> bool:
 
 
 def _fixed_bytes(graph: Graph, layers: List[Node]) -> int:
-    """Bytes of every constant no layer decision changes."""
+    """Bytes of every constant no layer decision changes (a weight several layers share is
+    a layer's: _Search.size counts it once, with the first of them)."""
     owned = set()
     for n in layers:
         consts = _layer_consts(n)
         if consts is not None:
             owned.update(id(c) for c in consts if c is not None)
-    shared = {id(c) for c in graph.constants.values()
-              if id(c) in owned and sum(1 for u in c.users() if u.op in LAYER_OPS) > 1}
-    total = weight_bytes(graph)
-    for c in graph.constants.values():
-        if id(c) in owned and id(c) not in shared:
-            total -= c.type.nbytes
-    return total
+    return weight_bytes(graph) - sum(c.type.nbytes for c in graph.constants.values() if id(c) in owned)
 
 
 @register_pass
@@ -353,8 +353,14 @@ class _Search:
         self.decisions.update(self._expand({l: choice}))
 
     def size(self, changes: Optional[Dict[str, str]] = None) -> int:
+        """Predicted bytes of the constants; a constant several layers read (an unrolled RNN's
+        W, one copy in the artifact) counts once."""
         d = {**self.decisions, **self._expand(changes or {})}
-        return self.fixed + sum(layer_bytes(self.by_name[l], c) for l, c in d.items())
+        counted: Dict[int, int] = {}
+        for l, c in d.items():
+            for key, nbytes in _const_bytes(self.by_name[l], c):
+                counted.setdefault(key, nbytes)
+        return self.fixed + sum(counted.values())
 
     def release(self) -> None:
         """Drop the cached activations and hand the freed heap back to the system: the

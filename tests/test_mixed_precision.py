@@ -616,3 +616,15 @@ def test_layers_sharing_weights_are_one_choice_measured_once():
     # the budget forced raises: whatever moved, moved as a whole group
     assert any(c != "int8" for c in d.values())
     assert all(rep[l].get("why") == rep["xw0"].get("why") for l in xw)
+
+
+def test_a_weight_many_layers_share_counts_once_in_the_size_budget():
+    """The artifact holds an unrolled RNN's W once, however many steps read it: the search's
+    size prediction must too, or a budget the int8 model meets narrows it to 4 bits."""
+    g, samples = _unrolled_rnn(n=64)  # W, R 64x64 and a 64x4 head: 8448 bytes at int8
+    for budget, narrowed in ((10000, False), (6000, True)):
+        q, ctx = _compile_graph_passes(g, samples, size_budget=budget, min_sqnr=0)
+        assert weight_bytes(q) == ctx.report["size_budget"]["predicted_bytes"] <= budget
+        bits = {k: v["bits"] for k, v in ctx.report["bitwidths"].items()}
+        assert any(b == "w4a8" for b in bits.values()) == narrowed, bits
+        assert len({bits[f"xw{t}"] for t in range(6)}) == 1
