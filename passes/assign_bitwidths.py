@@ -311,9 +311,9 @@ def tied_layers(layers: Sequence[Node]) -> Dict[str, List[str]]:
     instead of 353, each ~1 s of model runs)."""
     by_weight: Dict[int, List[str]] = {}
     for n in layers:
-        w = n.inputs[1] if len(n.inputs) > 1 else None
-        if w is not None and w.is_const:
-            by_weight.setdefault(id(w), []).append(n.name)
+        consts = _layer_consts(n)
+        if consts is not None:
+            by_weight.setdefault(id(consts[0]), []).append(n.name)
     return {names[0]: names for names in by_weight.values() if len(names) > 1}
 
 

@@ -358,6 +358,10 @@ class Graph:
             if not progress:
                 raise ValueError("graph has a cycle")
             pending = rest
+        self._set_order(order)
+
+    def _set_order(self, order: Sequence[Node]) -> None:
+        """The nodes, all of them, in this order."""
         self._head = self._tail = None
         self._count, self._order = 0, []
         for n in order:
@@ -411,14 +415,7 @@ class Graph:
                 nn.outputs.append(no)
             nn.graph = out
             order.append(nn)
-        prev = None
-        for nn in order:
-            nn._prev = prev
-            if prev is not None:
-                prev._next = nn
-            prev = nn
-        out._head, out._tail = (order[0], order[-1]) if order else (None, None)
-        out._count, out._order = len(order), order
+        out._set_order(order)
         out.outputs = [m[id(v)] for v in self.outputs]
         return out
 
