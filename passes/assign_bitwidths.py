@@ -162,18 +162,20 @@ def layer_bytes(n: Node, choice: str) -> int:
     return sum(nbytes for _, nbytes in _const_bytes(n, choice))
 
 
-def _const_bytes(n: Node, choice: str) -> List[Tuple[int, int]]:
-    """[(id of the constant, its bytes with this choice)] for the layer's weight and bias."""
+def _const_bytes(n: Node, choice: str) -> List[Tuple[Tuple[int, str], int]]:
+    """[((id of the constant, its form), its bytes in that form)] for the layer's weight and
+    bias. The form tells copies apart: layers sharing a weight share its int8 copy, but one
+    of them left float keeps the float copy in the artifact as well."""
     consts = _layer_consts(n)
     if consts is None:
         return []
     w, b = consts
     if choice == "float" or n.op not in QUANTIZABLE:
-        return [(id(c), c.type.nbytes) for c in (w, b) if c is not None]
+        return [((id(c), "float"), c.type.nbytes) for c in (w, b) if c is not None]
     wbits = choice_bits(choice)[0]
     channels = w.shape[0] if n.op == "conv" else n.output.shape[-1]
     wb = (w.type.size + 1) // 2 if wbits == 4 else w.type.size * wbits // 8
-    return [(id(w), wb)] + ([(id(b), 4 * channels)] if b is not None else [])
+    return [((id(w), f"w{wbits}"), wb)] + ([((id(b), "i32"), 4 * channels)] if b is not None else [])
 
 
 def _constant_weights(n: Node) -> bool:
@@ -354,9 +356,9 @@ class _Search:
 
     def size(self, changes: Optional[Dict[str, str]] = None) -> int:
         """Predicted bytes of the constants; a constant several layers read (an unrolled RNN's
-        W, one copy in the artifact) counts once."""
+        W, one copy in the artifact) counts once per form it takes (float, int8, ...)."""
         d = {**self.decisions, **self._expand(changes or {})}
-        counted: Dict[int, int] = {}
+        counted: Dict[Tuple[int, str], int] = {}
         for l, c in d.items():
             for key, nbytes in _const_bytes(self.by_name[l], c):
                 counted.setdefault(key, nbytes)

@@ -628,3 +628,13 @@ def test_a_weight_many_layers_share_counts_once_in_the_size_budget():
         bits = {k: v["bits"] for k, v in ctx.report["bitwidths"].items()}
         assert any(b == "w4a8" for b in bits.values()) == narrowed, bits
         assert len({bits[f"xw{t}"] for t in range(6)}) == 1
+
+
+def test_a_shared_weight_in_two_precisions_counts_twice_in_the_size_budget():
+    """A rule that pins some of the layers sharing a weight leaves the artifact with two
+    copies of it (float or 16-bit for those, int8 for the rest): the prediction counts both
+    (it had counted the weight once, at the first layer's precision: 20736 of 24832 bytes)."""
+    g, samples = _unrolled_rnn(n=64)
+    for rule in ("xw0=float", "xw0=w16", "xw0=float;hr1=w4", "logits=float;xw5=a16"):
+        q, ctx = _compile_graph_passes(g, samples, size_budget=100000, min_sqnr=0, precision=rule)
+        assert weight_bytes(q) == ctx.report["size_budget"]["predicted_bytes"], rule
