@@ -41,15 +41,16 @@ SIGNIFICANCE = 2.0  # standard errors
 
 
 def _bias_of(n: Node) -> Optional[np.ndarray]:
-    """The layer's bias as one value per output channel (zeros if it has none), or None
-    when it cannot be corrected (a gemm with a full-matrix bias, a computed bias)."""
+    """The layer's bias as one value per output channel, as added to the output (a gemm's
+    times beta; zeros if it has none), or None when it cannot be corrected (a gemm with a
+    full-matrix bias, a computed bias). _set_bias takes the same."""
     C = n.output.shape[1]
     b = n.inputs[2] if len(n.inputs) > 2 else None
     if b is None:
         return np.zeros(C)
     if not b.is_const:
         return None
-    d = b.data.astype(np.float64).reshape(-1)
+    d = b.data.astype(np.float64).reshape(-1) * (float(n.attrs.get("beta", 1.0)) if n.op == "gemm" else 1.0)
     if d.size == 1:
         return np.full(C, float(d[0]))
     return d if d.size == C else None
