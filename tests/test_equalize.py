@@ -71,3 +71,25 @@ def test_bias_correct_removes_the_mean_error_on_calibration_data():
     corrected, ctx = _quantized_mean_error(base + ",bias-correct", calib)
     assert ctx.report["bias_correction"]["method"] == "empirical"
     assert corrected.max() < 0.5 * plain.max(), (plain, corrected)
+
+
+def test_a_bias_shift_moves_a_gemms_output_by_exactly_that_with_any_beta():
+    """bias-correct and round-weights{shift-bias} move a layer's output by d through
+    _set_bias(n, _bias_of(n) + d): for a gemm, whose bias is added times beta, _bias_of
+    must be that product (it was the raw bias: with beta = 2 the output moved by d - C)."""
+    from qcc.ir.graph import Graph
+    from qcc.ir.types import TensorType
+    from qcc.passes.bias_correct import _bias_of, _set_bias
+
+    rng = np.random.default_rng(0)
+    g = Graph("gemm")
+    x = g.add_input("x", TensorType((4, 5), "f32"))
+    w = g.add_const("w", rng.normal(size=(3, 5)).astype(np.float32))
+    c = g.add_const("c", np.array([1.0, 2.0, 3.0], np.float32))
+    n = g.add_node("gemm", [x, w, c], {"alpha": 1.0, "beta": 2.0, "trans_a": 0, "trans_b": 1})
+    g.set_outputs([n.output])
+    feeds = {"x": rng.normal(size=(4, 5)).astype(np.float32)}
+    before = next(iter(run(g, feeds).values()))
+    d = np.array([0.5, -0.25, 1.0])
+    _set_bias(n, _bias_of(n) + d, g)
+    np.testing.assert_allclose(next(iter(run(g, feeds).values())) - before, np.broadcast_to(d, (4, 3)), atol=1e-5)
