@@ -145,7 +145,7 @@ def _sweep(q: Graph, targets: Dict[str, str], means: Dict[str, np.ndarray], samp
 
     for i, n in enumerate(nodes):
         run_all(n)
-        layer = targets.get(n.output.name)
+        layer = targets.get(n.outputs[0].name) if len(n.outputs) == 1 else None  # (a split has several)
         if layer is not None and n.output.quant is not None:
             qp = n.output.quant
             axis = 1 if n.op == "qconv" else n.output.type.rank - 1

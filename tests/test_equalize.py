@@ -93,3 +93,33 @@ def test_a_bias_shift_moves_a_gemms_output_by_exactly_that_with_any_beta():
     d = np.array([0.5, -0.25, 1.0])
     _set_bias(n, _bias_of(n) + d, g)
     np.testing.assert_allclose(next(iter(run(g, feeds).values())) - before, np.broadcast_to(d, (4, 3)), atol=1e-5)
+
+
+def test_bias_correct_runs_past_a_node_with_several_outputs():
+    """A split (YOLOv8's C2f blocks have them) in the swept graph: the sweep asked every node
+    for its single output and failed there ('split has 2 outputs')."""
+    from onnx import TensorProto, helper, numpy_helper as nh
+
+    rng = np.random.default_rng(0)
+    inits = [nh.from_array(rng.normal(0, 0.4, (8, 3, 3, 3)).astype(np.float32), "w1"),
+             nh.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "b1"),
+             nh.from_array(rng.normal(0, 0.4, (4, 4, 1, 1)).astype(np.float32), "w2"),
+             nh.from_array(rng.normal(0, 0.1, 4).astype(np.float32), "b2")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Split", ["r1"], ["s0", "s1"], axis=1),
+             helper.make_node("Conv", ["s0", "w2", "b2"], ["c2"]),
+             helper.make_node("Add", ["c2", "s1"], ["y"])]
+    graph = helper.make_graph(nodes, "split", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 4, 8, 8])],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    calib = [{"x": rng.normal(2.0, 0.5, (16, 3, 8, 8)).astype(np.float32)} for _ in range(3)]
+    g = qcc.import_onnx(model, {"x": (16, 3, 8, 8)})
+    assert any(len(n.outputs) > 1 for n in g.nodes)
+    ctx = PassContext(options={"calib": calib})
+    PassManager("canonicalize,fuse,insert-observers,propagate-ranges,assign-bitwidths{search=false},"
+                "bias-correct,quantize,fold-requantize,canonicalize").run(g, ctx)
+    assert ctx.report["bias_correction"]["method"] == "empirical"
+    assert ctx.report["bias_correction"]["max_shift"]  # it reached the layers, past the split
