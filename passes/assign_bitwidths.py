@@ -188,7 +188,7 @@ def _constant_weights(n: Node) -> bool:
 
 def _fixed_bytes(graph: Graph, layers: List[Node]) -> int:
     """Bytes of every constant no layer decision changes (a weight several layers share is
-    a layer's: _Search.size counts it once, with the first of them)."""
+    theirs: _Search.size counts it once per form the layers give it)."""
     owned = set()
     for n in layers:
         consts = _layer_consts(n)

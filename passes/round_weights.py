@@ -35,8 +35,8 @@ objective with the input's activation rounding in it (argmin ||X̃w'ᵀ - Xwᵀ|
 measured no better on PP-OCR cls and costs three K x K moments per layer.
 
 With `shift-bias=true`, where the layer's bias can take it (conv, gemm), the mean of the
-rounding error goes into the bias: Δb = -(Wq - W)·E[x], E[x] the mean im2col row on the calibration data, and the
-rounding is chosen for what is left, the error on the inputs' covariance (GPTQ on the
+rounding error goes into the bias: Δb = -(Wq - W)·E[x], E[x] the mean im2col row on the
+calibration data, and the rounding is chosen for what is left, the error on the inputs' covariance (GPTQ on the
 centred H). After a batch-norm fold, a channel that reads a near-constant input computes
 a small difference of large terms, and the int8 rounding of its weights alone can ruin
 the output; the shift removes most of that error (PP-OCRv2 rec: its first depthwise conv
@@ -77,6 +77,7 @@ import numpy as np
 
 from qcc.batches import imap_batches, in_order_on_a_thread, milestone, single_threaded_blas, workers
 from qcc.ir.graph import Graph, Node
+from qcc.passes.bias_correct import _bias_of, _correctable, _set_bias
 from qcc.ops._common import pad_spatial, windows
 from qcc.pass_manager import PassContext
 from qcc.passes.quantize import _observed, _output_end, bias_fit_scale, layer_bits
@@ -256,7 +257,7 @@ def layers_to_round(graph: Graph, decisions: Dict[str, str], int8: bool = False,
         G, R, K = W.shape
         scale = quantize_weights(W.reshape(G * R, K), 0, bits[0])[1].reshape(G, R)  # quantize's grid
         frozen = (np.abs(W).max(2) == 0) | _bias_fit_changes(n, W, scale, qmax)
-        out.append(Layer(n, bits[0], W, scale, frozen, correctable=shift_bias and _correctable(n)))
+        out.append(Layer(n, bits[0], W, scale, frozen, correctable=shift_bias and _correctable(n, {})))
     return out, skipped
 
 
@@ -467,17 +468,6 @@ def gptq(W: np.ndarray, H: np.ndarray, scale: np.ndarray, qmax: int, pinned: np.
     return np.take_along_axis(Q, np.argsort(order, axis=1)[:, None, :], axis=2)
 
 
-def _correctable(n: Node) -> bool:
-    """Whether the layer's bias can take a per-output-channel shift (quantize rounds it with
-    the weights): a conv, or a 2-d gemm whose bias is not multiplied by zero."""
-    from qcc.passes.bias_correct import _bias_of
-
-    if n.op != "conv" and not (n.op == "gemm" and n.output.type.rank == 2
-                               and float(n.attrs.get("beta", 1.0)) != 0.0):
-        return False
-    return _bias_of(n) is not None
-
-
 def centred(H: np.ndarray, S: np.ndarray, n: float, m: np.ndarray) -> np.ndarray:
     """Σ (x - m)(x - m)ᵀ over rows whose Σ xxᵀ is H and Σ x is S ([G, K, K], float32):
     the quadratic form of a weight change's output error once the bias takes its mean at
@@ -593,9 +583,9 @@ ROUNDED = "rounded_weights"  # ctx.options key of the roundings chosen before th
 
 def apply_rounded_weights(graph: Graph, decisions: Dict[str, str], table: Dict) -> List[str]:
     """Give each layer decided at the weight bits `round-weights{defer=true}` rounded it for
-    the weights it chose (`table`: {layer: (weight constant's name, bits, array, bias shift
-    or None)}), as long as the layer still reads that constant. `quantize` calls this, so does the bit-width
-    search for each candidate it measures: a layer the search keeps in float keeps its
+    the weights it chose (`table`: {layer: (weight constant's name, bits, array or None,
+    bias shift or None)}), as long as the layer still reads that constant. `quantize` calls
+    this, so does the bit-width search for each candidate it measures: a layer the search keeps in float keeps its
     float weights. Returns the layers changed."""
     done = []
     for n in list(graph.nodes):  # (a layer given a bias is a new node)
@@ -606,20 +596,20 @@ def apply_rounded_weights(graph: Graph, decisions: Dict[str, str], table: Dict) 
         b = layer_bits(decisions.get(n.name))
         w = n.inputs[1]
         if b is None or b[0] != bits or w is None or w.name != name or not w.is_const \
-                or tuple(w.shape) != arr.shape:
+                or (arr is not None and tuple(w.shape) != arr.shape):
             continue
         _write(n, arr, delta)
         done.append(n.name)
     return done
 
 
-def _write(n: Node, arr: np.ndarray, bias_delta: Optional[np.ndarray]) -> None:
-    """The layer's weights `arr` (on its grid), and its bias shifted by `bias_delta`."""
+def _write(n: Node, arr: Optional[np.ndarray], bias_delta: Optional[np.ndarray]) -> None:
+    """The layer's weights `arr` (on its grid; None: as they are), and its bias shifted by
+    `bias_delta`."""
     graph = n.graph
-    write_weights(n, arr)
+    if arr is not None:
+        write_weights(n, arr)
     if bias_delta is not None:
-        from qcc.passes.bias_correct import _bias_of, _set_bias
-
         _set_bias(n, _bias_of(n) + bias_delta, graph)
 
 
@@ -705,14 +695,14 @@ class RoundWeights(Pass):
         for l in layers:
             if l.rounded is None and l.bias_delta is None:
                 continue
-            arr = l.rounded if l.rounded is not None else _from_rows(l.node, l.W)
             if self.defer:
                 # in the constant's dtype: applied to every candidate the search measures,
                 # as is, without a copy per candidate
                 w = l.node.inputs[1]
-                table[l.node.name] = (w.name, l.bits, arr.astype(w.data.dtype), l.bias_delta)
+                arr = None if l.rounded is None else l.rounded.astype(w.data.dtype)
+                table[l.node.name] = (w.name, l.bits, arr, l.bias_delta)
             else:
-                _write(l.node, arr, l.bias_delta)
+                _write(l.node, l.rounded, l.bias_delta)
                 changed = True
         if self.defer:
             ctx.options[ROUNDED] = table
