@@ -80,6 +80,14 @@ class InsertObservers(Pass):
     method: str = "mse"
     percentile: float = 99.99
     per_tensor: str = ""  # 'glob:method;glob:method'
+    # a tensor read in 16 bits (an a16 layer's input) takes the observed extremes times this,
+    # whatever the method: 16 bits are fine enough not to clip, and held-out data passes the
+    # calibration extremes (qcc.calibrate.Observer.widened says by how much it pays)
+    headroom16: float = 2.0
+
+    def __post_init__(self):  # a pipeline with a bad option fails as it is read, not mid-run
+        if not self.headroom16 >= 1.0:
+            raise ValueError(f"headroom16 must be at least 1 (got {self.headroom16})")
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         if self.method not in METHODS:
@@ -118,7 +126,7 @@ class InsertObservers(Pass):
             ob = observers[n.inputs[0].name]
             try:
                 lo, hi = ob.range(n.attrs["method"], self.percentile)
-                lo16, hi16 = ob.range(n.attrs["method"], self.percentile, bits=16)
+                lo16, hi16 = ob.widened(self.headroom16)
             except CalibError as e:
                 raise CalibError(f"%{n.inputs[0].name}: {e}") from None
             n.attrs["range"] = [float(lo), float(hi)]

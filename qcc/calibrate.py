@@ -137,6 +137,21 @@ class Observer:
             return self._mse_range(bits)
         raise CalibError(f"unknown calibration method '{method}' (known: {', '.join(METHODS)})")
 
+    def widened(self, headroom: float) -> Tuple[float, float]:
+        """The observed extremes, each side away from zero scaled by `headroom`: the range
+        of a 16-bit activation. At 16 bits the grid is fine enough that clipping never pays
+        on the calibration data, and the data a model meets later reaches past it: on PP-OCR
+        cls, 1024 held-out crops against 32 calibration crops, all-w16a16 with the observed
+        extremes agreed with float on 99.61% (RMS error of p(class 0) 0.0161, nearly all of
+        it clipping), with 2x them 100% (0.0017), 4x 100% (0.0007); all-w8a16 99.12% ->
+        99.61% / 99.51%. Twice costs one of the 16 bits; a wider headroom costs more of the
+        resolution the 16 bits are there for (a layer raised to a16 is one whose input the
+        8-bit grid was too coarse for)."""
+        if self.count == 0:
+            raise CalibError("no finite values observed")
+        lo, hi = float(self.min), float(self.max)
+        return (lo * headroom if lo < 0 else lo), (hi * headroom if hi > 0 else hi)
+
     def _abs_hist(self) -> np.ndarray:
         h = self.hist
         half = self.bins // 2

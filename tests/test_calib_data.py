@@ -293,6 +293,14 @@ def test_minmax_keeps_the_outliers(gauss_outliers):
     assert _observe(gauss_outliers).range("minmax") == (-42.0, 40.0)
 
 
+def test_a_16_bit_range_is_the_extremes_widened_away_from_zero(gauss_outliers):
+    assert _observe(gauss_outliers).widened(4.0) == (-168.0, 160.0)
+    assert _observe(np.array([0.5, 1.0, 3.0], np.float32)).widened(4.0) == (0.5, 12.0)  # lo stays
+    assert _observe(np.array([-3.0, -1.0], np.float32)).widened(2.0) == (-6.0, -1.0)
+    with pytest.raises(CalibError):
+        Observer().widened(4.0)
+
+
 @pytest.mark.parametrize("method", ["percentile", "entropy"])
 def test_percentile_and_entropy_clip_outliers_to_the_bulk(gauss_outliers, method):
     lo, hi = _observe(gauss_outliers).range(method)

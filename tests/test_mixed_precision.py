@@ -16,6 +16,7 @@ from qcc.interp import run as interp_run
 from qcc.ir import Graph, TensorType
 from qcc.ops.quant import accumulator_dtype
 from qcc.pass_manager import PassContext, PassManager
+from qcc.passes_registry import PassError
 from qcc.passes.assign_bitwidths import normalize_choice, parse_error_budget, parse_precision, parse_size
 from qcc.quantization import pack_int4, quantize_weights, unpack_int4
 
@@ -240,6 +241,29 @@ def test_quantize_with_per_layer_bits():
     assert set(rep.values()) == {"w4a8"}
     assert all(v["precision"] == "w4a8" and v["weight_bits"] == 4
                for v in w4[3].report["layers_quantized"].values())
+
+
+def test_16_bit_activations_do_not_clip_inputs_past_the_calibration_extremes():
+    """An a16 layer's input range is the calibrated extremes times insert-observers'
+    headroom16 (2 by default): an input 1.8 times any calibration sample's loses nothing to
+    clipping, where the bare extremes (headroom16=1) clip it."""
+    g, samples = _calibrated_tiny()
+    held_out = [{k: 1.8 * v for k, v in f.items()} for f in samples]
+
+    def sqnr(observers):
+        q = g.copy()
+        PassManager(f"canonicalize,fuse,{observers},propagate-ranges,assign-bitwidths,quantize,"
+                    "fold-requantize,canonicalize").run(
+            q, PassContext(options={"calib": samples, "precision": "*=w16a16"}))
+        obs = [n for n in q.nodes if n.op == "quantize" and n.inputs[0] in q.inputs]
+        assert obs and all(n.attrs["dtype"] == "i16" for n in obs)
+        return min(_sqnr(list(interp_run(g, f).values())[0], list(interp_run(q, f).values())[0])
+                   for f in held_out)
+
+    widened, bare = sqnr("insert-observers"), sqnr("insert-observers{headroom16=1}")
+    assert widened > 60 and bare < 40, (widened, bare)
+    with pytest.raises(PassError, match="headroom16 must be at least 1"):
+        PassManager("insert-observers{headroom16=0.5}")
 
 
 # --- assign-bitwidths: overrides and budgets are honoured -------------------------------------------
