@@ -135,4 +135,4 @@ class InsertObservers(Pass):
             n.attrs["source"] = "observer"
         ctx.properties.add("calibrated")
         ctx.report["calibration"] = {"batches": len(samples), "tensors": len(names),
-                                     "method": self.method}
+                                     "method": self.method, "headroom16": self.headroom16}

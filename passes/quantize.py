@@ -142,6 +142,15 @@ def _source(v: Optional[Value]) -> str:
     return ""
 
 
+def _input_source(v: Optional[Value], qx: QuantParams) -> str:
+    """_source, marked '+headroom16' where a 16-bit input took its range16: the calibrated
+    extremes widened by insert-observers' headroom16 (the report's calibration says by how much)."""
+    p = v.producer if v is not None else None
+    wide = qx.dtype == "i16" and p is not None and p.op == "observe" and p.attrs.get("range16") \
+        and not p.attrs.get("scale")
+    return _source(v) + ("+headroom16" if wide else "")
+
+
 def _only_user(v: Value) -> Optional[Node]:
     users = v.users()
     return users[0] if len(users) == 1 else None
@@ -462,6 +471,7 @@ class Quantize(Pass):
         if x is None:
             return None
         (xq, qx), (end_obs, clamp) = x, end
+        in_source = _input_source(n.inputs[0], qx)  # now: the rewrite below detaches n's inputs
         end_v = end_obs.output
         wq, ws, out_axis, w_axis, bias = wts
         wbits = 8 if fixed else wbits  # a QDQ model's int8 weights are used as they are
@@ -512,7 +522,7 @@ class Quantize(Pass):
             return {**bits_info, "op": n.op, "output_value": exit_v.name.removesuffix(".obs"),
                     "output": "int32 accumulator, dequantized (float readers only)",
                     "dequantize": dq.output.name, "input_range": list(qx.range or ()),
-                    "input_range_source": _source(n.inputs[0]), "x_scale": sx, "x_zero_point": qx.zero_point[0],
+                    "input_range_source": in_source, "x_scale": sx, "x_zero_point": qx.zero_point[0],
                     "weight_scales": [float(v) for v in np.atleast_1d(ws)], "fused_activation": False}
         mults = [_multiplier(float(s) / sy) for s in np.atleast_1d(acc_scale)]
         lo = qy.qmin if not np.isfinite(clamp[0]) else int(np.clip(round(clamp[0] / sy) + qy.zero_point[0], qy.qmin, qy.qmax))
@@ -534,7 +544,7 @@ class Quantize(Pass):
                 g.rename(dq.output, base)
         return {**bits_info, "op": n.op, "output_value": end_v.name.removesuffix(".obs"),
                 "requantize": rq.output.name, "input_range": list(qx.range or ()),
-                "input_range_source": _source(n.inputs[0]), "output_range": list(qy.range or ()),
+                "input_range_source": in_source, "output_range": list(qy.range or ()),
                 "output_range_source": end_obs.attrs.get("source", ""), "x_scale": sx, "x_zero_point": qx.zero_point[0], "y_scale": sy,
                 "y_zero_point": qy.zero_point[0], "weight_scales": [float(s) for s in np.atleast_1d(ws)],
                 "multiplier": rq_attrs["multiplier"], "shift": rq_attrs["shift"],

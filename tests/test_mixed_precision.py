@@ -243,6 +243,16 @@ def test_quantize_with_per_layer_bits():
                for v in w4[3].report["layers_quantized"].values())
 
 
+def test_the_report_says_where_each_layers_input_range_came_from():
+    """input_range_source was read after the rewrite had detached the layer's inputs, and
+    was '' for every layer."""
+    g, samples = _calibrated_tiny()
+    _, ctx = _compile_graph_passes(g, samples)
+    sources = {k: l["input_range_source"] for k, l in ctx.report["layers_quantized"].items()}
+    assert sources["c1"] == "observer" and sources["dw"] == "previous layer's output", sources
+    assert all(sources.values()), sources
+
+
 def test_16_bit_activations_do_not_clip_inputs_past_the_calibration_extremes():
     """An a16 layer's input range is the calibrated extremes times insert-observers'
     headroom16 (2 by default): an input 1.8 times any calibration sample's loses nothing to
@@ -251,12 +261,15 @@ def test_16_bit_activations_do_not_clip_inputs_past_the_calibration_extremes():
     held_out = [{k: 1.8 * v for k, v in f.items()} for f in samples]
 
     def sqnr(observers):
-        q = g.copy()
+        q, ctx = g.copy(), PassContext(options={"calib": samples, "precision": "*=w16a16"})
         PassManager(f"canonicalize,fuse,{observers},propagate-ranges,assign-bitwidths,quantize,"
-                    "fold-requantize,canonicalize").run(
-            q, PassContext(options={"calib": samples, "precision": "*=w16a16"}))
+                    "fold-requantize,canonicalize").run(q, ctx)
         obs = [n for n in q.nodes if n.op == "quantize" and n.inputs[0] in q.inputs]
         assert obs and all(n.attrs["dtype"] == "i16" for n in obs)
+        # the report says where a 16-bit range came from
+        sources = {l["input_range_source"] for l in ctx.report["layers_quantized"].values()}
+        assert "observer+headroom16" in sources, sources
+        assert ctx.report["calibration"]["headroom16"] == (1.0 if "headroom16=1" in observers else 2.0)
         return min(_sqnr(list(interp_run(g, f).values())[0], list(interp_run(q, f).values())[0])
                    for f in held_out)
 
