@@ -547,7 +547,7 @@ def round_layer(l: Layer, damp: float) -> Dict:
         if Wk is not near:
             chosen[mine] = Wk[mine]
         if mean is not None:
-            delta[mine] = np.einsum("rk,rk->r", (W - Wk)[mine], np.broadcast_to(mean[:, None], W.shape)[mine])
+            delta[mine] = np.einsum("grk,gk->gr", W - Wk, mean)[mine]
     moved = (pick > 0) & np.array([c[0] is not near for c in cands])[pick]
     l.rounded = _from_rows(l.node, chosen) if moved.any() else None
     l.bias_delta = delta.reshape(-1) if (delta != 0).any() else None
@@ -606,11 +606,10 @@ def apply_rounded_weights(graph: Graph, decisions: Dict[str, str], table: Dict) 
 def _write(n: Node, arr: Optional[np.ndarray], bias_delta: Optional[np.ndarray]) -> None:
     """The layer's weights `arr` (on its grid; None: as they are), and its bias shifted by
     `bias_delta`."""
-    graph = n.graph
     if arr is not None:
         write_weights(n, arr)
     if bias_delta is not None:
-        _set_bias(n, _bias_of(n) + bias_delta, graph)
+        _set_bias(n, _bias_of(n) + bias_delta, n.graph)
 
 
 def _db(before: float, after: float) -> float:
