@@ -59,24 +59,56 @@ class PassContext:
 
 # --- pipeline text ---------------------------------------------------------------------
 
+QUOTES = "'\""
+
+
 def _split_top(text: str, sep: str = ",") -> List[str]:
-    parts, depth, cur = [], 0, ""
+    """`text` split at `sep` outside braces and quotes (a quoted option value may hold any of
+    `,;{} `: `round-weights{exclude='head*;fc*'}`)."""
+    parts, depth, cur, quote = [], 0, "", ""
     for ch in text:
-        if ch == "{":
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in QUOTES:
+            quote = ch
+        elif ch == "{":
             depth += 1
         elif ch == "}":
             depth -= 1
             if depth < 0:
                 raise PassError(f"unbalanced '}}' in pipeline '{text}'")
-        if ch == sep and depth == 0:
+        if ch == sep and depth == 0 and not quote:
             parts.append(cur)
             cur = ""
         else:
             cur += ch
+    if quote:
+        raise PassError(f"unclosed {quote} in pipeline '{text}'")
     if depth:
         raise PassError(f"unbalanced '{{' in pipeline '{text}'")
     parts.append(cur)
     return [p.strip() for p in parts if p.strip()]
+
+
+def _option_items(opts: str) -> List[str]:
+    """`key=v key2='a b;c', key3="x,y"` -> ['key=v', 'key2=a b;c', 'key3=x,y']: items are
+    separated by spaces or commas outside quotes, and a value's quotes are dropped."""
+    items, cur, quote, quoted = [], "", "", False
+    for ch in opts + " ":
+        if quote:
+            if ch == quote:
+                quote = ""
+            else:
+                cur += ch
+        elif ch in QUOTES:
+            quote, quoted = ch, True
+        elif ch in " ,\t\n":
+            if cur or quoted:
+                items.append(cur)
+            cur, quoted = "", False
+        else:
+            cur += ch
+    return items
 
 
 def _convert(value: str, typ, where: str):
@@ -116,7 +148,7 @@ def parse_pass(spec: str) -> Pass:
     fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
     hints = typing.get_type_hints(cls) if fields else {}
     kwargs = {}
-    for item in opts.replace(",", " ").split() if opts.strip() else []:
+    for item in _option_items(opts):
         if "=" not in item:
             raise PassError(f"pass '{info.name}': option '{item}' needs a value (key=value)")
         k, v = item.split("=", 1)

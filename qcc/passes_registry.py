@@ -66,7 +66,11 @@ def format_option(v) -> str:
         return "true" if v else "false"
     if isinstance(v, (list, tuple)):
         return ",".join(map(format_option, v))
-    return str(v)
+    text = str(v)
+    if text == "" or any(c in text for c in " ,{}'\"\t\n"):
+        # quoted, so that the pipeline text parses back to the same option
+        return '"' + text + '"' if "'" in text else "'" + text + "'"
+    return text
 
 
 @dataclass(frozen=True)

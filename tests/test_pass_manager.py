@@ -97,6 +97,7 @@ def test_function_pass_options():
     ("canonicalize{max-iters=2", "unbalanced"),
     ("canonicalize{max-iters}", "needs a value"),
     ("canonicalize{fold=maybe}", "expected true or false"),
+    ("round-weights{exclude='head*}", "unclosed '"),
 ])
 def test_bad_pipelines(text, msg):
     with pytest.raises(PassError, match=msg):
@@ -107,6 +108,21 @@ def test_pipeline_text_roundtrips():
     ps = parse_pipeline(" canonicalize{max-iters=3}, canonicalize ")
     assert pipeline_text(ps) == "canonicalize{max-iters=3},canonicalize"
     assert pipeline_text(parse_pipeline(pipeline_text(ps))) == pipeline_text(ps)
+
+
+def test_quoted_option_values_keep_separators_and_lose_their_quotes():
+    """The documented form `exclude='glob;glob'` once kept its quotes in the value, so the
+    first and last globs matched no layer (silently), and a value could hold no space or
+    comma; --print-pipeline quotes such a value so the text parses back to the same pass."""
+    (rw,) = parse_pipeline("round-weights{exclude='head*;fc*'}")
+    assert rw.exclude == "head*;fc*"
+    ps = parse_pipeline("insert-observers{per-tensor=\"conv 1*:minmax,fc{2}*:mse\" percentile=99.9},canonicalize")
+    assert [p.name for p in ps] == ["insert-observers", "canonicalize"]
+    assert ps[0].per_tensor == "conv 1*:minmax,fc{2}*:mse" and ps[0].percentile == 99.9
+    assert pipeline_text(parse_pipeline(pipeline_text(ps))) == pipeline_text(ps)
+    assert parse_pipeline(pipeline_text(ps))[0].per_tensor == ps[0].per_tensor
+    # an unquoted value prints as it was given
+    assert pipeline_text(parse_pipeline("round-weights{exclude=head*;fc*}")) == "round-weights{exclude=head*;fc*}"
 
 
 def test_optimization_levels_are_pipeline_strings():
