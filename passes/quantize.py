@@ -143,12 +143,16 @@ def _source(v: Optional[Value]) -> str:
 
 
 def _input_source(v: Optional[Value], qx: QuantParams) -> str:
-    """_source, marked '+headroom16' where a 16-bit input took its range16: the calibrated
-    extremes widened by insert-observers' headroom16 (the report's calibration says by how much)."""
+    """_source, with the observer's method ('observer:mse', 'observer:minmax': insert-observers
+    chooses per tensor), marked '+headroom16' where a 16-bit input took its range16: the
+    calibrated extremes widened by insert-observers' headroom16 (the report's calibration says
+    by how much)."""
     p = v.producer if v is not None else None
-    wide = qx.dtype == "i16" and p is not None and p.op == "observe" and p.attrs.get("range16") \
-        and not p.attrs.get("scale")
-    return _source(v) + ("+headroom16" if wide else "")
+    observed = p is not None and p.op == "observe" and p.attrs.get("source") == "observer"
+    wide = qx.dtype == "i16" and observed and p.attrs.get("range16") and not p.attrs.get("scale")
+    if wide:
+        return _source(v) + "+headroom16"
+    return _source(v) + (f":{p.attrs['method']}" if observed and p.attrs.get("method") else "")
 
 
 def _only_user(v: Value) -> Optional[Node]:

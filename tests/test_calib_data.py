@@ -509,3 +509,6 @@ def test_a_tensor_with_one_value_per_channel_per_sample_keeps_its_extremes(optio
     pooled = np.concatenate([b["x"].mean(axis=(2, 3)).ravel() for b in batches])
     if expect == "minmax":
         np.testing.assert_allclose(obs["p"]["range"], [pooled.min(), pooled.max()], rtol=1e-5)
+    # and the report says which method each layer's input range came from
+    qcc.PassManager("propagate-ranges,assign-bitwidths,quantize").run(g, ctx)
+    assert ctx.report["layers_quantized"]["y"]["input_range_source"] == f"observer:{expect}"

@@ -249,7 +249,7 @@ def test_the_report_says_where_each_layers_input_range_came_from():
     g, samples = _calibrated_tiny()
     _, ctx = _compile_graph_passes(g, samples)
     sources = {k: l["input_range_source"] for k, l in ctx.report["layers_quantized"].items()}
-    assert sources["c1"] == "observer" and sources["dw"] == "previous layer's output", sources
+    assert sources["c1"] == "observer:mse" and sources["dw"] == "previous layer's output", sources
     assert all(sources.values()), sources
 
 
