@@ -62,11 +62,6 @@ def _wants_observer(v: Value, outputs) -> bool:
     return v.producer is None or v.producer.op not in SKIP_PRODUCERS
 
 
-def _one_per_channel(v: Value) -> bool:
-    shape = v.shape or ()
-    return len(shape) >= 2 and all(d == 1 for d in shape[2:])
-
-
 @register_pass
 @dataclass(frozen=True)
 class InsertObservers(Pass):
@@ -89,26 +84,15 @@ class InsertObservers(Pass):
     # whatever the method: 16 bits are fine enough not to clip, and held-out data passes the
     # calibration extremes (qcc.calibrate.Observer.widened says by how much it pays)
     headroom16: float = 2.0
-    # a tensor holding one value per channel per sample (global pooled features, squeeze-excite
-    # paths, a classifier's features, an unrolled RNN's steps) takes this method instead, unless
-    # --calib-method or per-tensor says otherwise. Its histogram holds as many values per channel
-    # as there are calibration samples, so its tail is barely sampled, and what mse clips there is
-    # a whole sample's feature. Measured at -O2 (2026-12-07, docs/equalization.md): PP-OCR cls on
-    # 4096 held-out crops 70 -> 65 and 85 -> 79 flips (two calibration sets of 32, search off);
-    # PP-OCRv2 rec 60.4% -> 64.6% exact strings; the six other models of benchmarks/unseen.py
-    # within one sample or 0.5 dB
-    pooled: str = "minmax"
 
     def __post_init__(self):  # a pipeline with a bad option fails as it is read, not mid-run
-        for m in (self.method, self.pooled):
-            if m not in METHODS:
-                raise ValueError(f"unknown calibration method '{m}' (known: {', '.join(METHODS)})")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown calibration method '{self.method}' (known: {', '.join(METHODS)})")
         if not self.headroom16 >= 1.0:
             raise ValueError(f"headroom16 must be at least 1 (got {self.headroom16})")
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         method = ctx.options.get("calib_method") or self.method
-        pooled = ctx.options.get("calib_method") or self.pooled
         overrides = _parse_overrides(self.per_tensor)
         first = graph.nodes[0] if len(graph) else None
         outs = set(graph.outputs)
@@ -117,8 +101,7 @@ class InsertObservers(Pass):
         if not targets:
             return False
         for v in targets:
-            m = next((mm for pat, mm in overrides.items() if fnmatch.fnmatchcase(v.name, pat)),
-                     pooled if _one_per_channel(v) else method)
+            m = next((mm for pat, mm in overrides.items() if fnmatch.fnmatchcase(v.name, pat)), method)
             uses = list(v.uses)
             node = graph.add_node("observe", [v], {"method": m}, names=[v.name + ".obs"], types=[v.type],
                                   **({"after": v.producer} if v.producer is not None else {"before": first}))
@@ -152,4 +135,4 @@ class InsertObservers(Pass):
             n.attrs["source"] = "observer"
         ctx.properties.add("calibrated")
         ctx.report["calibration"] = {"batches": len(samples), "tensors": len(names),
-                                     "method": self.method, "pooled": self.pooled, "headroom16": self.headroom16}
+                                     "method": self.method, "headroom16": self.headroom16}

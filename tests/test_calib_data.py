@@ -476,39 +476,3 @@ def test_mse_range_is_the_candidate_loops_choice(kind):
             if step > 0 and err < best_err:
                 best_err, best = err, (lo, hi)
         assert ob.range("mse", bits=bits) == (float(best[0]), float(best[1])), (kind, bits)
-
-
-POOLED = """graph @main(%x: f32[8,4,16,16]) {
-  %p = qcc.global_avg_pool(%x) : f32[8,4,1,1]
-  %w = const dense<[1.0, -1.0, 0.5, 2.0, 0.25, 1.0, -0.5, 1.5]> : f32[2,4,1,1]
-  %y = qcc.conv(%p, %w, none) {dilations=[1, 1], group=1, pads=[0, 0, 0, 0], strides=[1, 1]} : f32[8,2,1,1]
-  return %y
-}
-"""
-
-
-@pytest.mark.parametrize("options, pass_opts, expect", [
-    ({}, "", "minmax"),
-    ({"calib_method": "percentile"}, "", "percentile"),  # the user's method holds everywhere
-    ({}, "{pooled=mse}", "mse"),
-])
-def test_a_tensor_with_one_value_per_channel_per_sample_keeps_its_extremes(options, pass_opts, expect):
-    """Global pooled features (and a squeeze-excite path, a classifier's features) hold one value
-    per channel per image: 32 calibration images sample each channel's tail 32 times, and what
-    mse clips there is whole images' features, which held-out images pass more often still. Such
-    a tensor takes its observed extremes; a spatial tensor keeps the pass's method."""
-    g = qcc.parse(POOLED)
-    rng = np.random.default_rng(0)
-    batches = [{"x": (rng.normal(size=(8, 4, 16, 16)) + rng.standard_t(2, size=(8, 4, 1, 1))).astype(np.float32)}
-               for _ in range(4)]
-    ctx = qcc.PassContext(options={"calib": batches, **options})
-    qcc.PassManager(f"insert-observers{pass_opts}").run(g, ctx)
-    obs = {n.inputs[0].name: n.attrs for n in g.nodes if n.op == "observe"}
-    assert obs["p"]["method"] == expect
-    assert obs["x"]["method"] == options.get("calib_method", "mse")
-    pooled = np.concatenate([b["x"].mean(axis=(2, 3)).ravel() for b in batches])
-    if expect == "minmax":
-        np.testing.assert_allclose(obs["p"]["range"], [pooled.min(), pooled.max()], rtol=1e-5)
-    # and the report says which method each layer's input range came from
-    qcc.PassManager("propagate-ranges,assign-bitwidths,quantize").run(g, ctx)
-    assert ctx.report["layers_quantized"]["y"]["input_range_source"] == f"observer:{expect}"

@@ -98,6 +98,7 @@ def test_function_pass_options():
     ("canonicalize{max-iters}", "needs a value"),
     ("canonicalize{fold=maybe}", "expected true or false"),
     ("round-weights{exclude='head*}", "unclosed '"),
+    ("insert-observers{method=nope}", "unknown calibration method 'nope'"),  # as read, not mid-run
 ])
 def test_bad_pipelines(text, msg):
     with pytest.raises(PassError, match=msg):
