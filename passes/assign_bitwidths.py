@@ -294,13 +294,16 @@ class AssignBitwidths(Pass):
 
         per = max(sum(int(np.asarray(a).size) for a in batches[0].values()), 1)
         n = max(1, min(self.samples, self.sample_values // per, len(batches)))
+        limit = "" if n == len(batches) else "samples" if n == self.samples else "sample-values"
         per_batch = activation_bytes(graph)
         by_memory = max(1, self.cache_bytes // max(3 * per_batch, 1))
         if by_memory < n:
-            ctx.report["bitwidth_search_batches"] = (
-                f"{by_memory} of {n}: one batch's activations are {per_batch / 2**20:.0f} MB "
-                f"and the search keeps three sets (cache-bytes={self.cache_bytes})")
+            limit = (f"cache-bytes: one batch's activations are {per_batch / 2**20:.0f} MB "
+                     f"and the search keeps three sets (cache-bytes={self.cache_bytes})")
             n = by_memory
+        # the driver measures the report's errors on the batches after these, when there are any
+        ctx.report["bitwidth_search_batches"] = {"measured": n, "of": len(batches),
+                                                 **({"limited_by": limit} if limit else {})}
         return batches[:n]
 
 

@@ -374,7 +374,11 @@ def _print_summary(report: Dict, out: str) -> None:
     if report["layers"]:
         print(summary_table(report))
     if s.get("output_sqnr_db"):
-        print("  output SQNR vs float: " + ", ".join(f"{k} {v:.1f} dB" for k, v in s["output_sqnr_db"].items()))
+        eb = report.get("error_batches")
+        where = (f" (calibration batches {eb['first']}-{eb['last']} of {eb['of']}"
+                 f"{', unseen by the bit-width search' if eb['unseen_by_bitwidth_search'] else ''})") if eb else ""
+        print("  output SQNR vs float: " + ", ".join(f"{k} {v:.1f} dB" for k, v in s["output_sqnr_db"].items())
+              + where)
     if report.get("recipes"):
         r = report["recipes"]
         held = ", ".join(f"{c['held_out_output_sqnr_db']} dB" for c in r["candidates"])

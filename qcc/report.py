@@ -165,7 +165,8 @@ def build_report(g: Graph, float_graph_bytes: int, opaque: List[str], pass_repor
     report = {"layers": layers, "opaque_ops": opaque, "summary": summary}
     for key in ("bitwidths", "shared_scale_groups", "calibration", "fused", "embeddings", "equalized", "smoothed",
                 "round_weights_before_search", "round_weights",
-                "predicted_output_sqnr_db", "size_budget", "bitwidth_search_batches", "bitwidth_search_stopped"):
+                "predicted_output_sqnr_db", "size_budget", "bitwidth_search_batches", "bitwidth_search_stopped",
+                "error_batches"):
         if key in pass_report:
             report[key] = pass_report[key]
     return report

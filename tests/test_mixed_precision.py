@@ -443,12 +443,13 @@ def test_measurements_use_fewer_batches_when_inputs_are_large():
     assert len(AssignBitwidths(sample_values=10)._measurement_batches(g, batches, ctx)) == 1
     small = [{"x": np.zeros((1, 3, 48, 192), np.float32)} for _ in range(6)]
     assert len(AssignBitwidths()._measurement_batches(g, small, ctx)) == 4
-    assert "bitwidth_search_batches" not in ctx.report
+    assert ctx.report["bitwidth_search_batches"] == {"measured": 4, "of": 6, "limited_by": "samples"}
     # ... and when the activations the search keeps (three sets per batch) would pass cache-bytes
     act = activation_bytes(g)
     assert act > 0
     few = AssignBitwidths(cache_bytes=3 * act * 2)._measurement_batches(g, small, ctx)
-    assert len(few) == 2 and ctx.report["bitwidth_search_batches"].startswith("2 of 4")
+    assert len(few) == 2 and ctx.report["bitwidth_search_batches"]["measured"] == 2
+    assert ctx.report["bitwidth_search_batches"]["limited_by"].startswith("cache-bytes")
     assert len(AssignBitwidths(cache_bytes=1)._measurement_batches(g, small, PassContext())) == 1
 
 
