@@ -237,6 +237,18 @@ def test_python_api_compiles_two_targets_in_one_process(tmp_path):
     assert a["summary"]["macs"] == b["summary"]["macs"] > 0
 
 
+def _conv_relu_pool(path, dtype, rng) -> None:
+    """A 3x3 conv (8 channels), relu and global average pool over x [N, 3, 16, 16] in `dtype`."""
+    elem = TensorProto.FLOAT16 if dtype == np.float16 else TensorProto.FLOAT
+    w = (rng.standard_normal((8, 3, 3, 3)) * 0.2).astype(dtype)
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("GlobalAveragePool", ["r"], ["y"])], "m",
+        [helper.make_tensor_value_info("x", elem, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", elem, None)], [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
 @pytest.mark.parametrize("level", ["O1", "O2"])
 def test_float16_model_quantizes(tmp_path, level):
     """A model exported in float16 compiles at -O1/-O2 (promote-f16 computes it in float32;
@@ -245,13 +257,7 @@ def test_float16_model_quantizes(tmp_path, level):
     import onnxruntime as ort
 
     rng = np.random.default_rng(0)
-    w = (rng.standard_normal((8, 3, 3, 3)) * 0.2).astype(np.float16)
-    g = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
-         helper.make_node("GlobalAveragePool", ["r"], ["y"])], "f16",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 3, 16, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)], [numpy_helper.from_array(w, "w")])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    _conv_relu_pool(tmp_path / "m.onnx", np.float16, rng)
     np.savez(tmp_path / "c.npz", x=rng.standard_normal((8, 3, 16, 16)).astype(np.float16))
     report = qcc.compile(tmp_path / "m.onnx", tmp_path / "out", target="host", opt_level=level,
                          calib=tmp_path / "c.npz")
@@ -303,13 +309,7 @@ def test_the_reports_errors_are_measured_where_the_search_did_not_choose(tmp_pat
     dB on the first 8 crops, 30.0 on the 8 after the search's 4, and 26.3 dB on 4096 held-out crops. The
     report's errors come from the batches after the search's when there are any, and say so."""
     rng = np.random.default_rng(0)
-    w = (rng.standard_normal((8, 3, 3, 3)) * 0.2).astype(np.float32)
-    g = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
-         helper.make_node("GlobalAveragePool", ["r"], ["y"])], "m",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "w")])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    _conv_relu_pool(tmp_path / "m.onnx", np.float32, rng)
     np.savez(tmp_path / "c.npz", x=rng.standard_normal((n, 3, 16, 16)).astype(np.float32))
     report = qcc.compile(tmp_path / "m.onnx", tmp_path / "out", target="host", opt_level="O2",
                          calib=tmp_path / "c.npz", input_shapes={"x": (1, 3, 16, 16)})
