@@ -86,8 +86,11 @@ def _give_bias(n: Node, c, g: Graph) -> Node:
     return new
 
 
-def _correctable(n: Node, decisions: Dict[str, str]) -> bool:
-    if n.op not in LAYERS or decisions.get(n.name, "int8") == "float" or not n.inputs[1].is_const:
+def _correctable(n: Node, decisions: Optional[Dict[str, str]] = None) -> bool:
+    """Whether the layer's bias can take a per-output-channel shift: a conv, or a 2-d gemm
+    whose bias is not multiplied by zero, with constant weights and not decided float
+    (`decisions`: none given, every layer counts as int8)."""
+    if n.op not in LAYERS or (decisions or {}).get(n.name, "int8") == "float" or not n.inputs[1].is_const:
         return False
     if n.op == "gemm" and (n.attrs.get("trans_a", 0) or n.output.type.rank != 2
                            or float(n.attrs.get("beta", 1.0)) == 0.0):

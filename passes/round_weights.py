@@ -257,7 +257,7 @@ def layers_to_round(graph: Graph, decisions: Dict[str, str], int8: bool = False,
         G, R, K = W.shape
         scale = quantize_weights(W.reshape(G * R, K), 0, bits[0])[1].reshape(G, R)  # quantize's grid
         frozen = (np.abs(W).max(2) == 0) | _bias_fit_changes(n, W, scale, qmax)
-        out.append(Layer(n, bits[0], W, scale, frozen, correctable=shift_bias and _correctable(n, {})))
+        out.append(Layer(n, bits[0], W, scale, frozen, correctable=shift_bias and _correctable(n)))
     return out, skipped
 
 
