@@ -24,7 +24,7 @@ all-int8:
    did not pay. Never below `min-int8-fraction` of the MACs in 8-bit-or-narrower integer,
    never over the size budget.
 
-Measurements run on calibration batches spread over the set (`samples`, fewer for large inputs:
+Measurements run on the first calibration batches (`samples`, fewer for large inputs:
 `sample_values`, or for large activations: `cache-bytes`, said in the report under
 `bitwidth_search_batches`); each candidate recomputes only what lies downstream of its layer.
 
@@ -288,10 +288,8 @@ class AssignBitwidths(Pass):
 
     def _measurement_batches(self, graph: Graph, batches: List[Dict[str, np.ndarray]],
                              ctx: PassContext) -> List[Dict[str, np.ndarray]]:
-        """Calibration batches spread over the set (qcc.batches.spread): up to `samples` of
-        them, `sample_values` input values and `cache-bytes` of cached activations (at least
-        one batch)."""
-        from qcc.batches import spread
+        """The first calibration batches: up to `samples` of them, `sample_values` input
+        values and `cache-bytes` of cached activations (at least one batch)."""
         from qcc.sensitivity import activation_bytes
 
         per = max(sum(int(np.asarray(a).size) for a in batches[0].values()), 1)
@@ -303,11 +301,10 @@ class AssignBitwidths(Pass):
             limit = (f"cache-bytes: one batch's activations are {per_batch / 2**20:.0f} MB "
                      f"and the search keeps three sets (cache-bytes={self.cache_bytes})")
             n = by_memory
-        # the driver measures the report's errors on other batches, when there are any
-        chosen = spread(len(batches), n)
-        ctx.report["bitwidth_search_batches"] = {"measured": n, "of": len(batches), "batches": [i + 1 for i in chosen],
+        # the driver measures the report's errors on the batches after these, when there are any
+        ctx.report["bitwidth_search_batches"] = {"measured": n, "of": len(batches),
                                                  **({"limited_by": limit} if limit else {})}
-        return [batches[i] for i in chosen]
+        return batches[:n]
 
 
 def tied_layers(layers: Sequence[Node]) -> Dict[str, List[str]]:

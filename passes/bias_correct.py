@@ -31,7 +31,6 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from qcc.batches import spread
 from qcc.ir.graph import Graph, Node
 from qcc.pass_manager import PassContext
 from qcc.passes_registry import Pass, register_pass
@@ -242,7 +241,7 @@ class BiasCorrect(Pass):
         layers = [n for n in graph.nodes if _correctable(n, decisions)]
         samples = ctx.options.get("calib")
         if isinstance(samples, list) and samples:
-            shifts = _empirical(graph, layers, decisions, [samples[i] for i in spread(len(samples), self.samples or None)],
+            shifts = _empirical(graph, layers, decisions, samples[: self.samples or None],
                                 ctx.options.get("rounded_weights"))
             how = "empirical"
         elif self.data_free:

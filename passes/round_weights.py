@@ -75,7 +75,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from qcc.batches import imap_batches, in_order_on_a_thread, milestone, single_threaded_blas, spread, workers
+from qcc.batches import imap_batches, in_order_on_a_thread, milestone, single_threaded_blas, workers
 from qcc.ir.graph import Graph, Node
 from qcc.passes.bias_correct import _bias_of, _correctable, _set_bias
 from qcc.ops._common import pad_spatial, windows
@@ -680,7 +680,7 @@ class RoundWeights(Pass):
         # (K x K, K ~ 10..2000), and on a busy machine a multi-threaded Cholesky of one
         # 200 x 200 matrix was measured 100x slower
         with single_threaded_blas():
-            accumulate_hessians(graph, layers, [samples[i] for i in spread(len(samples), self.samples or None)], self.max_rows,
+            accumulate_hessians(graph, layers, samples[: self.samples or None], self.max_rows,
                                 progress=ctx.progress)
             fitted = [l for l in layers if l.rows]  # layers are independent: one per core
             report = {}

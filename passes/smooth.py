@@ -37,7 +37,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from qcc.batches import imap_batches, milestone, spread
+from qcc.batches import imap_batches, milestone
 from qcc.ir.graph import Graph, Node, Value
 from qcc.ops.quant import quantize
 from qcc.pass_manager import PassContext
@@ -91,7 +91,6 @@ def activations(g: Graph, values: List[Value], samples, budget: int) -> Dict[str
 
     per_batch = sum(v.type.nbytes for v in values)
     n = max(1, min(len(samples), budget // max(per_batch, 1)))
-    samples = [samples[i] for i in spread(len(samples), n)]
     want = {v.name for v in values}
 
     def run(feeds) -> Dict[str, np.ndarray]:
@@ -106,7 +105,7 @@ def activations(g: Graph, values: List[Value], samples, budget: int) -> Dict[str
         return got
 
     acc: Dict[str, List[np.ndarray]] = {}
-    for got in imap_batches(run, samples):  # the batches side by side, kept in order
+    for got in imap_batches(run, samples[:n]):  # the batches side by side, kept in order
         for k, a in got.items():
             acc.setdefault(k, []).append(a)
     return {k: np.concatenate(v) for k, v in acc.items()}
@@ -198,8 +197,7 @@ class Smooth(Pass):
         if not cands:
             return False
         ctx.progress(f"smooth: trying scales on {len(cands)} tensors")
-        acts = activations(graph, [v for v, _ in cands], [samples[i] for i in spread(len(samples), self.samples)],
-                           self.cache_bytes)
+        acts = activations(graph, [v for v, _ in cands], samples[:self.samples], self.cache_bytes)
         cands = [(v, rs) for v, rs in cands if v.name in acts]
 
         def choose(c):  # candidates share no reader, so each choice is independent of the others'

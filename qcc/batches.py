@@ -79,19 +79,6 @@ def imap_batches(fn: Callable[[T], R], items: Iterable[T], count: Optional[int] 
                     f.cancel()
 
 
-def spread(total: int, n: Optional[int]) -> List[int]:
-    """Indices of n of `total` calibration batches, evenly spaced from the first, in order
-    (all of them when n is None or not under total).
-
-    Calibration data often arrives sorted -- a folder of files by name, a dataset by class,
-    a recording by time -- and its first batches then stand for one part of it: a
-    measurement on a few batches takes them from across the set instead. On shuffled data
-    it makes no difference."""
-    if n is None or n >= total:
-        return list(range(total))
-    return [i * total // n for i in range(max(n, 0))]
-
-
 def milestone(done: int, total: int, parts: int) -> bool:
     """Whether `done` of `total` items is where a progress line goes: about `parts` lines
     in all, the last one at `total`."""

@@ -375,7 +375,7 @@ def _print_summary(report: Dict, out: str) -> None:
         print(summary_table(report))
     if s.get("output_sqnr_db"):
         eb = report.get("error_batches")
-        where = (f" ({len(eb['batches'])} of {eb['of']} calibration batches"
+        where = (f" (calibration batches {eb['first']}-{eb['last']} of {eb['of']}"
                  f"{', unseen by the bit-width search' if eb['unseen_by_bitwidth_search'] else ''})") if eb else ""
         print("  output SQNR vs float: " + ", ".join(f"{k} {v:.1f} dB" for k, v in s["output_sqnr_db"].items())
               + where)

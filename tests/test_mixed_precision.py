@@ -443,8 +443,7 @@ def test_measurements_use_fewer_batches_when_inputs_are_large():
     assert len(AssignBitwidths(sample_values=10)._measurement_batches(g, batches, ctx)) == 1
     small = [{"x": np.zeros((1, 3, 48, 192), np.float32)} for _ in range(6)]
     assert len(AssignBitwidths()._measurement_batches(g, small, ctx)) == 4
-    assert ctx.report["bitwidth_search_batches"] == {"measured": 4, "of": 6, "batches": [1, 2, 4, 5],
-                                                     "limited_by": "samples"}
+    assert ctx.report["bitwidth_search_batches"] == {"measured": 4, "of": 6, "limited_by": "samples"}
     # ... and when the activations the search keeps (three sets per batch) would pass cache-bytes
     act = activation_bytes(g)
     assert act > 0
@@ -452,50 +451,6 @@ def test_measurements_use_fewer_batches_when_inputs_are_large():
     assert len(few) == 2 and ctx.report["bitwidth_search_batches"]["measured"] == 2
     assert ctx.report["bitwidth_search_batches"]["limited_by"].startswith("cache-bytes")
     assert len(AssignBitwidths(cache_bytes=1)._measurement_batches(g, small, PassContext())) == 1
-
-
-def _two_branches():
-    """y = a + b, a = conv(x's channel 0), b = conv(x's channel 1): each conv's error reaches
-    the output only on inputs where its channel carries a signal."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    from qcc.frontend import import_onnx
-
-    w = [numpy_helper.from_array(np.array(v, np.float32).reshape(1, 2, 1, 1), k)
-         for k, v in (("wa", [1.0, 0.0]), ("wb", [0.0, 1.0]))]
-    g = helper.make_graph(
-        [helper.make_node("Conv", ["x", "wa"], ["a"]), helper.make_node("Conv", ["x", "wb"], ["b"]),
-         helper.make_node("Add", ["a", "b"], ["y"])], "two",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 8, 8])], w)
-    return import_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), {})
-
-
-def test_the_search_measures_batches_from_across_sorted_calibration_data():
-    """Calibration data sorted by kind -- here 8 batches with a signal on channel 0 only, then
-    8 on channel 1 only -- must not leave the search measuring one kind: on the first 4
-    batches the layer reading channel 1 would look harmless, and stay int8 under a budget
-    that it alone then misses on the other half. The search takes 4 batches spread over the
-    set, and raises both layers."""
-    rng = np.random.default_rng(0)
-    samples = []
-    for c in [0] * 8 + [1] * 8:
-        x = np.zeros((1, 2, 8, 8), np.float32)
-        x[:, c] = rng.standard_normal((8, 8))
-        samples.append({"x": x})
-    d, ctx = _assign(_two_branches(), samples, min_sqnr=90.0)
-    assert ctx.report["bitwidth_search_batches"]["batches"] == [1, 5, 9, 13]
-    assert d["a"] != "int8" and d["b"] != "int8", d
-    assert ctx.report["predicted_output_sqnr_db"]["chosen"] >= 90.0
-
-
-def test_spread_takes_batches_from_across_the_set():
-    from qcc.batches import spread
-
-    assert spread(32, 4) == [0, 8, 16, 24]
-    assert spread(10, 3) == [0, 3, 6]
-    assert spread(3, 4) == spread(3, None) == [0, 1, 2]
-    assert spread(5, 0) == []
 
 
 def test_size_budget_wins_over_the_error_budget():

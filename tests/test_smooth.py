@@ -208,22 +208,3 @@ def test_smooth_chooses_the_same_scales_on_any_number_of_threads(monkeypatch):
         [c] = [v for v in g.constants.values() if v.name.endswith(".smooth")]
         scales.append(c.data)
     np.testing.assert_array_equal(scales[0], scales[1])
-
-
-def test_the_activations_come_from_batches_across_the_set():
-    """When only some calibration batches fit the memory budget, they are taken spread over
-    the set (data sorted by kind would otherwise be judged by its first kind)."""
-    from qcc.passes.smooth import activations
-
-    m, _ = _hardswish_chain()
-    g = qcc.import_onnx(m, {"x": (1, 3, 8, 8)})
-    c = next(n.outputs[0] for n in g.nodes if n.op == "conv")
-    samples = [{"x": np.full((1, 3, 8, 8), k, np.float32)} for k in range(8)]
-    got = activations(g, [c], samples, budget=2 * c.type.nbytes)[c.name]
-    assert got.shape[0] == 2
-    it = Interpreter(g, keep=True)
-    ref = []
-    for k in (0, 4):
-        it.run(samples[k])
-        ref.append(next(a for v, a in it.env.items() if v is c))
-    np.testing.assert_array_equal(got, np.concatenate(ref))
