@@ -370,7 +370,7 @@ def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
             first = seen if len(measure) > seen else 0
             measure = measure[first:]
             ctx.report["error_batches"] = {"first": first + 1, "last": first + min(len(measure), ERROR_SAMPLES),
-                                           "of": len(fit), "unseen_by_bitwidth_search": bool(seen and first)}
+                                           "of": len(fit), "unseen_by_bitwidth_search": first > 0}
         if measure and ref is not None:
             say("measuring per-layer error against float")
             errors = layer_errors(ref, g, measure[:ERROR_SAMPLES], ctx.report.get("layers_quantized", {}), per)
