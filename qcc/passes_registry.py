@@ -129,7 +129,11 @@ def register_pass(arg: Union[str, type, Callable, None] = None, *, summary: Opti
     `@register_pass("my-pass")` on a class or a function `(graph, ctx) -> bool`."""
 
     def deco(obj, name: Optional[str] = None):
-        load_builtins()  # so a clash with a built-in is caught whichever registers first
+        # so a clash with a built-in is caught whichever registers first; a built-in itself
+        # does not load the others (one imported first, `import qcc.passes.equalize`, would be
+        # half-initialized while the others import from it), and meets them as they register
+        if not getattr(obj, "__module__", "").startswith("qcc.passes."):
+            load_builtins()
         if inspect.isclass(obj):
             if not issubclass(obj, Pass):
                 raise PassError(f"{obj.__name__} is not a qcc Pass subclass")
