@@ -232,3 +232,16 @@ def test_entry_point_passes(tmp_path, monkeypatch):
         assert not PassManager("ep-noop").run(parse(NEGS))
     finally:
         unregister_pass("ep-noop")
+
+
+@pytest.mark.parametrize("module", ["equalize", "smooth", "align_input_grid"])
+def test_a_builtin_pass_module_imports_first(module):
+    """A custom pass reusing a built-in's helpers may import that module before anything else
+    of qcc: registering it must not import the other built-ins mid-way (smooth imports from
+    equalize, which would be half-initialized)."""
+    import subprocess
+    import sys
+
+    code = f"import qcc.passes.{module}; from qcc.passes_registry import get_pass; get_pass('smooth')"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr.strip().splitlines()[-1]
