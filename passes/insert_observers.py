@@ -118,7 +118,8 @@ class InsertObservers(Pass):
 
     def _calibrate(self, graph: Graph, ctx: PassContext, calib) -> None:
         samples = load_samples(calib, graph, warn=ctx.warn) if not isinstance(calib, list) else calib
-        nodes = [n for n in observe_nodes(graph) if not n.attrs.get("scale")]  # fixed params stay
+        # fixed params stay: a QDQ model's, and an 8-bit input's own grid (align-input-grid)
+        nodes = [n for n in observe_nodes(graph) if not n.attrs.get("scale") and n.attrs.get("source") != "grid"]
         names = sorted({n.inputs[0].name for n in nodes})
         ctx.progress(f"calibrating {len(names)} tensors on {len(samples)} batches")
         observers = observe(graph, samples, names, ctx.progress)

@@ -9,8 +9,11 @@ equalize after fuse (it rescales the folded weights, and reads the batch-norm
 statistics fuse keeps) and before observing (the observers must see the rescaled
 channels); smooth after equalize (it balances what equalize could not reach: the tensors
 after a nonlinearity, measured with equalize's scales in place) and, for the same reason,
-before observing; bias-correct, when used, after the bit widths are chosen (it quantizes a
-copy exactly as quantize will) and before quantize (the correction is a float bias);
+before observing; align-input-grid just before observing (it fixes an 8-bit input's range
+to the input's own grid with an observe op of its own, which insert-observers keeps, and any
+shift it makes goes into biases the passes before it have already rescaled); bias-correct,
+when used, after the bit widths are chosen (it quantizes a copy exactly as quantize will)
+and before quantize (the correction is a float bias);
 ranges before bit widths, bit widths before quantize; round-weights on both sides of the
 search: before it, {defer=true} rounds every layer for 8-bit weights into a table that
 quantize applies, so the search measures each layer with the weights it will get (and a
@@ -25,7 +28,7 @@ PIPELINES = {
     # float activations, int8 weights: no calibration data needed
     "O1": "promote-f16,canonicalize,fuse,quantize-weights,quantize-embeddings,canonicalize",
     # the static int8 pipeline; cross-layer equalization is data-free and cheap
-    "O2": "promote-f16,canonicalize,fuse,quantize-embeddings,equalize,smooth,insert-observers,propagate-ranges,round-weights{defer=true},assign-bitwidths,round-weights,quantize,"
+    "O2": "promote-f16,canonicalize,fuse,quantize-embeddings,equalize,smooth,align-input-grid,insert-observers,propagate-ranges,round-weights{defer=true},assign-bitwidths,round-weights,quantize,"
           "fold-requantize,canonicalize",
     # O2's observers took percentile ranges until 2026-12-05 and mse since (insert_observers.py
     # says why); this recipe is mse without smooth, whose error measure assumes percentile
@@ -34,7 +37,7 @@ PIPELINES = {
     # docs/equalization.md; nor round-weights{defer=true}: with -O3's mse ranges it cost
     # 0.9 dB on 640 PP-OCR cls crops, docs/round-weights.md); -O3 also tunes the kernels
     # in the back end (targets/tune.py: --tune-budget, --tune-db)
-    "O3": "promote-f16,canonicalize,fuse,quantize-embeddings,equalize,insert-observers{method=mse},propagate-ranges,"
+    "O3": "promote-f16,canonicalize,fuse,quantize-embeddings,equalize,align-input-grid,insert-observers{method=mse},propagate-ranges,"
           "assign-bitwidths,round-weights,quantize,fold-requantize,canonicalize",
 }
 

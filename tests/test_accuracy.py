@@ -131,6 +131,17 @@ def _agree(a, b):
     return float((a.argmax(1) == b.argmax(1)).mean())
 
 
+def _logit_error(q, ref):
+    """RMS error of the class-0 logit against float's, over the crops the float model is not
+    sure of (0.05 < p0 < 0.95), where flips happen: the steady measure behind them (a flip
+    count moves by a few crops with any change of the error, docs/equalization.md)."""
+    def logit(p):
+        p = np.clip(p.astype(np.float64), 1e-30, 1)
+        return np.log(p[:, 0]) - np.log(p[:, 1])
+    unsure = np.abs(ref[:, 0] - 0.5) < 0.45
+    return float(np.sqrt(np.mean((logit(q[unsure]) - logit(ref[unsure])) ** 2)))
+
+
 @pytest.mark.slow
 def test_ppocr_cls_o2_agrees_with_float(ppocr_cls, record_property, capsys):
     ref, labels, printed, results, ort_q = ppocr_cls
@@ -141,30 +152,40 @@ def test_ppocr_cls_o2_agrees_with_float(ppocr_cls, record_property, capsys):
                      f"{'s mse recipe' if name == 'O3' else ''}"
                      f"{' without equalize' if 'no-CLE' in name else ''}: "
                      f"agreement {_agree(q, ref):.2%} (printed {_agree(q[printed], ref[printed]):.2%}, "
-                     f"handwritten {_agree(q[~printed], ref[~printed]):.2%}), int8 MACs {frac:.1%}")
-    lines.append(f"onnxruntime quantize_static QDQ per-channel: agreement {_agree(ort_q, ref):.2%}")
+                     f"handwritten {_agree(q[~printed], ref[~printed]):.2%}), int8 MACs {frac:.1%}, "
+                     f"RMS logit error {_logit_error(q, ref):.3f}")
+    lines.append(f"onnxruntime quantize_static QDQ per-channel: agreement {_agree(ort_q, ref):.2%}, "
+                 f"RMS logit error {_logit_error(ort_q, ref):.3f}")
     _say(record_property, capsys, "ppocr_cls_agreement",
          f"{len(ref)} eval crops ({int(printed.sum())} printed):\n    " + "\n    ".join(lines))
     q, frac = results["O2"]
     q8, frac8 = results["O2 all-int8"]
     assert frac8 == 1.0
-    # what the compiler achieves today (issue 4 asks for >= 99% with >= 90% int8 MACs; see below)
-    assert _agree(q, ref) >= 0.98
+    # what the compiler achieves today (issue 4 asks for >= 99% with >= 90% int8 MACs; see below).
+    # Flips happen at the float model's near-ties, so their count is the noisy guard: on 4096
+    # held-out crops with this calibration -O2 flips 1.6-1.8% (3-4 of these 208 on average), and
+    # two builds whose errors differ by 2% share under half of their flips (docs/equalization.md,
+    # "The input's own grid"). The logit error is the steadier one: 0.26 here, onnxruntime's
+    # 0.85 (2026-12-07)
+    assert _agree(q, ref) >= 0.975
     assert _agree(q8, ref) >= 0.975
+    assert _logit_error(q, ref) < 0.32
+    assert _logit_error(q, ref) < _logit_error(ort_q, ref) / 2.5
     assert _agree(q8, ref) >= _agree(ort_q, ref)
     assert _agree(q, ref) >= _agree(ort_q, ref)
-    # cross-layer equalization (in -O2) must not cost agreement: measured 98.08% -> 98.56%
-    # all-int8 here; on 400 other crops (seed 1) 97.75% -> 97.50%, i.e. within one crop
-    assert _agree(q8, ref) >= _agree(results["O2 all-int8 no-CLE"][0], ref) - 0.005
+    # cross-layer equalization (in -O2) must not cost accuracy: all-int8 without and with it
+    # measured 98.08% and 98.56% here (2026-11-22), 98.08% and 97.60% (2026-12-07: one crop
+    # either way) at RMS logit errors of 0.257 and 0.263, and on 4096 held-out crops 0.297 and
+    # 0.296: the error, not the count of near-ties it tips, is what it must not raise
+    assert _logit_error(q8, ref) <= 1.1 * _logit_error(results["O2 all-int8 no-CLE"][0], ref)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="one crop above the target since -O2 calibrates with mse (99.52% at 99.3% int8 MACs, "
-                          "2026-12-05; 98.56% with percentile ranges, 3 flips, all float near-ties): too "
-                          "close to count on across machines, where BLAS summation order moves the "
-                          "search's choices: with OPENBLAS_CORETYPE=Haswell (an AVX2 CPU's kernels) "
-                          "99.04%, 2026-12-06; on 1024 other crops 98.73% (docs/equalization.md, 'Where "
-                          "the remaining cls error comes from')", strict=False)
+@pytest.mark.xfail(reason="not met on crops beyond these: on 4096 held-out crops -O2 flips 1.6-1.8% "
+                          "(docs/equalization.md). Here 99.52% at 99.3% int8 MACs from 2026-12-05 (mse "
+                          "ranges), 97.60% at 100% since align-input-grid (2026-12-07: 5 flips, all float "
+                          "near-ties, at a lower logit error); BLAS summation order moves it too "
+                          "(OPENBLAS_CORETYPE=Haswell 99.04% on 2026-12-06)", strict=False)
 def test_ppocr_cls_meets_the_issue_target(ppocr_cls):
     ref, _, _, results, _ = ppocr_cls
     assert any(_agree(q, ref) >= 0.99 and frac >= 0.9 for name, (q, frac) in results.items()

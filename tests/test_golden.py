@@ -4,7 +4,9 @@ Each file starts with `// passes: PIPELINE`; cases are split by `// -----`; the
 expected file holds the printed output of every case, split the same way.
 `pytest --update-goldens` rewrites the expected files (then read the diff).
 Every case is also checked numerically: the interpreter gives the same outputs
-before and after the pipeline (within float rounding).
+before and after the pipeline (within float rounding). `// calib-grid: A STEP LEVELS` gives
+the pipeline calibration data (4 batches) and the check its feeds on that grid: every float
+input holds A + k * STEP, k a random integer in [0, LEVELS) -- 8-bit data, as images are.
 """
 from __future__ import annotations
 
@@ -40,11 +42,22 @@ def tolerance_of(path: Path) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def random_feeds(g, seed=0):
+def calib_grid_of(path: Path):
+    m = re.search(r"^// calib-grid:(.*)$", path.read_text(), re.M)
+    if not m:
+        return None
+    a, step, levels = m.group(1).split()
+    return float(a), float(step), int(levels)
+
+
+def random_feeds(g, seed=0, grid=None):
     rng = np.random.default_rng(seed)
     feeds = {}
     for v in g.inputs:
-        if v.dtype.startswith("f"):
+        if v.dtype.startswith("f") and grid is not None:
+            a, step, levels = grid
+            feeds[v.name] = (a + step * rng.integers(0, levels, v.shape)).astype(v.type.np_dtype)
+        elif v.dtype.startswith("f"):
             feeds[v.name] = rng.standard_normal(v.shape).astype(v.type.np_dtype)
         else:
             lo, hi = (0, 255) if v.dtype == "u8" else (-100, 100)
@@ -55,13 +68,16 @@ def random_feeds(g, seed=0):
 @pytest.mark.parametrize("path", CASES, ids=lambda p: str(p.relative_to(GOLDEN)))
 def test_golden(path: Path, update_goldens):
     from qcc.interp import run
+    from qcc.pass_manager import PassContext
 
     pipeline = pipeline_of(path)
+    grid = calib_grid_of(path)
     outputs = []
     for i, case in enumerate(split_cases(path.read_text())):
         g = parse(case, f"{path.name}#{i}")
-        before = run(g, feeds := random_feeds(g))
-        PassManager(pipeline, verify_each=True).run(g)
+        before = run(g, feeds := random_feeds(g, grid=grid))
+        calib = None if grid is None else [random_feeds(g, seed, grid) for seed in range(1, 5)]
+        PassManager(pipeline, verify_each=True).run(g, PassContext(options={"calib": calib}))
         after = run(g, feeds)
         assert len(before) == len(after)
         after = dict(zip(before, after.values()))  # outputs are positional
