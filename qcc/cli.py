@@ -373,6 +373,9 @@ def _print_summary(report: Dict, out: str) -> None:
 
     if report["layers"]:
         print(summary_table(report))
+    for name, grid in report.get("input_grid", {}).items():
+        into = f", shifted {grid['shift']:+.3g} into {', '.join(grid['into_bias_of'])}'s bias" if grid["shift"] else ""
+        print(f"  input {name}: 8-bit data, quantized on its own grid (step {grid['step']:.4g}{into})")
     if s.get("output_sqnr_db"):
         eb = report.get("error_batches")
         where = (f" (calibration batches {eb['first']}-{eb['last']} of {eb['of']}"

@@ -163,7 +163,7 @@ def build_report(g: Graph, float_graph_bytes: int, opaque: List[str], pass_repor
     if outs:
         summary["output_sqnr_db"] = outs
     report = {"layers": layers, "opaque_ops": opaque, "summary": summary}
-    for key in ("bitwidths", "shared_scale_groups", "calibration", "fused", "embeddings", "equalized", "smoothed",
+    for key in ("bitwidths", "shared_scale_groups", "calibration", "fused", "embeddings", "equalized", "smoothed", "input_grid",
                 "round_weights_before_search", "round_weights",
                 "predicted_output_sqnr_db", "size_budget", "bitwidth_search_batches", "bitwidth_search_stopped",
                 "error_batches"):

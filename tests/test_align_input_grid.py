@@ -113,3 +113,48 @@ def test_observers_keep_the_grid_range():
 def test_no_calibration_data_no_change():
     g = _conv_graph()
     assert PassManager("align-input-grid").run(g, PassContext()) is False
+
+
+def test_compiled_pixels_are_bit_exact_and_reported(tmp_path):
+    """The shift and the quantize after it compile to the interpreter's bits (a padding zero
+    lands half-way between two levels: both must round it alike), and report.json and the
+    terminal say what was done."""
+    import json
+    import subprocess
+    import sys
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import qcc
+    from qcc.interp import run
+    from qcc.targets import compile_graph, runner_from_executable
+
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((8, 3, 3, 3)) * 0.2).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])],
+        "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    x = ((rng.integers(0, 256, (8, 3, 16, 16)) - 127.5) / 127.5).astype(np.float32)
+    x[:, :, :, 12:] = 0  # right padding, as PP-OCR's preprocessing adds
+    np.savez(tmp_path / "c.npz", x=x)
+
+    report = qcc.compile(tmp_path / "m.onnx", tmp_path / "out", target="host", opt_level="O2",
+                         calib=tmp_path / "c.npz")
+    assert report["input_grid"]["x"]["zeros_off_grid"] is True
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["input_grid"] == report["input_grid"]
+    graph = qcc.load_qir(tmp_path / "out" / "model.qir")
+    q = next(n for n in graph.nodes if n.op == "quantize")
+    graph.set_outputs(list(graph.outputs) + [q.output])  # the quantized input, compared too
+    ref = run(graph, {"x": x[:1]})
+    got = runner_from_executable(compile_graph(graph, "host"), graph).run({"x": x[:1]})
+    for k in ref:
+        np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+
+    out = subprocess.run([sys.executable, "-m", "qcc.cli", "compile", str(tmp_path / "m.onnx"), "-O2",
+                          "--calib", str(tmp_path / "c.npz"), "-o", str(tmp_path / "out2")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "input x: 8-bit data, quantized on its own grid (step 0.007843, shifted" in out.stdout
