@@ -116,6 +116,16 @@ def layer_errors(float_graph: Graph, quant_graph: Graph, samples: Sequence[Dict[
     return {name: sqnr_db(*t) for name, t in totals.items()}
 
 
+# what passes put in ctx.report that report.json carries, in this order; a pass's new key goes
+# here or in PASS_KEYS_KEPT_OUT (tests/test_compile.py checks every built-in pass's keys)
+PASS_KEYS = ("bitwidths", "shared_scale_groups", "calibration", "fused", "embeddings", "equalized", "smoothed",
+             "input_grid", "bias_correction", "round_weights_before_search", "round_weights",
+             "predicted_output_sqnr_db", "size_budget", "bitwidth_search_batches", "bitwidth_search_stopped",
+             "error_batches")
+# merged into the per-layer entries; the pass times differ run to run (report.json is deterministic)
+PASS_KEYS_KEPT_OUT = ("layers_quantized", "pass_times_s")
+
+
 def build_report(g: Graph, float_graph_bytes: int, opaque: List[str], pass_report: Optional[Dict] = None,
                  errors: Optional[Dict[str, float]] = None) -> Dict:
     pass_report = pass_report or {}
@@ -163,10 +173,7 @@ def build_report(g: Graph, float_graph_bytes: int, opaque: List[str], pass_repor
     if outs:
         summary["output_sqnr_db"] = outs
     report = {"layers": layers, "opaque_ops": opaque, "summary": summary}
-    for key in ("bitwidths", "shared_scale_groups", "calibration", "fused", "embeddings", "equalized", "smoothed", "input_grid",
-                "round_weights_before_search", "round_weights",
-                "predicted_output_sqnr_db", "size_budget", "bitwidth_search_batches", "bitwidth_search_stopped",
-                "error_batches"):
+    for key in PASS_KEYS:
         if key in pass_report:
             report[key] = pass_report[key]
     return report

@@ -321,3 +321,32 @@ def test_the_reports_errors_are_measured_where_the_search_did_not_choose(tmp_pat
               "--input-shape", "x=1x3x16x16", "-o", str(tmp_path / "out2"))
     assert f"(calibration batches {first}-{min(first + 7, n)} of {n}" in out.stdout
     assert ("unseen by the bit-width search" in out.stdout) == unseen
+
+
+def test_every_key_a_pass_reports_reaches_report_json_or_is_kept_out_on_purpose(tmp_path):
+    """report.json carries the ctx.report keys qcc.report.PASS_KEYS lists; a key a pass adds
+    and nobody lists was dropped silently (bias-correct's `bias_correction`, and for one
+    commit align-input-grid's `input_grid`, which the README named)."""
+    import re
+
+    import qcc.passes as passes
+    from qcc.pipelines import PIPELINES
+    from qcc.report import PASS_KEYS, PASS_KEYS_KEPT_OUT
+
+    keys = set()
+    for f in Path(passes.__path__[0]).glob("*.py"):
+        text = f.read_text()
+        keys |= set(re.findall(r'ctx\.report(?:\.setdefault\(|\[)"(\w+)"', text))
+        for a, b in re.findall(r'key = "(\w+)" if [^\n]* else "(\w+)"', text):  # round-weights' two
+            keys |= {a, b}
+    assert {"input_grid", "bias_correction", "round_weights", "smoothed"} <= keys  # the scan finds them
+    assert keys <= set(PASS_KEYS) | set(PASS_KEYS_KEPT_OUT), keys - set(PASS_KEYS) - set(PASS_KEYS_KEPT_OUT)
+
+    rng = np.random.default_rng(0)
+    _conv_relu_pool(tmp_path / "m.onnx", np.float32, rng)
+    np.savez(tmp_path / "c.npz", x=rng.standard_normal((4, 3, 16, 16)).astype(np.float32))
+    pipeline = PIPELINES["O2"].replace("assign-bitwidths,", "assign-bitwidths,bias-correct,")
+    qcc.compile(tmp_path / "m.onnx", tmp_path / "out", target="host", passes=pipeline,
+                calib=tmp_path / "c.npz", input_shapes={"x": (1, 3, 16, 16)})
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert "bias_correction" in report and "pass_times_s" not in report
