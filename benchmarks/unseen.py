@@ -422,6 +422,8 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default=",".join([*MODELS, "silero-vad"]))
     ap.add_argument("--wheels", type=Path, default=Path.home() / ".cache" / "qcc" / "wheels")
     ap.add_argument("--calib-method", help="qcc's --calib-method (default: -O2's own)")
+    ap.add_argument("--passes", help="a pipeline to build instead of -O2's (qcc compile --passes): an experiment")
+    ap.add_argument("--plugin", action="append", default=[], help="a Python file of passes (qcc compile --plugin)")
     ap.add_argument("--speed", action="store_true", help="also time each model as benchmarks/run.py does")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of every contender (--speed)")
     ap.add_argument("--rounds", type=int, default=15, help="interleaved rounds (--speed)")
@@ -447,7 +449,8 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             np.savez(Path(tmp) / "calib.npz", **{inp: calib})
             report = qcc.compile(path, Path(tmp) / "q8", opt_level="O2", calib=str(Path(tmp) / "calib.npz"),
-                                 input_shapes={inp: shape}, calib_method=args.calib_method)
+                                 input_shapes={inp: shape}, calib_method=args.calib_method,
+                                 passes=args.passes, plugins=args.plugin)
             mod = qcc.load(Path(tmp) / "q8", threads=args.threads)
             got = np.stack([next(iter(mod.run({inp: x[None]}).values())) for x in evals])
             rows.append(("qcc -O2", metrics(key, ref, got), report["summary"]["int8_mac_fraction"]))
