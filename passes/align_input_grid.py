@@ -40,7 +40,8 @@ from qcc.ir.graph import Graph, Node, Value
 from qcc.pass_manager import PassContext
 from qcc.passes_registry import Pass, register_pass
 
-from .equalize import _layer_ok
+from .fuse import _layer_bias
+from .smooth import readers
 
 LEVELS = 256  # a uint8 grid
 MAX_DISTINCT = 4 * LEVELS  # more distinct values than this: not 8-bit data, stop collecting
@@ -109,7 +110,7 @@ def grid_range(g: Grid) -> Optional[Tuple[float, float]]:
     step of exactly `g.step`. Levels the data did not reach are split between both ends,
     unless the data stays on one side of zero."""
     j0 = g.zero_level
-    jmin, jmax = min(0 - j0, 0), max(g.levels - 1 - j0, 0)
+    jmin, jmax = min(-j0, 0), max(g.levels - 1 - j0, 0)
     spare = (LEVELS - 1) - (jmax - jmin)
     if spare < 0:
         return None
@@ -123,16 +124,13 @@ def grid_range(g: Grid) -> Optional[Tuple[float, float]]:
 
 
 def _readers(v: Value) -> Optional[List[Node]]:
-    """The convs/gemms reading `v` as their data input, when nothing else reads it."""
-    out = []
-    for u, i in v.uses:
-        if i != 0 or u.op not in ("conv", "gemm") or not _layer_ok(u):
-            return None
-        if u.op == "gemm" and (u.attrs.get("alpha", 1.0) != 1.0 or u.attrs.get("beta", 1.0) != 1.0):
-            return None
-        if u not in out:
-            out.append(u)
-    return out
+    """The convs/gemms reading `v` as their data input (smooth's readers: a bias can take the
+    shift back), when nothing else reads it and no gemm scales its product or bias."""
+    rs = readers(v) if v.type.rank >= 2 else None
+    if rs is None or any(r.op == "gemm" and (r.attrs.get("alpha", 1.0), r.attrs.get("beta", 1.0)) != (1.0, 1.0)
+                         for r in rs):
+        return None
+    return rs
 
 
 def _weight_sums(n: Node) -> np.ndarray:
@@ -144,9 +142,8 @@ def _weight_sums(n: Node) -> np.ndarray:
 
 
 def _add_to_bias(n: Node, extra: np.ndarray, g: Graph) -> None:
-    C = n.output.shape[1]
     b = n.inputs[2] if len(n.inputs) > 2 else None
-    old = np.zeros(C) if b is None else np.broadcast_to(b.data.astype(np.float64).reshape(-1), (C,))
+    old = _layer_bias(n)  # a constant: smooth's readers take only layers with constant biases
     name = (b.name if b is not None else n.output.name + ".b") + ".grid"
     c = g.add_const(name, (old + extra).astype(np.float32))
     if len(n.inputs) < 3:
@@ -180,8 +177,8 @@ class AlignInputGrid(Pass):
             if g is None:
                 continue
             shift = g.shift
-            readers = _readers(v) if shift else []
-            if readers is None:
+            layers = _readers(v) if shift else []
+            if layers is None:
                 continue  # zero is not a level and something other than a layer reads it
             rng = grid_range(g)
             if rng is None:
@@ -198,13 +195,13 @@ class AlignInputGrid(Pass):
                                  **({"after": src.producer} if src is not v else {"before": first}))
             for u, i in uses:
                 u.set_input(i, obs.output)
-            for r in readers:
+            for r in layers:
                 _add_to_bias(r, shift * _weight_sums(r), graph)
-            padded = [r.output.name for r in readers if r.op == "conv" and any(r.attrs.get("pads", []))]
+            padded = [r.output.name for r in layers if r.op == "conv" and any(r.attrs.get("pads", []))]
             report[v.name] = {"step": g.step, "levels": g.levels, "distinct": g.distinct,
                               "range": [float(r) for r in rng], "shift": shift,
-                              "into_bias_of": [r.output.name for r in readers],
-                              **({"zero_padding_off_by": shift, "padded": padded} if padded else {}),
+                              "into_bias_of": [r.output.name for r in layers],
+                              **({"padded": padded} if padded else {}),  # these read `shift` at their pads
                               "zeros_off_grid": bool(shift) and bool(np.any(vals == 0))}
         if report:
             ctx.report["input_grid"] = report
