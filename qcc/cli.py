@@ -376,6 +376,13 @@ def _print_summary(report: Dict, out: str) -> None:
     for name, grid in report.get("input_grid", {}).items():
         into = f", shifted {grid['shift']:+.3g} into {', '.join(grid['into_bias_of'])}'s bias" if grid["shift"] else ""
         print(f"  input {name}: 8-bit data, quantized on its own grid (step {grid['step']:.4g}{into})")
+    a16 = report.get("a16_share")
+    if a16 and a16["raised"]:
+        pred, n = a16["predicted_output_sqnr_db"], len(a16["raised"])
+        after = "no noise" if pred["after"] is None else f"{pred['after']:.1f} dB"
+        print(f"  16-bit activations for the {n} layer{'s' * (n > 1)} noisiest per MAC "
+              f"({100 * a16['share']:.1f}% of the MACs; the layers' own noise added up predicts "
+              f"{pred['before']:.1f} dB -> {after} at the output; report.json \"a16_share\")")
     if s.get("output_sqnr_db"):
         eb = report.get("error_batches")
         where = (f" (calibration batches {eb['first']}-{eb['last']} of {eb['of']}"

@@ -120,7 +120,7 @@ def layer_errors(float_graph: Graph, quant_graph: Graph, samples: Sequence[Dict[
 # here or in PASS_KEYS_KEPT_OUT (tests/test_compile.py checks every built-in pass's keys)
 PASS_KEYS = ("bitwidths", "shared_scale_groups", "calibration", "fused", "embeddings", "equalized", "smoothed",
              "input_grid", "bias_correction", "round_weights_before_search", "round_weights",
-             "predicted_output_sqnr_db", "size_budget", "bitwidth_search_batches", "bitwidth_search_stopped",
+             "predicted_output_sqnr_db", "a16_share", "size_budget", "bitwidth_search_batches", "bitwidth_search_stopped",
              "error_batches")
 # merged into the per-layer entries; the pass times differ run to run (report.json is deterministic)
 PASS_KEYS_KEPT_OUT = ("layers_quantized", "pass_times_s")

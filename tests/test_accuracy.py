@@ -70,7 +70,9 @@ def test_digits_o2_with_calibration_matches_float(digits, record_property, capsy
          f"onnxruntime quantize_static QDQ per-channel {acc_ort:.2%}; argmax agreement qcc/float "
          f"{float((q.argmax(1) == float_prob.argmax(1)).mean()):.2%}")
     assert abs(acc_q - acc_f) <= 0.005
-    assert summary["int8_mac_fraction"] == 1.0
+    # integer end to end: every layer int8 but at most assign-bitwidths{a16-share} (5%) of the
+    # MACs with 16-bit activations, which are integer too
+    assert summary["int8_mac_fraction"] >= 0.95
     assert not any(n.op in ("conv", "gemm", "matmul") for n in g.nodes)
     # the logits only feed the (float) softmax: dequantized from the int32 accumulator,
     # not rounded to 8 bits and clipped to the calibrated range first

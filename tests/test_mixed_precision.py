@@ -382,6 +382,42 @@ def test_error_search_passes_over_layers_too_quiet_to_matter():
     assert not any("cannot gain" in r.get("not_raised", "") for r in ctx0.report["bitwidths"].values())
 
 
+def test_a16_share_raises_the_layers_noisiest_per_mac_by_their_own_noise():
+    """After the error search, up to `a16-share` of the MACs go to 16-bit activations: the
+    layers noisiest per MAC, each kept only if it removes min-gain-db of the output noise
+    predicted as the sum of every layer's own (the budget of 30 dB is met here, so the error
+    search raises nothing), and none whose own noise is over twice the whole model's."""
+    g, samples = _calibrated_tiny()
+
+    def share(opts="", **options):
+        pipe = UPTO_BITWIDTHS.replace("assign-bitwidths", f"assign-bitwidths{{{opts}}}" if opts else "assign-bitwidths")
+        return _assign(g, samples, pipe, **options)
+
+    d, ctx = share("a16-share=1 min-gain-db=0.1")
+    by, spent = ctx.report["bitwidths"], ctx.report["a16_share"]
+    model_db = ctx.report["predicted_output_sqnr_db"]["chosen"]
+    assert model_db >= 30.0
+    assert d == {"c1": "w8a16", "dw": "int8", "pw": "int8", "logits": "int8"}
+    assert spent["raised"] == ["c1"] and by["c1"]["why"].startswith("a16 share: ")
+    noise = sum(10 ** (-r["sensitivity_db_by_choice"]["int8"] / 10) for r in by.values())
+    assert spent["predicted_output_sqnr_db"]["before"] == pytest.approx(-10 * np.log10(noise), abs=0.01)
+    assert spent["predicted_output_sqnr_db"]["after"] >= spent["predicted_output_sqnr_db"]["before"] + 0.1
+    assert spent["share"] == pytest.approx(by["c1"]["macs"] / sum(r["macs"] for r in by.values()), abs=1e-4)
+    # the logits alone are noisier than the whole model: their noise cancels others', not added up
+    assert by["logits"]["sensitivity_db"] < model_db - 3.0 and "cancels" in by["logits"]["not_raised"]
+    # pw's 16-bit activations remove too little of its noise (its weights are the error)
+    sens = by["pw"]["sensitivity_db_by_choice"]
+    assert sens["w8a16"] - sens["int8"] < 1.0 and d["pw"] == "int8"
+    # within the share: c1 is half the MACs, over the default 5%
+    d, ctx = share("min-gain-db=0.1")
+    assert set(d.values()) == {"int8"} and ctx.report["a16_share"]["raised"] == []
+    d, _ = share("a16-share=1 min-gain-db=0.1", min_int8_fraction=0.9)  # never under the int8 floor
+    assert set(d.values()) == {"int8"}
+    # off: by the option, and when the user set the error budget (--max-error)
+    for d, ctx in (share("a16-share=0 min-gain-db=0.1"), share("min-gain-db=0.1", min_sqnr=30.0)):
+        assert set(d.values()) == {"int8"} and "a16_share" not in ctx.report
+
+
 def _boxes_and_scores(path):
     """A detector head in miniature: one output joining box coordinates (hundreds of pixels)
     and sigmoid scores in [0, 1] along axis 1, like YOLOv8's [1, 4 + classes, anchors]."""

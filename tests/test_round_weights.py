@@ -237,7 +237,7 @@ def test_an_all_int8_model_costs_no_float_run_by_default(monkeypatch):
         raise AssertionError("a float run for no layer")
 
     monkeypatch.setattr(rw_mod, "accumulate_hessians", fail)
-    g0, ctx = prepared(mobile_block_model(), (N, 3, 8, 8), CALIB)
+    g0, ctx = prepared(mobile_block_model(), (N, 3, 8, 8), CALIB, "*=int8")
     g1, ctx1 = rounded(g0, ctx, "")
     assert ctx1.report["round_weights"]["layers"] == {}
     assert set(ctx1.report["round_weights"]["skipped"]) == {"c1", "c2", "cd", "y"}
