@@ -712,3 +712,27 @@ def test_a_shared_weight_in_two_precisions_counts_twice_in_the_size_budget():
     for rule in ("xw0=float", "xw0=w16", "xw0=float;hr1=w4", "logits=float;xw5=a16"):
         q, ctx = _compile_graph_passes(g, samples, size_budget=100000, min_sqnr=0, precision=rule)
         assert weight_bytes(q) == ctx.report["size_budget"]["predicted_bytes"], rule
+
+
+def test_a16_share_through_the_cli_prints_its_line_and_its_prediction_holds(tmp_path):
+    """The a16 share as a user meets it: one terminal line, report.json's `a16_share`, and an
+    additive prediction that the report's own error batches (which the search did not see)
+    bear out: higher than without the share, and within a few dB of the prediction."""
+    from qcc.pipelines import PIPELINES
+
+    built = {}
+    for share in (0, 1):
+        pipe = PIPELINES["O2"].replace("assign-bitwidths,", f"assign-bitwidths{{a16-share={share} min-gain-db=0.1}},")
+        p = _qcc("compile", TINY, "--passes", pipe, "--calib", TINY_CALIB, "-o", tmp_path / f"s{share}")
+        assert p.returncode == 0, p.stderr
+        report = json.loads((tmp_path / f"s{share}" / "report.json").read_text())
+        built[share] = (p.stdout, report, next(iter(report["summary"]["output_sqnr_db"].values())))
+    out0, report0, db0 = built[0]
+    out1, report1, db1 = built[1]
+    assert "a16_share" not in report0 and "16-bit activations for" not in out0
+    spent = report1["a16_share"]
+    assert spent["raised"] and all(report1["bitwidths"][l]["bits"] == "w8a16" for l in spent["raised"])
+    pred = spent["predicted_output_sqnr_db"]
+    assert f"16-bit activations for the {len(spent['raised'])} layer" in out1
+    assert f"predicts {pred['before']:.1f} dB -> {pred['after']:.1f} dB at the output" in out1
+    assert db1 > db0 + 1.0 and abs(db1 - pred["after"]) < 3.0, (db0, db1, pred)
