@@ -272,9 +272,9 @@ class AssignBitwidths(Pass):
                 s.fit_size()
             budget = ctx.options.get("min_sqnr", self.min_sqnr)
             if samples and budget:
-                s.meet_error(budget)
+                measured_db = s.meet_error(budget)
                 if self.a16 and self.a16_share > 0 and "min_sqnr" not in ctx.options:
-                    s.spend_a16(self.a16_share)
+                    s.spend_a16(self.a16_share, measured_db)
         finally:
             s.release()
         for first, names in s.members.items():  # the search wrote a group's reasons on its first layer
@@ -332,6 +332,11 @@ def tied_layers(layers: Sequence[Node]) -> Dict[str, List[str]]:
 CANCELS = 2.0  # a layer's own noise over this many times the model's: not additive (spend_a16)
 
 
+def _power(db: float) -> float:
+    """A signal-to-noise ratio in dB as the noise's relative power."""
+    return 10 ** (-db / 10)
+
+
 class _Search:
     """The state of one search: decisions, their predicted size, measured sensitivities.
 
@@ -358,7 +363,6 @@ class _Search:
         self.rounded = ctx.options.get("rounded_weights")  # round-weights{defer=true}'s integers
         self._cache = None
         self.sens: Dict[Tuple[str, str], float] = {}
-        self.measured_db = float("inf")  # the whole model's output SQNR after the error search
 
     # --- measurements ---------------------------------------------------------------------
     def _expand(self, changes: Dict[str, str]) -> Dict[str, str]:
@@ -443,7 +447,7 @@ class _Search:
             self.measure(cands, "w4a8")
 
             def key(l):  # extra noise power (relative) per byte saved; least first
-                extra = 10 ** (-self.sens[(l, "w4a8")] / 10) - 10 ** (-self.sens[(l, "int8")] / 10)
+                extra = self._noise(l, "w4a8") - self._noise(l, "int8")
                 return max(extra, 0.0) / saved[l], -saved[l]
         else:
             def key(l):  # no data to measure with: the largest layers first
@@ -465,7 +469,9 @@ class _Search:
         return "w4a16" if a == 16 else "w4a8"
 
     # --- 2. the error budget ----------------------------------------------------------------
-    def meet_error(self, budget: float) -> None:
+    def meet_error(self, budget: float) -> float:
+        """Raise layers until the output SQNR measured on the search's batches meets `budget`;
+        returns that measurement as it ends."""
         current = self.output_sqnr()
         self.keep()
         label = "all_int8" if all(c == "int8" for l, c in self.decisions.items()
@@ -473,8 +479,7 @@ class _Search:
         self.ctx.report["predicted_output_sqnr_db"] = {label: round(current, 2)}
         if current >= budget or not self.free:
             self.ctx.report["predicted_output_sqnr_db"]["chosen"] = round(current, 2)
-            self.measured_db = current
-            return
+            return current
         self.ctx.progress(f"output SQNR {current:.1f} dB is under the {budget:g} dB budget: "
                           f"measuring {len(self.free)} layers")
         for c in sorted({self.decisions[l] for l in self.free} - {"float"}):
@@ -497,7 +502,7 @@ class _Search:
             l = max(movable, key=self._noise_per_mac)
             tried.add(l)
             share = self._noise_share(l, current)
-            if share < self.p.screen * (1 - 10 ** (-self.p.min_gain_db / 10)):
+            if share < self.p.screen * self._gain_share():
                 # no model run: even removing all of its noise would not pass the gain test
                 blocked[l] = self.report[l]["not_raised"] = \
                     f"alone it makes {100 * share:.1f}% of the output noise: raising it cannot gain " \
@@ -532,10 +537,10 @@ class _Search:
                 tried.discard(l)  # it may need raising again (to float)
                 self.sens[(l, move)] = self.sens.get((l, move), float("inf"))
         self.ctx.report["predicted_output_sqnr_db"]["chosen"] = round(current, 2)
-        self.measured_db = current
+        return current
 
     # --- 3. a small share of 16-bit activations, by the layers' own noise ---------------------
-    def spend_a16(self, share: float) -> None:
+    def spend_a16(self, share: float, measured_db: float) -> None:
         """Raise to 16-bit activations the layers whose own noise per MAC is largest, while
         their MACs fit in `share` of the model's and each removes at least `min-gain-db` of
         the output noise predicted as the sum of every layer's noise measured alone.
@@ -557,25 +562,24 @@ class _Search:
         floor = self.ctx.options.get("min_int8_fraction", self.p.min_int8_fraction)
         for c in sorted({self.decisions[l] for l in self.free} - {"float"}):
             self.measure([l for l in self.free if self.decisions[l] == c], c)
-        noise = {l: 10 ** (-self.sens[(l, self.decisions[l])] / 10) for l in self.free
-                 if self.decisions[l] != "float"}
+        noise = {l: self._noise(l) for l in self.free if self.decisions[l] != "float"}
         total = sum(noise.values())
         spent = sum(self.unit_macs[l] for l in self.free if choice_bits(self.decisions[l])[1] == 16)
         limit = share * self.total_macs
         before, raised = total, []
-        enough = 1 - 10 ** (-self.p.min_gain_db / 10)  # the noise share a raise must remove
+        enough = self._gain_share()
         for l in sorted((l for l in noise if self.decisions[l] == "int8"), key=self._noise_per_mac, reverse=True):
             if total <= 0 or noise[l] < enough * total:
                 continue  # too quiet to be worth its MACs at 16 bits, whatever it costs
             if spent + self.unit_macs[l] > limit or self.narrow_fraction({l: "w8a16"}) < floor:
                 continue
-            if noise[l] > CANCELS * 10 ** (-self.measured_db / 10):
+            if noise[l] > CANCELS * _power(measured_db):
                 self.report[l]["not_raised"] = (f"a16 share: alone ({self.sens[(l, 'int8')]:.1f} dB) it is noisier "
-                                                f"than the whole model ({self.measured_db:.1f} dB): its noise "
+                                                f"than the whole model ({measured_db:.1f} dB): its noise "
                                                 f"cancels others', so it does not add up")
                 continue
             self.measure([l], "w8a16")
-            after = 10 ** (-self.sens[(l, "w8a16")] / 10)
+            after = self._noise(l, "w8a16")
             if total - noise[l] + after > (1 - enough) * total:
                 continue  # its noise is the weights', not the activations'
             here = self.sens[(l, "int8")]
@@ -592,6 +596,15 @@ class _Search:
                 "predicted_output_sqnr_db": {"before": round(-10 * math.log10(before), 2),
                                              "after": round(-10 * math.log10(total), 2) if total > 0 else None}}
 
+    def _noise(self, l: str, choice: Optional[str] = None) -> float:
+        """The output noise power (relative) of layer `l` alone at `choice` (its current one),
+        as measured; 0 when unmeasured or noise-free."""
+        return _power(self.sens.get((l, choice or self.decisions[l]), float("inf")))
+
+    def _gain_share(self) -> float:
+        """The share of the output noise a raise must remove to gain min-gain-db."""
+        return 1 - _power(self.p.min_gain_db)
+
     def _noise_share(self, l: str, current_db: float) -> float:
         """The layer's noise on its own (measured with the rest in float) as a share of the
         model's output noise now: with noise that adds up, raising the layer to float removes
@@ -599,14 +612,14 @@ class _Search:
         alone = self.sens.get((l, self.decisions[l]))
         if alone is None:
             return 1.0
-        return 10 ** (-alone / 10) / 10 ** (-current_db / 10)
+        return _power(alone) / _power(current_db)
 
     def _noise_per_mac(self, l: str) -> Tuple[float, float]:
         """The greedy order of the error search: the output noise a layer adds on its own
         (relative power, 10^(-SQNR/10)) per MAC it would take out of int8 -- a knapsack
         ratio, so a small noisy layer is raised before a large, slightly noisier one and
         the int8 share of the MACs stays high. Ties: the noisier layer first."""
-        noise = 10 ** (-self.sens.get((l, self.decisions[l]), float("inf")) / 10)
+        noise = self._noise(l)
         return noise / max(self.unit_macs[l], 1), noise
 
     def _raise(self, l: str, budget: float, floats: int) -> Tuple[Optional[str], str]:
