@@ -347,6 +347,9 @@ def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
     from .calibrate import load_samples
 
     notes = ([opset_note] if opset_note else []) + list(shape_notes)
+    unused = _calib_unused(opts)
+    if unused:
+        notes.append(unused)
     samples = load_samples(opts.calib, graph, warn=notes.append) if opts.calib else None
 
     def run(text: str, g: Graph, fit=samples, measure=samples, reference: Optional[Graph] = None,
@@ -480,6 +483,17 @@ def _tile_search(graph, preset, tuner, opts: CompileOptions, say):
 
 
 # --- for build systems: emitted device code, depfiles --------------------------------------
+
+def _calib_unused(opts: CompileOptions) -> Optional[str]:
+    """A warning when --calib is given to a level that never reads it: `qcc compile m.onnx
+    --calib d.npz -o out` builds -O0, a float model, and a user who forgot -O2 would
+    otherwise find out only from "int8 MACs 0%"."""
+    level = opts.opt_level.upper().lstrip("-")
+    if not opts.calib or opts.passes is not None or level not in ("O0", "O1"):
+        return None
+    does = "builds in float" if level == "O0" else "quantizes only the weights, which needs no data"
+    return f"--calib is not used: -{level} {does}; add -O2 to quantize activations from it"
+
 
 def _emit_sources(graph: Graph, preset, out: Path, opts: CompileOptions, warnings: List[str], say) -> None:
     """`--emit cuda,ptx`: kernels.cu / kernels.ptx in the artifact (listed in the manifest)."""

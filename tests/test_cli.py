@@ -177,3 +177,33 @@ def test_compile_converts_an_old_opset_and_says_so(tmp_path):
     assert p.returncode == 0 and "qcc.sigmoid" in p.stdout, p.stderr
     assert p.stderr == "qcc: warning: the model uses opset 6 of the default ONNX domain: converted to " \
                        "opset 7 with onnx.version_converter\n", p.stderr
+
+
+def test_calib_without_a_quantizing_level_says_it_is_unused(tmp_path):
+    """`qcc compile m.onnx --calib d.npz -o out` (no -O) builds -O0, a float model: the user
+    who forgot -O2 is told, in one warning line, instead of finding "int8 MACs 0%"."""
+    import json
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Relu", ["m"], ["y"])],
+                          "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(1).normal(size=(8, 4)).astype(np.float32))
+    said = {}
+    for level in ("", "-O1", "-O2"):
+        out = tmp_path / f"out{level}"
+        p = qcc("compile", tmp_path / "m.onnx", *([level] if level else []), "--calib", tmp_path / "d.npz",
+                "-o", out)
+        assert p.returncode == 0, p.stderr
+        said[level] = [l for l in p.stderr.splitlines() if "--calib is not used" in l]
+        report = json.loads((out / "report.json").read_text())
+        assert [w for w in report["warnings"] if "--calib" in w] == [w[len("qcc: warning: "):] for w in said[level]]
+    assert said[""] == ["qcc: warning: --calib is not used: -O0 builds in float; add -O2 to quantize "
+                        "activations from it"]
+    assert len(said["-O1"]) == 1 and "-O1 quantizes only the weights" in said["-O1"][0]
+    assert said["-O2"] == []
