@@ -187,8 +187,40 @@ def output_sqnr(cache: FloatCache, g: Graph, keep: bool = False, parallel: bool 
     each part of a concatenated output, analysis.output_parts); with `keep`, its arrays
     stay as `cache.last` for `cache.accept()`. The batches run side by side unless not
     `parallel` (the caller already runs candidates so)."""
-    refs: Dict[int, List[np.ndarray]] = {}
-    gots: Dict[int, List[np.ndarray]] = {}
+    refs, gots = _outputs_against_float(cache, g, keep, parallel)
+    worst = float("inf")
+    for k in refs:
+        r, o = np.concatenate([a.ravel() for a in refs[k]]), np.concatenate([a.ravel() for a in gots[k]])
+        noise = float(np.mean((r - o) ** 2))
+        if noise > 0:
+            worst = min(worst, float(10 * np.log10(max(float(np.mean(r ** 2)), 1e-30) / noise)))
+    return worst
+
+
+def sample_noise(cache: FloatCache, g: Graph, keep: bool = False) -> np.ndarray:
+    """Each sample's output noise against float (the rows of every output along its first
+    axis), each output (and concatenated part) as a share of its mean signal power, summed:
+    what a paired comparison of two candidates across samples needs, where output_sqnr
+    gives one number that a few samples can set."""
+    refs, gots = _outputs_against_float(cache, g, keep, True)
+    per_key = []  # per output key: [per batch: each row's noise / the key's signal power]
+    for k in refs:
+        signal = max(float(np.mean(np.concatenate([a.ravel() for a in refs[k]]) ** 2)), 1e-30)
+        per_key.append([np.mean(((r - o) ** 2).reshape(max(len(r) if r.ndim else 1, 1), -1), axis=1) / signal
+                        for r, o in zip(refs[k], gots[k])])
+    if not per_key:
+        return np.zeros(0)
+    if len({tuple(len(b) for b in batches) for batches in per_key}) > 1:
+        # outputs whose first axes differ (a sequence and its final state): one unit per batch
+        per_key = [[np.array([float(np.mean(b))]) for b in batches] for batches in per_key]
+    return sum(np.concatenate(batches) for batches in per_key)
+
+
+def _outputs_against_float(cache: FloatCache, g: Graph, keep: bool, parallel: bool):
+    """{output key: [float array per batch]}, {output key: [g's array per batch]}; keys are
+    each output's index and (index, part label) for its concatenated parts."""
+    refs: Dict[object, List[np.ndarray]] = {}
+    gots: Dict[object, List[np.ndarray]] = {}
     numbers = cache.numbers(g)
     cache.last = [{} for _ in cache.samples] if keep else None
     def run(i):
@@ -199,15 +231,9 @@ def output_sqnr(cache: FloatCache, g: Graph, keep: bool = False, parallel: bool 
         for k, (r, o) in enumerate(zip(cache.outputs[i], outs)):
             r, o = np.asarray(r, np.float64), np.asarray(o, np.float64)
             for key, index in [(k, ())] + [((k, label), index) for label, index in cache.parts[k]]:
-                refs.setdefault(key, []).append(r[index].ravel())
-                gots.setdefault(key, []).append(o[index].ravel())
-    worst = float("inf")
-    for k in refs:
-        r, o = np.concatenate(refs[k]), np.concatenate(gots[k])
-        noise = float(np.mean((r - o) ** 2))
-        if noise > 0:
-            worst = min(worst, float(10 * np.log10(max(float(np.mean(r ** 2)), 1e-30) / noise)))
-    return worst
+                refs.setdefault(key, []).append(r[index])
+                gots.setdefault(key, []).append(o[index])
+    return refs, gots
 
 
 def quantized_copy(g: Graph, decisions: Dict[str, str], quantize_opts: Optional[Dict] = None,

@@ -70,9 +70,9 @@ def test_digits_o2_with_calibration_matches_float(digits, record_property, capsy
          f"onnxruntime quantize_static QDQ per-channel {acc_ort:.2%}; argmax agreement qcc/float "
          f"{float((q.argmax(1) == float_prob.argmax(1)).mean()):.2%}")
     assert abs(acc_q - acc_f) <= 0.005
-    # integer end to end: every layer int8 but at most assign-bitwidths{a16-share} (5%) of the
+    # integer end to end: every layer int8 but at most assign-bitwidths{a16-share} (10%) of the
     # MACs with 16-bit activations, which are integer too
-    assert summary["int8_mac_fraction"] >= 0.95
+    assert summary["int8_mac_fraction"] >= 0.9
     assert not any(n.op in ("conv", "gemm", "matmul") for n in g.nodes)
     # the logits only feed the (float) softmax: dequantized from the int32 accumulator,
     # not rounded to 8 bits and clipped to the calibrated range first
@@ -169,7 +169,8 @@ def test_ppocr_cls_o2_agrees_with_float(ppocr_cls, record_property, capsys):
     # two builds whose errors differ by 2% share under half of their flips (docs/equalization.md,
     # "The input's own grid"). The logit error is the steadier one: 0.26 here, onnxruntime's
     # 0.85 (2026-12-07); 0.250 at 98.08% and 97.2% int8 MACs since assign-bitwidths{a16-share}
-    # (2026-12-07, session 41: 4096 held-out crops 74 -> 68 flips, 0.296 -> 0.255)
+    # (2026-12-07, session 41: 4096 held-out crops 74 -> 68 flips, 0.296 -> 0.255); 0.208 at
+    # 99.52% and 90.4% with the 10% share (session 42: 4096 crops 68 -> 48 flips, 0.255 -> 0.255)
     assert _agree(q, ref) >= 0.975
     assert _agree(q8, ref) >= 0.975
     assert _logit_error(q, ref) < 0.32
@@ -184,11 +185,12 @@ def test_ppocr_cls_o2_agrees_with_float(ppocr_cls, record_property, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="not met on crops beyond these: on 4096 held-out crops -O2 flips 1.6-1.8% "
-                          "(docs/equalization.md). Here 99.52% at 99.3% int8 MACs from 2026-12-05 (mse "
-                          "ranges), 97.60% at 100% since align-input-grid (2026-12-07: 5 flips, all float "
-                          "near-ties, at a lower logit error), 98.08% at 97.2% with a16-share (session 41); BLAS summation order moves it too "
-                          "(OPENBLAS_CORETYPE=Haswell 99.04% on 2026-12-06)", strict=False)
+@pytest.mark.xfail(reason="not met on crops beyond these: on 4096 held-out crops -O2 flips 1.1-1.4% over four "
+                          "calibrations, the limit at 99% being 1% (docs/equalization.md). Here 99.52% at 99.3% int8 "
+                          "MACs from 2026-12-05 (mse ranges), 97.60% at 100% since align-input-grid (2026-12-07: 5 "
+                          "flips, all float near-ties, at a lower logit error), 98.08% at 97.2% with a16-share "
+                          "(session 41), 99.52% at 90.4% with its 10% (session 42); BLAS summation order moves it "
+                          "too (OPENBLAS_CORETYPE=Haswell 99.04% on 2026-12-06)", strict=False)
 def test_ppocr_cls_meets_the_issue_target(ppocr_cls):
     ref, _, _, results, _ = ppocr_cls
     assert any(_agree(q, ref) >= 0.99 and frac >= 0.9 for name, (q, frac) in results.items()
