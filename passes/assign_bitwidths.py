@@ -601,7 +601,7 @@ class _Search:
         total = sum(noise.values())
         spent = sum(self.unit_macs[l] for l in self.free if choice_bits(self.decisions[l])[1] == 16)
         limit = share * self.total_macs
-        before, raised = total, []
+        before, raised, undone = total, [], []
         enough = 1 - _power(self.p.a16_min_gain_db)
         now = None  # each sample's output noise with the raises so far, measured on first need
         for l in sorted((l for l in noise if self.decisions[l] == "int8"), key=self._noise_per_mac, reverse=True):
@@ -630,6 +630,7 @@ class _Search:
                     f"a16 share: with the rest of the model it made the output noisier on "
                     f"{int(np.sum(got > now))} of {len(got)} samples ({_db_change(now, got):+.1f} dB): "
                     f"its noise cancels others', so it does not add up")
+                undone.append(l)
                 continue
             self.keep()
             now = got
@@ -642,6 +643,7 @@ class _Search:
         if before > 0:
             self.ctx.report["a16_share"] = {
                 "limit": share, "share": round(spent / self.total_macs, 4), "raised": raised,
+                "measured_worse": undone,
                 "predicted_output_sqnr_db": {"before": round(-10 * math.log10(before), 2),
                                              "after": round(-10 * math.log10(total), 2) if total > 0 else None}}
 

@@ -382,7 +382,9 @@ def _print_summary(report: Dict, out: str) -> None:
         after = "no noise" if pred["after"] is None else f"{pred['after']:.1f} dB"
         print(f"  16-bit activations for the {n} layer{'s' * (n > 1)} noisiest per MAC "
               f"({100 * a16['share']:.1f}% of the MACs; the layers' own noise added up predicts "
-              f"{pred['before']:.1f} dB -> {after} at the output; report.json \"a16_share\")")
+              f"{pred['before']:.1f} dB -> {after} at the output"
+              + (f"; {len(a16['measured_worse'])} more made the whole model noisier and stay 8-bit"
+                 if a16.get("measured_worse") else "") + "; report.json \"a16_share\")")
     if s.get("output_sqnr_db"):
         eb = report.get("error_batches")
         where = (f" (calibration batches {eb['first']}-{eb['last']} of {eb['of']}"

@@ -467,6 +467,7 @@ def test_a16_share_leaves_a_raise_that_measures_worse_on_most_samples(tmp_path):
     assert d[b] == "int8" and "noisier on 16 of 16 samples" in by[b]["not_raised"]
     assert d[c] == "int8" and "noisier on 16 of 16 samples" in by[c]["not_raised"]
     assert d[a] == "w8a16" and ctx.report["a16_share"]["raised"] == [a]
+    assert sorted(ctx.report["a16_share"]["measured_worse"]) == sorted([b, c])
 
 
 def test_measured_worse_asks_most_samples_and_with_two_the_whole_change():
@@ -800,3 +801,19 @@ def test_a16_share_through_the_cli_prints_its_line_and_its_prediction_holds(tmp_
     assert f"16-bit activations for the {len(spent['raised'])} layer" in out1
     assert f"predicts {pred['before']:.1f} dB -> {pred['after']:.1f} dB at the output" in out1
     assert db1 > db0 + 1.0 and abs(db1 - pred["after"]) < 3.0, (db0, db1, pred)
+
+
+def test_a16_raises_measured_worse_are_said_in_the_terminal_line(tmp_path):
+    """The raises the whole-model check undid are part of the choice: the summary line
+    counts them and report.json names them."""
+    from qcc.pipelines import PIPELINES
+
+    samples = _cancelling(tmp_path / "cancel.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.concatenate([s["x"] for s in samples]))
+    pipe = PIPELINES["O2"].replace("assign-bitwidths,", "assign-bitwidths{a16-share=1 a16-min-gain-db=0.1},")
+    p = _qcc("compile", tmp_path / "cancel.onnx", "--passes", pipe, "--calib", tmp_path / "calib.npz",
+             "-o", tmp_path / "out")
+    assert p.returncode == 0, p.stderr
+    spent = json.loads((tmp_path / "out" / "report.json").read_text())["a16_share"]
+    assert len(spent["measured_worse"]) == 2 and spent["raised"]
+    assert "; 2 more made the whole model noisier and stay 8-bit; report.json \"a16_share\")" in p.stdout
