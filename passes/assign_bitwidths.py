@@ -425,13 +425,18 @@ class _Search:
             self._cache = FloatCache(self.graph, self.samples)
         return self._cache
 
+    def _quantized(self) -> Graph:
+        """The graph quantized with the current decisions and the deferred weight roundings."""
+        from qcc.sensitivity import quantized_copy
+
+        return quantized_copy(self.graph, self.decisions, rounded=self.rounded)
+
     def output_sqnr(self) -> float:
         """The model's output SQNR with the current decisions; `keep()` makes that run the
         one later candidates reuse."""
-        from qcc.sensitivity import output_sqnr, quantized_copy
+        from qcc.sensitivity import output_sqnr
 
-        return output_sqnr(self.cache(), quantized_copy(self.graph, self.decisions, rounded=self.rounded),
-                           keep=True)
+        return output_sqnr(self.cache(), self._quantized(), keep=True)
 
     def keep(self) -> None:
         self.cache().accept()
@@ -439,10 +444,14 @@ class _Search:
     def _sample_noise(self) -> np.ndarray:
         """Each search sample's output noise with the current decisions (qcc.sensitivity
         .sample_noise); the run is kept for keep()."""
-        from qcc.sensitivity import quantized_copy, sample_noise
+        from qcc.sensitivity import sample_noise
 
-        return sample_noise(self.cache(), quantized_copy(self.graph, self.decisions, rounded=self.rounded),
-                            keep=True)
+        return sample_noise(self.cache(), self._quantized(), keep=True)
+
+    def measure_current(self) -> None:
+        """Each free layer alone at its current choice (float layers have no noise to measure)."""
+        for c in sorted({self.decisions[l] for l in self.free} - {"float"}):
+            self.measure([l for l in self.free if self.decisions[l] == c], c)
 
     def measure(self, names: List[str], choice: str) -> None:
         """Output SQNR with only that layer at `choice` (the rest float), for each name."""
@@ -517,8 +526,7 @@ class _Search:
             return current
         self.ctx.progress(f"output SQNR {current:.1f} dB is under the {budget:g} dB budget: "
                           f"measuring {len(self.free)} layers")
-        for c in sorted({self.decisions[l] for l in self.free} - {"float"}):
-            self.measure([l for l in self.free if self.decisions[l] == c], c)
+        self.measure_current()
         floats = sum(1 for l in self.free if self.decisions[l] == "float")
         tried, blocked = set(), {}
         misses = 0  # raises in a row measured and undone
@@ -577,8 +585,8 @@ class _Search:
     # --- 3. a small share of 16-bit activations, by the layers' own noise ---------------------
     def spend_a16(self, share: float, measured_db: float) -> None:
         """Raise to 16-bit activations the layers whose own noise per MAC is largest, while
-        their MACs fit in `share` of the model's and each removes at least `min-gain-db` of
-        the output noise predicted as the sum of every layer's noise measured alone.
+        their MACs fit in `share` of the model's and each removes at least `a16-min-gain-db`
+        of the output noise predicted as the sum of every layer's noise measured alone.
 
         Why not the whole model's measured output, as the error search uses: on a few
         calibration batches that one number is a draw, not an estimate. On PP-OCR cls (32
@@ -593,16 +601,18 @@ class _Search:
         The sum holds only for noise that does not cancel. A layer whose own noise is more
         than twice the whole model's, as measured, is cancelling others' (ddddocr's detector:
         one head conv alone 19.0 dB, the model 23.7 dB; at 16 bits the model measured 19.3,
-        and 21.7 dB against 28.1 held out): it is left as it is."""
+        and 21.7 dB against 28.1 held out): it is left as it is. Cancelling pairs can also be
+        each quieter than that (a layer of the same detector measured 27.2 dB held out at
+        int8, 24.4 at w8a16, 23.6 in float), so each raise is also measured with the rest of
+        the model and undone when most samples come out noisier (_measured_worse)."""
         floor = self.ctx.options.get("min_int8_fraction", self.p.min_int8_fraction)
-        for c in sorted({self.decisions[l] for l in self.free} - {"float"}):
-            self.measure([l for l in self.free if self.decisions[l] == c], c)
+        self.measure_current()
         noise = {l: self._noise(l) for l in self.free if self.decisions[l] != "float"}
         total = sum(noise.values())
         spent = sum(self.unit_macs[l] for l in self.free if choice_bits(self.decisions[l])[1] == 16)
         limit = share * self.total_macs
         before, raised, undone = total, [], []
-        enough = 1 - _power(self.p.a16_min_gain_db)
+        enough = self._gain_share(self.p.a16_min_gain_db)
         now = None  # each sample's output noise with the raises so far, measured on first need
         for l in sorted((l for l in noise if self.decisions[l] == "int8"), key=self._noise_per_mac, reverse=True):
             if total <= 0 or noise[l] < enough * total:
@@ -652,9 +662,9 @@ class _Search:
         as measured; 0 when unmeasured or noise-free."""
         return _power(self.sens.get((l, choice or self.decisions[l]), float("inf")))
 
-    def _gain_share(self) -> float:
-        """The share of the output noise a raise must remove to gain min-gain-db."""
-        return 1 - _power(self.p.min_gain_db)
+    def _gain_share(self, db: Optional[float] = None) -> float:
+        """The share of the output noise a raise must remove to gain `db` (min-gain-db)."""
+        return 1 - _power(self.p.min_gain_db if db is None else db)
 
     def _noise_share(self, l: str, current_db: float) -> float:
         """The layer's noise on its own (measured with the rest in float) as a share of the

@@ -269,6 +269,17 @@ def _dump_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def _calib_unused(opts: CompileOptions) -> Optional[str]:
+    """A warning when --calib is given to a level that never reads it: `qcc compile m.onnx
+    --calib d.npz -o out` builds -O0, a float model, and a user who forgot -O2 would
+    otherwise find out only from "int8 MACs 0%"."""
+    level = opts.opt_level.upper().lstrip("-")
+    if not opts.calib or opts.passes is not None or level not in ("O0", "O1"):
+        return None
+    does = "builds in float" if level == "O0" else "quantizes only the weights, which needs no data"
+    return f"--calib is not used: -{level} {does}; add -O2 to quantize activations from it"
+
+
 def compile_model(model, out_dir, options: Optional[CompileOptions] = None, *,
                   instruments: Sequence[Instrument] = (), log: Optional[Callable[[str], None]] = None) -> Dict:
     """Import, optimise, lower and write the artifact folder. Returns the report."""
@@ -483,17 +494,6 @@ def _tile_search(graph, preset, tuner, opts: CompileOptions, say):
 
 
 # --- for build systems: emitted device code, depfiles --------------------------------------
-
-def _calib_unused(opts: CompileOptions) -> Optional[str]:
-    """A warning when --calib is given to a level that never reads it: `qcc compile m.onnx
-    --calib d.npz -o out` builds -O0, a float model, and a user who forgot -O2 would
-    otherwise find out only from "int8 MACs 0%"."""
-    level = opts.opt_level.upper().lstrip("-")
-    if not opts.calib or opts.passes is not None or level not in ("O0", "O1"):
-        return None
-    does = "builds in float" if level == "O0" else "quantizes only the weights, which needs no data"
-    return f"--calib is not used: -{level} {does}; add -O2 to quantize activations from it"
-
 
 def _emit_sources(graph: Graph, preset, out: Path, opts: CompileOptions, warnings: List[str], say) -> None:
     """`--emit cuda,ptx`: kernels.cu / kernels.ptx in the artifact (listed in the manifest)."""
