@@ -84,12 +84,18 @@ class InsertObservers(Pass):
     # whatever the method: 16 bits are fine enough not to clip, and held-out data passes the
     # calibration extremes (qcc.calibrate.Observer.widened says by how much it pays)
     headroom16: float = 2.0
+    # mse only: this share of each side's values is modelled as an exponential tail, so the
+    # range counts what later inputs bring past the calibration sample's extremes
+    # (qcc.calibrate.Observer._mse_range says how much it pays); 0: the sample's own tail
+    tail: float = 0.01
 
     def __post_init__(self):  # a pipeline with a bad option fails as it is read, not mid-run
         if self.method not in METHODS:
             raise ValueError(f"unknown calibration method '{self.method}' (known: {', '.join(METHODS)})")
         if not self.headroom16 >= 1.0:
             raise ValueError(f"headroom16 must be at least 1 (got {self.headroom16})")
+        if not 0.0 <= self.tail < 0.5:
+            raise ValueError(f"tail must be in [0, 0.5) (got {self.tail})")
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         method = ctx.options.get("calib_method") or self.method
@@ -126,7 +132,7 @@ class InsertObservers(Pass):
         for n in nodes:
             ob = observers[n.inputs[0].name]
             try:
-                lo, hi = ob.range(n.attrs["method"], self.percentile)
+                lo, hi = ob.range(n.attrs["method"], self.percentile, tail=self.tail)
                 lo16, hi16 = ob.widened(self.headroom16)
             except CalibError as e:
                 raise CalibError(f"%{n.inputs[0].name}: {e}") from None
@@ -136,4 +142,5 @@ class InsertObservers(Pass):
             n.attrs["source"] = "observer"
         ctx.properties.add("calibrated")
         ctx.report["calibration"] = {"batches": len(samples), "tensors": len(names),
-                                     "method": self.method, "headroom16": self.headroom16}
+                                     "method": self.method, "headroom16": self.headroom16,
+                                     "tail": self.tail}

@@ -287,8 +287,11 @@ def test_the_search_measures_each_layer_with_its_deferred_rounding():
         PassManager(pipe).run(g, ctx)
         return {k: v["sensitivity_db"] for k, v in ctx.report["bitwidths"].items()}
 
-    near = search(f"{PREPARE},assign-bitwidths{{min-sqnr=200}}")
-    deferred = search(f"{PREPARE},round-weights{{defer=true}},assign-bitwidths{{min-sqnr=200}}")
+    # the calibration sample's own tails: insert-observers' modelled ones widen the activation
+    # ranges, and their noise dilutes the weights' part measured here (+0.75 dB in sum with them)
+    prepare = PREPARE.replace("insert-observers", "insert-observers{tail=0}")
+    near = search(f"{prepare},assign-bitwidths{{min-sqnr=200}}")
+    deferred = search(f"{prepare},round-weights{{defer=true}},assign-bitwidths{{min-sqnr=200}}")
     assert set(near) == set(deferred)
     # each layer's own output error is no worse (tested above), the model's output can be:
     # measured here +1.1, -2.2, +5.2, +0.5 dB (depthwise cd lower)
