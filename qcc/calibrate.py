@@ -188,12 +188,11 @@ class Observer:
                 best_kl, best_t = kl, i
         return best_t * self.R / n
 
-    def _tail(self, sign: int, share: float) -> Optional[Tuple[float, float]]:
+    def _tail(self, centers: np.ndarray, sign: int, share: float) -> Optional[Tuple[float, float]]:
         """What an exponential fitted to one side's outermost `share` of values (sign +1: the
         largest, -1: the most negative) puts past the side's extreme: (how many values, their
-        mean excess over it). None when the side holds fewer than TAIL_MIN values."""
-        e = self.edges()
-        centers = (e[:-1] + e[1:]) / 2
+        mean excess over it). None when the side holds fewer than TAIL_MIN values. `centers`:
+        the bins' centres."""
         h = np.where(centers * sign > 0, self.hist, 0.0)
         mag = centers
         if sign < 0:
@@ -229,10 +228,8 @@ class Observer:
         h = self.hist
         lo0, hi0 = float(self.min), float(self.max)
         levels = 2 ** bits - 1
-        tails = []
-        if tail > 0:
-            tails = [(sign, t) for sign in (1, -1)
-                     for t in [self._tail(sign, tail) if (hi0 > 0 if sign > 0 else lo0 < 0) else None] if t]
+        sides = [sign for sign in (1, -1) if (hi0 > 0 if sign > 0 else lo0 < 0)] if tail > 0 else []
+        tails = [(sign, t) for sign in sides if (t := self._tail(centers, sign, tail)) is not None]
         # fine steps near the extremes, and down to a few bins for far outliers: a tensor
         # whose max is 20x its bulk needs a range of 5% of it, which a linear 30-100% grid misses
         width = 2 * self.R / self.bins

@@ -338,6 +338,12 @@ def test_one_sided_data_stays_one_sided():
         assert lo == 0.0 and hi > 1.0, (m, lo, hi)
 
 
+def _quant_error(x, lo, hi):
+    """Mean squared error of x on the uint8 grid over [lo, hi], clipped to it."""
+    s = (hi - lo) / 255
+    return float(np.mean((np.clip(np.round((x - lo) / s), 0, 255) * s + lo - x) ** 2))
+
+
 def test_mse_range_minimises_its_own_error():
     """mse must find the best clipping even when it is far below the max (one spike 20x
     the bulk): no symmetric range in a fine brute-force search has a clearly smaller error."""
@@ -345,20 +351,12 @@ def test_mse_range_minimises_its_own_error():
     x = np.concatenate([rng.normal(size=1_000_000), [20.0, -20.0]]).astype(np.float32)
 
     def err(lo, hi):
-        s = (hi - lo) / 255
-        q = np.clip(np.round((x - lo) / s), 0, 255) * s + lo
-        return float(np.mean((q - x) ** 2))
+        return _quant_error(x, lo, hi)
 
     lo, hi = _observe(x).range("mse")
     best = min(err(-t, t) for t in np.concatenate([np.linspace(2, 12, 51), [20.0]]))
     assert err(lo, hi) <= 1.05 * best
     assert hi < 0.3 * 20  # below the reach of a 30%-100%-of-max search grid
-
-
-def _quant_error(x, lo, hi):
-    """Mean squared error of x on the uint8 grid over [lo, hi], clipped to it."""
-    s = (hi - lo) / 255
-    return float(np.mean((np.clip(np.round((x - lo) / s), 0, 255) * s + lo - x) ** 2))
 
 
 def test_mse_with_a_modelled_tail_suits_data_past_a_small_sample():
